@@ -1,0 +1,241 @@
+"""The demo application: ``/``, ``/echo``, ``/stream`` and ``/broadcast``.
+
+Each route is one small handler class, one instance per connection (as in
+Boost.Beast's examples). Handlers run application code on worker threads and
+send from there: exactly the situation that corrupts a naive server.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from . import streamformat
+from .connection import NORMAL, Connection, ConnectionClosed, Handler
+from .handshake import HttpError, HttpRequest, http_response
+from .server import Server
+
+logger = logging.getLogger(__name__)
+
+MAX_PRODUCERS = 64
+MAX_COUNT = 1_000_000
+MAX_TOTAL_BYTES = 8 * 1024**3  # per /stream connection
+
+
+def index_page() -> bytes:
+    return importlib.resources.files("server").joinpath("static/index.html").read_bytes()
+
+
+class EchoHandler:
+    """Every message goes to the worker pool; a worker sends it back unchanged."""
+
+    def on_open(self, conn: Connection) -> None:
+        pass
+
+    def on_message(self, conn: Connection, message: str | bytes) -> None:
+        conn.send(message)
+
+    def on_close(self, conn: Connection) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class StreamParams:
+    """Query parameters of ``/stream`` (see README for the message format)."""
+
+    producers: int = 4
+    count: int = 100
+    size: int = 1024
+    max_size: int = 0  # 0: every message is `size` bytes
+    big_every: int = 0  # every Nth message per producer is big (0: never)
+    big_size: int = 65536
+    big_max_size: int = 0
+    pace: bool = True  # producers wait for outbox room instead of tripping the overflow policy
+
+    @classmethod
+    def parse(cls, query: dict[str, str]) -> StreamParams:
+        known = {"producers", "count", "size", "maxsize", "bigevery", "bigsize", "bigmaxsize", "pace"}
+        unknown = sorted(set(query) - known)
+        if unknown:
+            raise HttpError(400, f"unknown /stream parameter(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+
+        def num(name: str, default: int, lo: int, hi: int) -> int:
+            raw = query.get(name)
+            if raw is None or raw == "":
+                return default
+            try:
+                value = int(raw)
+            except ValueError:
+                raise HttpError(400, f"/stream parameter {name}={raw!r} is not an integer") from None
+            if not lo <= value <= hi:
+                raise HttpError(400, f"/stream parameter {name}={value} out of range {lo}..{hi}")
+            return value
+
+        lo, hi = streamformat.MIN_SIZE, streamformat.MAX_SIZE
+        size = num("size", cls.size, lo, hi)
+        params = cls(
+            producers=num("producers", cls.producers, 1, MAX_PRODUCERS),
+            count=num("count", cls.count, 1, MAX_COUNT),
+            size=size,
+            max_size=num("maxsize", 0, 0, hi),
+            big_every=num("bigevery", 0, 0, MAX_COUNT),
+            big_size=num("bigsize", cls.big_size, lo, hi),
+            big_max_size=num("bigmaxsize", 0, 0, hi),
+            pace=num("pace", 1, 0, 1) == 1,
+        )
+        if params.max_size and params.max_size < size:
+            raise HttpError(400, f"/stream maxsize={params.max_size} is below size={size}")
+        worst = params.producers * params.count * max(params.size, params.max_size, params.big_size, params.big_max_size)
+        if worst > MAX_TOTAL_BYTES:
+            raise HttpError(400, f"/stream would send up to {worst} bytes; the limit is {MAX_TOTAL_BYTES}")
+        return params
+
+    def size_of(self, producer: int, seq: int) -> int:
+        if self.big_every and seq % self.big_every == self.big_every - 1:
+            return streamformat.message_size(producer, seq, self.big_size, self.big_max_size)
+        return streamformat.message_size(producer, seq, self.size, self.max_size)
+
+
+class StreamHandler:
+    """W producer threads per connection, each sending N verifiable messages."""
+
+    def __init__(self, params: StreamParams) -> None:
+        self.params = params
+        self._remaining = params.producers
+        self._lock = threading.Lock()
+        self.threads: list[threading.Thread] = []
+        self.sent = 0
+
+    def on_open(self, conn: Connection) -> None:
+        for producer in range(self.params.producers):
+            thread = threading.Thread(
+                target=self._produce, args=(conn, producer), name=f"wsrace-producer-{conn.peer}-{producer}", daemon=True
+            )
+            self.threads.append(thread)
+            thread.start()
+
+    def _produce(self, conn: Connection, producer: int) -> None:
+        params = self.params
+        sent = 0
+        try:
+            for seq in range(params.count):
+                size = params.size_of(producer, seq)
+                if params.pace:
+                    conn.wait_for_room(size)
+                conn.send(streamformat.encode(producer, seq, size))
+                sent += 1
+        except ConnectionClosed as exc:
+            logger.debug("%s: producer %d stopped after %d messages: %s", conn.peer, producer, sent, exc)
+            return
+        finally:
+            with self._lock:
+                self.sent += sent
+                self._remaining -= 1
+                last = self._remaining == 0
+        if last:
+            # Every producer's messages were posted before this close: it goes out after them.
+            conn.close(NORMAL, "stream complete")
+
+    def on_message(self, conn: Connection, message: str | bytes) -> None:
+        pass  # /stream ignores what the client says
+
+    def on_close(self, conn: Connection) -> None:
+        pass  # producers see ConnectionClosed on their next send and stop
+
+    def join(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
+class BroadcastHub:
+    """Subscribers of ``/broadcast`` and optional ticker threads publishing to them."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.subscribers: set[Connection] = set()  # IO thread only
+        self._stop = threading.Event()
+        self._tickers: list[threading.Thread] = []
+        self.published = 0
+
+    def publish(self, message: str | bytes) -> None:
+        """Encode once, queue the same frame bytes to every subscriber. Any thread."""
+        self.published += 1
+        self.server.broadcast(message, self.subscribers)
+
+    def start_tickers(self, publishers: int, rate: float) -> None:
+        """``publishers`` threads, each publishing ``rate`` messages per second."""
+        for n in range(publishers):
+            thread = threading.Thread(target=self._tick, args=(n, rate), name=f"wsrace-ticker-{n}", daemon=True)
+            self._tickers.append(thread)
+            thread.start()
+
+    def _tick(self, n: int, rate: float) -> None:
+        period = 1.0 / rate
+        seq = 0
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            self.publish(f'{{"publisher": {n}, "seq": {seq}, "t": {time.time():.6f}}}')
+            seq += 1
+            next_at += period
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                self._stop.wait(delay)
+            elif delay < -1.0:
+                next_at = time.monotonic()  # fell behind: do not burst to catch up
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._tickers:
+            thread.join(5)
+
+
+class BroadcastHandler:
+    def __init__(self, hub: BroadcastHub) -> None:
+        self.hub = hub
+
+    def on_open(self, conn: Connection) -> None:
+        self.hub.subscribers.add(conn)
+
+    def on_message(self, conn: Connection, message: str | bytes) -> None:
+        self.hub.publish(message)
+
+    def on_close(self, conn: Connection) -> None:
+        self.hub.subscribers.discard(conn)
+
+
+class DemoApp:
+    """Routes requests by path. Pass the class itself to :class:`Server`."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.hub = BroadcastHub(server)
+        self._streams: list[StreamHandler] = []
+        self._page = index_page()
+
+    def route(self, request: HttpRequest) -> Handler | bytes:
+        path = request.path
+        if path == "/" or path == "/index.html":
+            if request.method not in ("GET", "HEAD"):
+                raise HttpError(405, f"method {request.method} not allowed on {path}", [(b"Allow", b"GET, HEAD")])
+            return http_response(200, self._page, b"text/html; charset=utf-8")
+        if path == "/echo":
+            return EchoHandler()
+        if path == "/stream":
+            params = StreamParams.parse(request.query)
+            handler = StreamHandler(params)
+            self._streams = [s for s in self._streams if any(t.is_alive() for t in s.threads) or not s.threads]
+            self._streams.append(handler)
+            return handler
+        if path == "/broadcast":
+            return BroadcastHandler(self.hub)
+        raise HttpError(404, f"no route for {path}; try /, /echo, /stream or /broadcast")
+
+    def close(self) -> None:
+        """Stop tickers and join producer threads (called by Server.shutdown)."""
+        self.hub.stop()
+        for stream in self._streams:
+            stream.join(5)

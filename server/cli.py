@@ -1,0 +1,86 @@
+"""``python -m server`` / ``wsrace-server``: run the fixed server."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from . import affinity
+from .app import DemoApp
+from .connection import Limits, OverflowPolicy
+from .server import Server
+
+logger = logging.getLogger("server")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="wsrace-server", description="WebSocket server where one IO thread does every write.")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8765, help="port; 0 picks a free one (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=8, help="worker threads for message handlers (default: %(default)s)")
+    p.add_argument("--max-queue-bytes", type=int, default=Limits.max_queue_bytes,
+                   help="per-connection outbox limit in bytes (default: %(default)s)")
+    p.add_argument("--overflow", choices=[p.value for p in OverflowPolicy], default="close",
+                   help="when a slow client's outbox is full: close it with 1008, or drop the new message (default: %(default)s)")
+    p.add_argument("--max-message-bytes", type=int, default=Limits.max_message_bytes,
+                   help="largest message accepted from a client; larger ones close it with 1009 (default: %(default)s)")
+    p.add_argument("--ping-interval", type=float, default=20.0, help="keepalive ping period in seconds, 0 to disable (default: %(default)s)")
+    p.add_argument("--ping-timeout", type=float, default=20.0, help="seconds to wait for a pong (default: %(default)s)")
+    p.add_argument("--no-deflate", action="store_true", help="refuse permessage-deflate")
+    p.add_argument("--publishers", type=int, default=0, help="ticker threads publishing to /broadcast (default: %(default)s)")
+    p.add_argument("--rate", type=float, default=10.0, help="messages per second per ticker (default: %(default)s)")
+    p.add_argument("--check-affinity", action="store_true", help="raise on any socket write off the IO thread (also WSRACE_CHECK_AFFINITY=1)")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="(default: %(default)s)")
+    return p
+
+
+def positive(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    for name in ("workers", "max_queue_bytes", "max_message_bytes"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if not 0 <= args.port <= 65535:
+        parser.error("--port must be 0..65535")
+    if args.publishers < 0 or args.rate <= 0:
+        parser.error("--publishers must be >= 0 and --rate > 0")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    positive(parser, args)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.check_affinity:
+        affinity.set_enabled(True)
+    limits = Limits(
+        max_queue_bytes=args.max_queue_bytes,
+        overflow=OverflowPolicy(args.overflow),
+        max_message_bytes=args.max_message_bytes,
+        ping_interval=args.ping_interval or None,
+        ping_timeout=args.ping_timeout,
+        deflate=not args.no_deflate,
+    )
+    try:
+        server = Server(DemoApp, host=args.host, port=args.port, workers=args.workers, limits=limits)
+    except OSError as exc:
+        print(f"wsrace-server: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    server.start()
+    if args.publishers:
+        server.router.hub.start_tickers(args.publishers, args.rate)  # type: ignore[attr-defined]
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        logger.info("received %s: shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    # The one line tools and tests wait for.
+    print(f"listening on {server.url}", flush=True)
+    while not stop.wait(0.5):
+        pass
+    clean = server.shutdown(timeout=10)
+    return 0 if clean else 1

@@ -1,0 +1,713 @@
+"""One WebSocket session: a non-blocking socket plus a wsproto connection.
+
+Only the IO thread touches ``_sock`` and ``_ws``. Other threads talk to a
+connection through :meth:`Connection.send` and :meth:`Connection.close`,
+which never block and never touch the socket: they reserve queue space and
+``post()`` the work to the IO thread, which writes every byte — handshake
+reply, data, ping, pong and close frames — through one output queue.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import logging
+import socket
+import struct
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from functools import partial
+from typing import Protocol
+
+from wsproto.connection import Connection as WsConnection
+from wsproto.connection import ConnectionState, ConnectionType
+from wsproto.events import BytesMessage, CloseConnection, Message, Ping, Pong, TextMessage
+from wsproto.utilities import LocalProtocolError
+
+from . import affinity
+from .frames import OutMessage
+from .handshake import (
+    HandshakeParser,
+    HttpError,
+    HttpRequest,
+    check_upgrade,
+    error_response,
+    negotiate_deflate,
+    upgrade_response,
+)
+from .loop import IOLoop, Timer
+
+logger = logging.getLogger(__name__)
+
+# Close codes (RFC 6455 section 7.4.1).
+NORMAL = 1000
+GOING_AWAY = 1001
+PROTOCOL_ERROR = 1002
+ABNORMAL = 1006
+INVALID_DATA = 1007
+POLICY_VIOLATION = 1008
+MESSAGE_TOO_BIG = 1009
+INTERNAL_ERROR = 1011
+
+_IOV_MAX = 512  # buffers per sendmsg call; Linux allows 1024
+_RECV_SIZE = 256 * 1024
+
+
+class ConnectionClosed(Exception):
+    """Raised by :meth:`Connection.send` once the connection is closing or closed."""
+
+    def __init__(self, code: int, reason: str = "") -> None:
+        super().__init__(f"WebSocket connection closed with code {code}" + (f": {reason}" if reason else ""))
+        self.code = code
+        self.reason = reason
+
+
+class OverflowPolicy(enum.Enum):
+    """What :meth:`Connection.send` does when a slow client's outbox is full.
+
+    ``CLOSE`` (default): close that client with 1008 and raise
+    :class:`ConnectionClosed` in the producer — no data is silently lost.
+    ``DROP``: discard the new message and count it — for feeds where only the
+    latest value matters. Blocking the producer is deliberately not offered:
+    it is what stalls every other client of a locked design.
+    """
+
+    CLOSE = "close"
+    DROP = "drop"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-connection limits; every one has a safe default."""
+
+    max_queue_bytes: int = 16 * 1024 * 1024
+    overflow: OverflowPolicy = OverflowPolicy.CLOSE
+    max_message_bytes: int = 16 * 1024 * 1024
+    ping_interval: float | None = 20.0
+    ping_timeout: float = 20.0
+    handshake_timeout: float = 10.0
+    close_timeout: float = 5.0
+    max_inflight_messages: int = 64  # received, not yet handled: reading pauses above this
+    deflate: bool = True
+
+
+class Handler(Protocol):
+    """What a route implements for one connection (one instance per connection)."""
+
+    def on_open(self, conn: Connection) -> None:
+        """On the IO thread, once the 101 reply is queued. Must not block."""
+
+    def on_message(self, conn: Connection, message: str | bytes) -> None:
+        """On a worker thread, once per received message."""
+
+    def on_close(self, conn: Connection) -> None:
+        """On the IO thread, once the socket is closed. Must not block."""
+
+
+class Router(Protocol):
+    def route(self, request: HttpRequest) -> Handler | bytes:
+        """A handler for a WebSocket route, or a complete HTTP response; may raise HttpError."""
+
+
+class State(enum.Enum):
+    HANDSHAKE = "handshake"
+    OPEN = "open"
+    CLOSING = "closing"  # close frame queued or received; flushing
+    DRAINING = "draining"  # our side shut down; reading until the peer's EOF
+    CLOSED = "closed"
+
+
+class Stats:
+    """Server-wide counters, written on the IO thread only."""
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.opened = 0
+        self.closed = 0
+        self.http_errors = 0
+        self.closed_by_policy = 0
+        self.dropped_messages = 0
+        self.protocol_errors = 0
+        self.handshake_timeouts = 0
+        self.ping_timeouts = 0
+        self.handler_errors = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(vars(self))
+
+
+class Connection:
+    """A WebSocket connection owned by an :class:`IOLoop`.
+
+    Public API (any thread): :meth:`send`, :meth:`close`, :attr:`close_code`,
+    :attr:`close_reason`, :meth:`wait_closed`, :attr:`path`, :attr:`query`,
+    :attr:`deflate`, :attr:`peer`.
+    """
+
+    def __init__(
+        self,
+        loop: IOLoop,
+        sock: socket.socket,
+        router: Router,
+        executor: Executor,
+        limits: Limits,
+        stats: Stats,
+        on_closed: Callable[[Connection], None] = lambda conn: None,
+    ) -> None:
+        self._loop = loop
+        self._sock = sock
+        self._router = router
+        self._executor = executor
+        self.limits = limits
+        self._stats = stats
+        self._on_closed = on_closed
+        try:
+            host, port = sock.getpeername()[:2]
+            self.peer = f"{host}:{port}"
+        except OSError:
+            self.peer = "?"
+        self.path = ""
+        self.query: dict[str, str] = {}
+        self.deflate = False
+        self.handler: Handler | None = None
+
+        self.state = State.HANDSHAKE
+        self._parser: HandshakeParser | None = HandshakeParser()
+        self._ws: WsConnection | None = None
+
+        # Output queue: whole frames (tuples of buffers); `_head_sent` bytes of
+        # the first one are already on the wire. Each entry carries the bytes
+        # it reserved against `limits.max_queue_bytes`.
+        self._outbox: deque[tuple[tuple[bytes, ...], int, int]] = deque()
+        self._head_sent = 0
+        self._flush_posted = False
+        self._shut_when_flushed = False
+        self._writing = False  # registered for EVENT_WRITE
+        self._reading = True
+
+        # Shared with producers: guarded by _lock.
+        self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)  # for wait_for_room()
+        self._room_waiters = 0
+        self._queued_bytes = 0
+        self._closing_code: int | None = None
+        self._closing_reason = ""
+
+        self._close_code: int | None = None
+        self._close_reason = ""
+        self._closed_event = threading.Event()
+
+        self._partial: list[bytes | str] = []
+        self._partial_size = 0
+        self._inflight = 0
+        self._timers: dict[str, Timer] = {}
+        self._ping_seq = 0
+
+    # ------------------------------------------------------------------
+    # Any thread
+    # ------------------------------------------------------------------
+
+    def send(self, message: str | bytes | OutMessage) -> None:
+        """Queue one message for this client. Safe from any thread; never blocks.
+
+        Messages sent by one thread are delivered in the order sent. Raises
+        :class:`ConnectionClosed` if the connection is closing or closed (or
+        was just closed because its outbox overflowed).
+        """
+        out = message if isinstance(message, OutMessage) else OutMessage.of(message)
+        if self._reserve(out.size):
+            self._loop.post(partial(self._enqueue, out))
+
+    def close(self, code: int = NORMAL, reason: str = "") -> None:
+        """Start the closing handshake after everything already queued. Any thread."""
+        with self._lock:
+            if self._closing_code is not None:
+                return
+            self._closing_code, self._closing_reason = code, reason
+        self._loop.post(partial(self._start_close, code, reason))
+
+    @property
+    def closed(self) -> bool:
+        return self._closed_event.is_set()
+
+    @property
+    def close_code(self) -> int | None:
+        """The close code the connection ended with (None while open)."""
+        return self._close_code
+
+    @property
+    def close_reason(self) -> str:
+        return self._close_reason
+
+    def wait_closed(self, timeout: float | None = None) -> bool:
+        return self._closed_event.wait(timeout)
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes reserved by messages not yet written to the socket."""
+        return self._queued_bytes
+
+    def _reserve(self, size: int) -> bool:
+        """Reserve outbox space for a producer; apply the overflow policy when full."""
+        with self._lock:
+            if self._closing_code is not None:
+                raise ConnectionClosed(self._closing_code, self._closing_reason)
+            limit = self.limits.max_queue_bytes
+            if self._queued_bytes + size <= limit or self._queued_bytes == 0:
+                self._queued_bytes += size
+                return True
+            if self.limits.overflow is OverflowPolicy.DROP:
+                self._loop.post(self._count_drop)
+                return False
+            reason = f"outbox over {limit} bytes: client too slow"
+            self._closing_code, self._closing_reason = POLICY_VIOLATION, reason
+        self._loop.post(partial(self._close_for_overflow, reason))
+        raise ConnectionClosed(POLICY_VIOLATION, reason)
+
+    def _release(self, size: int) -> None:
+        with self._lock:
+            self._queued_bytes -= size
+            if self._room_waiters:
+                self._room.notify_all()
+
+    def wait_for_room(self, size: int, timeout: float | None = None) -> bool:
+        """Block the *calling producer* until ``size`` more bytes fit in the outbox.
+
+        :meth:`send` never blocks; a producer that prefers flow control to the
+        overflow policy calls this first, like asyncio's ``drain()``. Returns
+        False on timeout. Raises :class:`ConnectionClosed` once closing.
+        """
+        limit = self.limits.max_queue_bytes
+        with self._room:
+            self._room_waiters += 1
+            try:
+                ok = self._room.wait_for(
+                    lambda: self._closing_code is not None or self._queued_bytes == 0 or self._queued_bytes + size <= limit,
+                    timeout,
+                )
+            finally:
+                self._room_waiters -= 1
+            if self._closing_code is not None:
+                raise ConnectionClosed(self._closing_code, self._closing_reason)
+            return ok
+
+    def _offer(self, out: OutMessage) -> None:
+        """IO-thread twin of :meth:`send` for broadcasts: reserve, then queue."""
+        try:
+            if self._reserve(out.size):
+                self._enqueue(out)
+        except ConnectionClosed:
+            pass
+
+    # ------------------------------------------------------------------
+    # IO thread only from here on
+    # ------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Register with the loop and arm the handshake timeout."""
+        self._sock.setblocking(False)
+        self._loop.set_interest(self._sock, self._on_ready, read=True, write=False)
+        self._arm("handshake", self.limits.handshake_timeout, self._on_handshake_timeout)
+
+    def _on_ready(self, mask: int) -> None:
+        if mask & 2 and self.state is not State.CLOSED:  # EVENT_WRITE
+            self._flush()
+        if mask & 1 and self.state is not State.CLOSED:  # EVENT_READ
+            self._read()
+
+    def _read(self) -> None:
+        try:
+            data = self._sock.recv(_RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._abort(ABNORMAL, f"read failed: {exc.strerror or exc}")
+            return
+        if not data:
+            self._on_eof()
+            return
+        if self.state is State.HANDSHAKE:
+            self._on_handshake_data(data)
+        elif self.state in (State.OPEN, State.CLOSING) and self._ws is not None:
+            if self._ws.state is not ConnectionState.CLOSED:
+                self._ws.receive_data(data)
+                self._process_events()
+        # else: draining after our half-close; discard until EOF
+
+    def _on_eof(self) -> None:
+        if self.state is State.HANDSHAKE:
+            self._finish(ABNORMAL, "client closed during handshake")
+        elif self.state is State.DRAINING:
+            self._finish(self._close_code or NORMAL, self._close_reason)
+        else:
+            self._abort(ABNORMAL, "client vanished without a close frame")
+
+    # -- handshake ------------------------------------------------------
+
+    def _on_handshake_data(self, data: bytes) -> None:
+        assert self._parser is not None
+        try:
+            request = self._parser.feed(data)
+            if request is None:
+                return
+            self._parser = None
+            self._accept(request)
+        except HttpError as exc:
+            self._stats.http_errors += 1
+            logger.info("%s: HTTP %s: %s", self.peer, exc.status, exc.message)
+            self._reply_and_close(error_response(exc), exc.status)
+
+    def _accept(self, request: HttpRequest) -> None:
+        self.path, self.query = request.path, request.query
+        target = self._router.route(request)
+        if isinstance(target, bytes):  # a plain HTTP page
+            self._reply_and_close(target, 200)
+            return
+        key = check_upgrade(request)
+        extension, ext_header = negotiate_deflate(request, self.limits.deflate)
+        self._cancel("handshake")
+        self.handler = target
+        self.deflate = extension is not None
+        self._ws = WsConnection(ConnectionType.SERVER, [extension] if extension else [], b"")
+        self.state = State.OPEN
+        self._stats.opened += 1
+        self._append_raw(upgrade_response(key, ext_header))
+        logger.debug("%s: WebSocket open on %s (deflate=%s)", self.peer, request.target, self.deflate)
+        self._schedule_ping()
+        try:
+            target.on_open(self)
+        except Exception:
+            self._stats.handler_errors += 1
+            logger.exception("%s: on_open failed", self.peer)
+            self._fail(INTERNAL_ERROR, "internal error")
+            return
+        if request.trailing:  # frames the client sent right behind its request
+            self._ws.receive_data(request.trailing)
+            self._process_events()
+
+    def _reply_and_close(self, response: bytes, status: int) -> None:
+        self._cancel("handshake")
+        self._record_close(ABNORMAL, f"HTTP {status}")
+        self._append_raw(response)
+        self._close_after_flush()
+
+    def _on_handshake_timeout(self) -> None:
+        if self.state is State.HANDSHAKE:
+            self._stats.handshake_timeouts += 1
+            logger.info("%s: no complete request within %.1fs", self.peer, self.limits.handshake_timeout)
+            self._reply_and_close(error_response(HttpError(408, "request timeout")), 408)
+
+    # -- receiving ------------------------------------------------------
+
+    def _process_events(self) -> None:
+        assert self._ws is not None
+        for event in self._ws.events():
+            if isinstance(event, CloseConnection):
+                self._on_close_frame(event)
+                return
+            if self.state is not State.OPEN:
+                continue  # closing: the client's data and pings no longer matter
+            if isinstance(event, (TextMessage, BytesMessage)):
+                self._on_message_part(event)
+            elif isinstance(event, Ping) and self._ws.state is ConnectionState.OPEN:
+                self._append_raw(self._ws.send(event.response()))
+            elif isinstance(event, Pong):
+                self._cancel("pong")
+
+    def _on_message_part(self, event: Message[str] | Message[bytes]) -> None:
+        self._partial_size += len(event.data)
+        if self._partial_size > self.limits.max_message_bytes:
+            self._fail(MESSAGE_TOO_BIG, f"message over {self.limits.max_message_bytes} bytes")
+            return
+        self._partial.append(event.data)
+        if not event.message_finished:
+            return
+        parts, self._partial, self._partial_size = self._partial, [], 0
+        message: str | bytes = "".join(parts) if isinstance(event, TextMessage) else b"".join(parts)  # type: ignore[arg-type]
+        self._inflight += 1
+        if self._inflight >= self.limits.max_inflight_messages:
+            self._set_reading(False)  # let the workers catch up before reading more
+        try:
+            self._executor.submit(self._handle_message, message)
+        except RuntimeError:  # executor shut down
+            self._inflight -= 1
+
+    def _handle_message(self, message: str | bytes) -> None:
+        """Runs on a worker thread."""
+        assert self.handler is not None
+        try:
+            self.handler.on_message(self, message)
+        except ConnectionClosed:
+            pass  # the client left while we answered: nothing to do
+        except Exception:
+            logger.exception("%s: handler failed on a message", self.peer)
+            self._loop.post(self._count_handler_error)
+            self.close(INTERNAL_ERROR, "internal error")
+        finally:
+            self._loop.post(self._message_done)
+
+    def _message_done(self) -> None:
+        self._inflight -= 1
+        if not self._reading and self._inflight < self.limits.max_inflight_messages // 2:
+            self._set_reading(True)
+
+    def _count_handler_error(self) -> None:
+        self._stats.handler_errors += 1
+
+    def _count_drop(self) -> None:
+        self._stats.dropped_messages += 1
+
+    def _on_close_frame(self, event: CloseConnection) -> None:
+        assert self._ws is not None
+        state = self._ws.state
+        if state is ConnectionState.REMOTE_CLOSING:
+            # The client started the closing handshake: echo its code and finish.
+            self._record_close(event.code, event.reason or "")
+            self._append_raw(self._ws.send(event.response()))
+            self._close_after_flush()
+        elif state is ConnectionState.CLOSED:
+            # The client answered our close frame.
+            self._close_after_flush()
+        else:
+            # wsproto turned a parse failure into a close event (1002, 1007, ...).
+            self._stats.protocol_errors += 1
+            logger.info("%s: protocol error %s: %s", self.peer, event.code, event.reason)
+            self._fail(event.code, event.reason or "protocol error")
+
+    # -- closing --------------------------------------------------------
+
+    def _record_close(self, code: int, reason: str) -> None:
+        if self._close_code is None:
+            self._close_code, self._close_reason = code, reason
+        with self._lock:
+            if self._closing_code is None:
+                self._closing_code, self._closing_reason = code, reason
+            self._room.notify_all()
+
+    def _start_close(self, code: int, reason: str) -> None:
+        """Queue our close frame behind everything already queued."""
+        if self._ws is None or self._ws.state is not ConnectionState.OPEN or self.state is not State.OPEN:
+            return
+        self._record_close(code, reason)
+        self.state = State.CLOSING
+        self._append_raw(self._ws.send(CloseConnection(code=code, reason=reason)))
+        self._cancel("ping")
+        self._cancel("pong")
+        self._arm("close", self.limits.close_timeout, self._on_close_timeout)
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Fail the connection (RFC 6455 7.1.7): drop unsent frames, send close, stop."""
+        self._drop_unsent()
+        self._start_close(code, reason)
+        self._close_after_flush()
+
+    def _close_for_overflow(self, reason: str) -> None:
+        if self.state is State.OPEN:
+            self._stats.closed_by_policy += 1
+            logger.warning("%s: closing with 1008: %s", self.peer, reason)
+            self._fail(POLICY_VIOLATION, reason)
+
+    def _close_after_flush(self) -> None:
+        """Half-close the socket once the outbox is empty."""
+        self.state = State.CLOSING
+        self._shut_when_flushed = True
+        self._cancel("ping")
+        self._cancel("pong")
+        if "close" not in self._timers:
+            self._arm("close", self.limits.close_timeout, self._on_close_timeout)
+        self._post_flush()
+
+    def _on_close_timeout(self) -> None:
+        self._finish(self._close_code or ABNORMAL, self._close_reason or "close timeout")
+
+    def _abort(self, code: int, reason: str) -> None:
+        self._record_close(code, reason)
+        self._finish(code, reason)
+
+    def _finish(self, code: int, reason: str) -> None:
+        """Close the socket and release everything; runs exactly once."""
+        if self.state is State.CLOSED:
+            return
+        was_open = self._ws is not None
+        self.state = State.CLOSED
+        self._record_close(code, reason)
+        for name in list(self._timers):
+            self._cancel(name)
+        self._loop.remove(self._sock)
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+        self._drop_unsent(all_frames=True)
+        self._stats.closed += 1
+        self._closed_event.set()
+        if was_open and self.handler is not None:
+            try:
+                self.handler.on_close(self)
+            except Exception:
+                logger.exception("%s: on_close failed", self.peer)
+        self._on_closed(self)
+
+    def _drop_unsent(self, all_frames: bool = False) -> None:
+        """Forget queued data frames (or every frame, with ``all_frames``).
+
+        A partly written head frame is kept so the stream never tears, and so
+        are protocol frames (handshake reply, pong, close).
+        """
+        freed = sum(entry[1] for entry in self._outbox)
+        if all_frames:
+            self._outbox.clear()
+            self._head_sent = 0
+        else:
+            head = [self._outbox.popleft()] if self._head_sent else []
+            kept = head + [entry for entry in self._outbox if entry[1] == 0]
+            freed -= sum(entry[1] for entry in head)
+            self._outbox = deque(kept)
+        if freed:
+            self._release(freed)
+
+    # -- keepalive ------------------------------------------------------
+
+    def _schedule_ping(self) -> None:
+        if self.limits.ping_interval:
+            self._arm("ping", self.limits.ping_interval, self._send_ping)
+
+    def _send_ping(self) -> None:
+        if self.state is not State.OPEN or self._ws is None:
+            return
+        self._ping_seq += 1
+        self._append_raw(self._ws.send(Ping(payload=struct.pack("!I", self._ping_seq))))
+        if "pong" not in self._timers:
+            self._arm("pong", self.limits.ping_timeout, self._on_pong_timeout)
+        self._schedule_ping()
+
+    def _on_pong_timeout(self) -> None:
+        self._stats.ping_timeouts += 1
+        logger.info("%s: no pong within %.1fs", self.peer, self.limits.ping_timeout)
+        self._fail(INTERNAL_ERROR, "keepalive ping timeout")
+
+    # -- timers ---------------------------------------------------------
+
+    def _arm(self, name: str, delay: float, callback: Callable[[], None]) -> None:
+        self._cancel(name)
+
+        def fire() -> None:
+            self._timers.pop(name, None)
+            callback()
+
+        self._timers[name] = self._loop.call_later(delay, fire)
+
+    def _cancel(self, name: str) -> None:
+        timer = self._timers.pop(name, None)
+        if timer is not None:
+            timer.cancel()
+
+    # -- writing --------------------------------------------------------
+
+    def _enqueue(self, out: OutMessage) -> None:
+        """Queue a data message (posted by :meth:`send`)."""
+        if self.state is not State.OPEN or self._ws is None:
+            self._release(out.size)  # closing: the close frame is already queued
+            return
+        if self.deflate:
+            # Compress here, in queue order: the deflate context is per connection.
+            frame: tuple[bytes, ...] = (self._ws.send(Message(data=out.as_event_data())),)
+        else:
+            frame = (out.header, out.payload)
+        self._outbox.append((frame, out.size, out.size if not self.deflate else len(frame[0])))
+        self._post_flush()
+
+    def _append_raw(self, data: bytes | bytearray) -> None:
+        """Queue protocol bytes (handshake reply, control frames); not counted against the limit."""
+        if data:
+            self._outbox.append(((bytes(data),), 0, len(data)))
+            self._post_flush()
+
+    def _post_flush(self) -> None:
+        # One flush per batch: everything queued in this loop turn goes out together.
+        if not self._flush_posted:
+            self._flush_posted = True
+            self._loop.post(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_posted = False
+        if self.state is State.CLOSED:
+            return
+        while self._outbox:
+            buffers = self._gather()
+            affinity.check_write(self._loop.thread_id, f"{len(buffers)} buffers to {self.peer}")
+            try:
+                sent = self._sock.sendmsg(buffers)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                if exc.errno not in (errno.EPIPE, errno.ECONNRESET):
+                    logger.info("%s: write failed: %s", self.peer, exc)
+                self._abort(ABNORMAL, f"write failed: {exc.strerror or exc}")
+                return
+            if not self._consume(sent):
+                break
+        self._set_writing(bool(self._outbox))
+        if not self._outbox and self._shut_when_flushed and self.state is State.CLOSING:
+            self._shutdown_write()
+
+    def _gather(self) -> list[memoryview | bytes]:
+        buffers: list[memoryview | bytes] = []
+        skip = self._head_sent
+        for frame, _, _ in self._outbox:
+            for buf in frame:
+                if skip >= len(buf):
+                    skip -= len(buf)
+                    continue
+                buffers.append(memoryview(buf)[skip:] if skip else buf)
+                skip = 0
+            if len(buffers) >= _IOV_MAX:
+                break
+        return buffers[:_IOV_MAX]
+
+    def _consume(self, sent: int) -> bool:
+        """Drop what ``sendmsg`` wrote; True if everything offered was written."""
+        freed = 0
+        remaining = sent
+        while self._outbox and remaining:
+            frame, reserved, length = self._outbox[0]
+            left = length - self._head_sent
+            if remaining < left:
+                self._head_sent += remaining
+                remaining = 0
+                break
+            remaining -= left
+            self._head_sent = 0
+            freed += reserved
+            self._outbox.popleft()
+        if freed:
+            self._release(freed)
+        return sent > 0 and self._head_sent == 0
+
+    def _shutdown_write(self) -> None:
+        """Half-close and read until the client's EOF, so our last bytes are not lost to a reset."""
+        self.state = State.DRAINING
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._finish(self._close_code or NORMAL, self._close_reason)
+            return
+        self._set_reading(True)
+        self._arm("close", self.limits.close_timeout, self._on_close_timeout)
+
+    def _set_writing(self, writing: bool) -> None:
+        if writing != self._writing:
+            self._writing = writing
+            self._loop.set_interest(self._sock, self._on_ready, read=self._reading, write=writing)
+
+    def _set_reading(self, reading: bool) -> None:
+        if reading != self._reading and self.state is not State.CLOSED:
+            self._reading = reading
+            self._loop.set_interest(self._sock, self._on_ready, read=reading, write=self._writing)
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.peer} {self.path or '-'} {self.state.value}>"
+

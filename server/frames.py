@@ -1,0 +1,60 @@
+"""Immutable outgoing messages, encoded once and shareable between connections.
+
+A server data frame without extensions is a pure function of its payload
+(servers never mask), so it can be built on the producer's thread and the same
+bytes queued to any number of connections, as Beast's chat-multi example
+queues one ``shared_ptr<std::string const>``. wsproto's ``FrameProtocol`` is
+per-connection state, so this one stateless header builder is written here.
+
+Connections that negotiated permessage-deflate need their own compressor
+(context takeover), so for them the IO thread compresses ``payload`` with the
+connection's wsproto state, in queue order.
+"""
+
+from __future__ import annotations
+
+import struct
+
+OP_TEXT = 0x1
+OP_BINARY = 0x2
+
+_LEN16 = struct.Struct("!BBH")
+_LEN64 = struct.Struct("!BBQ")
+
+
+def frame_header(opcode: int, length: int) -> bytes:
+    """Header of one final, unmasked, uncompressed frame with ``length`` payload bytes."""
+    first = 0x80 | opcode
+    if length < 126:
+        return bytes((first, length))
+    if length < 65536:
+        return _LEN16.pack(first, 126, length)
+    return _LEN64.pack(first, 127, length)
+
+
+class OutMessage:
+    """One message ready to be queued: its payload and its plain frame header.
+
+    Build it once with :meth:`of`; it is never mutated afterwards, so it may be
+    shared by every connection it is sent to.
+    """
+
+    __slots__ = ("payload", "text", "header", "size")
+
+    def __init__(self, payload: bytes, text: bool) -> None:
+        self.payload = payload
+        self.text = text
+        self.header = frame_header(OP_TEXT if text else OP_BINARY, len(payload))
+        self.size = len(self.header) + len(payload)
+
+    @classmethod
+    def of(cls, message: str | bytes | bytearray | memoryview) -> OutMessage:
+        if isinstance(message, str):
+            return cls(message.encode("utf-8"), True)
+        if isinstance(message, (bytes, bytearray, memoryview)):
+            return cls(bytes(message), False)
+        raise TypeError(f"a WebSocket message is str or bytes, not {type(message).__name__}")
+
+    def as_event_data(self) -> str | bytes:
+        """The payload as wsproto wants it (for connections with extensions)."""
+        return self.payload.decode("utf-8") if self.text else self.payload

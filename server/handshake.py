@@ -1,0 +1,185 @@
+"""HTTP side of a connection: parse the request with h11, answer or upgrade.
+
+A small state machine with no I/O, in the style of h11 and wsproto: feed it
+bytes with :meth:`HandshakeParser.feed`, get back ``None`` (need more data)
+or the parsed :class:`HttpRequest`. Build replies with :func:`http_response`
+and :func:`upgrade_response`.
+"""
+
+from __future__ import annotations
+
+import base64
+from http import HTTPStatus
+import binascii
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, urlsplit
+
+import h11
+from wsproto.extensions import PerMessageDeflate
+from wsproto.handshake import server_extensions_handshake
+from wsproto.utilities import generate_accept_token, split_comma_header
+
+WEBSOCKET_VERSION = b"13"
+SERVER_NAME = b"wsrace"
+
+
+class HttpError(Exception):
+    """A request we answer with an HTTP error status and close."""
+
+    def __init__(self, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        super().__init__(f"{status} {message}")
+        self.status = status
+        self.message = message
+        self.headers = headers or []
+
+
+@dataclass
+class HttpRequest:
+    method: str
+    target: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]  # lower-case names; repeated headers joined with ", "
+    trailing: bytes = b""  # bytes received after the request (early frames)
+    extensions: list[str] = field(default_factory=list)
+
+    def header_tokens(self, name: str) -> list[str]:
+        return [t.lower() for t in split_comma_header(self.headers.get(name, "").encode("latin-1"))]
+
+    @property
+    def wants_websocket(self) -> bool:
+        return "websocket" in self.header_tokens("upgrade")
+
+
+class HandshakeParser:
+    """Collects one HTTP/1.1 request (h11 enforces size limits and syntax)."""
+
+    def __init__(self, max_request_bytes: int = 16 * 1024) -> None:
+        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_request_bytes)
+
+    def feed(self, data: bytes) -> HttpRequest | None:
+        """Feed received bytes (``b""`` at EOF). Raises :class:`HttpError` on bad input."""
+        self._h11.receive_data(data)
+        try:
+            event = self._h11.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise HttpError(exc.error_status_hint, f"malformed HTTP request: {exc}") from None
+        if event is h11.NEED_DATA:
+            return None
+        if isinstance(event, h11.ConnectionClosed):
+            raise HttpError(400, "connection closed before a complete request")
+        if not isinstance(event, h11.Request):  # pragma: no cover - h11 yields Request first
+            raise HttpError(400, f"unexpected HTTP event {type(event).__name__}")
+        return self._to_request(event)
+
+    def _to_request(self, event: h11.Request) -> HttpRequest:
+        headers: dict[str, str] = {}
+        extensions: list[str] = []
+        for raw_name, raw_value in event.headers:
+            name = raw_name.decode("latin-1").lower()
+            value = raw_value.decode("latin-1")
+            if name == "sec-websocket-extensions":
+                extensions.extend(split_comma_header(raw_value))
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        target = event.target.decode("latin-1")
+        parts = urlsplit(target)
+        # Drain the (empty) body so trailing_data holds only what follows.
+        while True:
+            try:
+                nxt = self._h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise HttpError(400, f"malformed HTTP request: {exc}") from None
+            if nxt is h11.NEED_DATA or nxt is h11.PAUSED or isinstance(nxt, (h11.EndOfMessage, h11.ConnectionClosed)):
+                if isinstance(nxt, h11.EndOfMessage):
+                    continue
+                break
+        return HttpRequest(
+            method=event.method.decode("ascii"),
+            target=target,
+            path=parts.path or "/",
+            query=dict(parse_qsl(parts.query, keep_blank_values=True)),
+            headers=headers,
+            trailing=self._h11.trailing_data[0],
+            extensions=extensions,
+        )
+
+
+def check_upgrade(request: HttpRequest) -> bytes:
+    """Validate a WebSocket upgrade request (RFC 6455 section 4.2.1); return the key.
+
+    Each failure maps to the status a client can act on: 405 for a method other
+    than GET, 426 (with ``Upgrade`` and ``Sec-WebSocket-Version: 13``) for a
+    plain HTTP request or a wrong version, 400 for a missing or bad key.
+    """
+    upgrade_headers = [(b"Upgrade", b"websocket"), (b"Sec-WebSocket-Version", WEBSOCKET_VERSION)]
+    if request.method != "GET":
+        raise HttpError(405, f"method {request.method} not allowed; a WebSocket handshake is a GET", [(b"Allow", b"GET")])
+    if not request.wants_websocket or "upgrade" not in request.header_tokens("connection"):
+        raise HttpError(426, "this is a WebSocket endpoint: send 'Upgrade: websocket' and 'Connection: Upgrade'", upgrade_headers)
+    version = request.headers.get("sec-websocket-version")
+    if version is None:
+        raise HttpError(400, "missing Sec-WebSocket-Version header (this server speaks version 13)", upgrade_headers[1:])
+    if version.strip().encode() != WEBSOCKET_VERSION:
+        raise HttpError(426, f"unsupported WebSocket version {version!r}; this server speaks 13", upgrade_headers[1:])
+    key = request.headers.get("sec-websocket-key")
+    if key is None:
+        raise HttpError(400, "missing Sec-WebSocket-Key header")
+    try:
+        if len(base64.b64decode(key.strip(), validate=True)) != 16:
+            raise ValueError
+    except (binascii.Error, ValueError):
+        raise HttpError(400, "Sec-WebSocket-Key must be 16 random bytes, base64-encoded") from None
+    return key.strip().encode("ascii")
+
+
+def negotiate_deflate(request: HttpRequest, enabled: bool = True) -> tuple[PerMessageDeflate | None, bytes | None]:
+    """Accept permessage-deflate (RFC 7692) when offered; return it and the header value."""
+    offers = [o for o in request.extensions if o.split(";", 1)[0].strip() == PerMessageDeflate.name]
+    if not enabled or not offers:
+        return None, None
+    # RFC 7692 7.1.1.1: honour a client's request that we reset our context per message.
+    no_takeover = any("server_no_context_takeover" in o for o in offers)
+    extension = PerMessageDeflate(server_no_context_takeover=no_takeover)
+    header = server_extensions_handshake(offers[:1], [extension])
+    if header is None or not extension.enabled():
+        return None, None
+    return extension, header
+
+
+def upgrade_response(key: bytes, extensions_header: bytes | None) -> bytes:
+    headers = [
+        (b"Upgrade", b"websocket"),
+        (b"Connection", b"Upgrade"),
+        (b"Sec-WebSocket-Accept", generate_accept_token(key)),
+        (b"Server", SERVER_NAME),
+    ]
+    if extensions_header:
+        headers.append((b"Sec-WebSocket-Extensions", extensions_header))
+    return _serialize(h11.InformationalResponse(status_code=101, headers=headers, reason=b"Switching Protocols"))
+
+
+def http_response(status: int, body: bytes, content_type: bytes = b"text/plain; charset=utf-8",
+                  headers: list[tuple[bytes, bytes]] | None = None) -> bytes:
+    """A complete HTTP/1.1 response; the connection is closed after it."""
+    all_headers = [
+        (b"Content-Type", content_type),
+        (b"Content-Length", str(len(body)).encode()),
+        (b"Connection", b"close"),
+        (b"Server", SERVER_NAME),
+        (b"Cache-Control", b"no-store"),
+        *(headers or []),
+    ]
+    reason = HTTPStatus(status).phrase.encode() if status in HTTPStatus._value2member_map_ else b""
+    return _serialize(h11.Response(status_code=status, headers=all_headers, reason=reason)) + body
+
+
+def error_response(error: HttpError) -> bytes:
+    return http_response(error.status, (error.message + "\n").encode("utf-8"), headers=error.headers)
+
+
+def _serialize(event: h11.InformationalResponse | h11.Response) -> bytes:
+    # A throwaway h11 connection in the "client sent a request" state serialises one response.
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n\r\n")
+    conn.next_event()
+    return conn.send(event) or b""

@@ -1,0 +1,215 @@
+"""The IO loop: one thread that owns every socket, and ``post()``, the only way in.
+
+This is the Python analogue of posting to a Boost.Asio strand, built the way
+asyncio's selector loop builds ``call_soon_threadsafe``: a thread-safe queue of
+callables plus a socketpair whose readable end wakes ``selectors.select()``.
+
+Rules:
+
+* Only the IO thread touches sockets, wsproto state and timers.
+* Any thread may call :meth:`IOLoop.post`; callables posted by one thread run
+  on the IO thread in the order posted, each exactly once.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import selectors
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+logger = logging.getLogger(__name__)
+
+Callback = Callable[[], None]
+IOHandler = Callable[[int], None]
+
+
+class Timer:
+    """A callback scheduled on the IO thread; :meth:`cancel` it from the IO thread."""
+
+    __slots__ = ("when", "callback", "cancelled")
+
+    def __init__(self, when: float, callback: Callback) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class IOLoop:
+    """A selector loop run by exactly one thread."""
+
+    def __init__(self, name: str = "wsrace-io") -> None:
+        self.name = name
+        self._selector = selectors.DefaultSelector()
+        # deque.append / popleft are atomic: this is the thread-safe queue.
+        self._posted: deque[Callback] = deque()
+        self._wake_lock = threading.Lock()
+        self._wake_pending = False
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._timer_seq = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._thread_id: int | None = None
+        self._running = False
+        self._closed = False
+
+    # -- any thread ------------------------------------------------------
+
+    def post(self, callback: Callback) -> None:
+        """Run ``callback`` on the IO thread. Safe from any thread; never blocks.
+
+        This is the thread boundary of the whole server: every message, close
+        request and broadcast crosses from a worker thread to the IO thread
+        here, and nowhere else.
+        """
+        self._posted.append(callback)
+        if threading.get_ident() != self._thread_id:
+            self._wake()
+
+    def _wake(self) -> None:
+        # One wake-up byte per batch: later posts ride on the pending wake-up.
+        with self._wake_lock:
+            if self._wake_pending:
+                return
+            self._wake_pending = True
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:  # buffer full (a wake-up is pending anyway) or closed
+            pass
+
+    def in_io_thread(self) -> bool:
+        """True when called from the thread that runs this loop."""
+        return threading.get_ident() == self._thread_id
+
+    @property
+    def thread_id(self) -> int | None:
+        """Ident of the IO thread (None before it runs)."""
+        return self._thread_id
+
+    @property
+    def thread(self) -> threading.Thread | None:
+        return self._thread
+
+    def start(self) -> threading.Thread:
+        """Run the loop in a new thread and return it."""
+        started = threading.Event()
+
+        def main() -> None:
+            self._thread_id = threading.get_ident()
+            started.set()
+            self.run()
+
+        self._thread = threading.Thread(target=main, name=self.name, daemon=True)
+        self._thread.start()
+        started.wait()
+        return self._thread
+
+    def stop(self) -> None:
+        """Ask the loop to return from :meth:`run` after the current batch."""
+        self.post(self._set_stopped)
+
+    def _set_stopped(self) -> None:
+        self._running = False
+
+    # -- IO thread only --------------------------------------------------
+
+    def call_later(self, delay: float, callback: Callback) -> Timer:
+        """Schedule ``callback`` after ``delay`` seconds (IO thread only)."""
+        timer = Timer(time.monotonic() + delay, callback)
+        heapq.heappush(self._timers, (timer.when, next(self._timer_seq), timer))
+        return timer
+
+    def set_interest(self, sock: socket.socket, handler: IOHandler, read: bool, write: bool) -> None:
+        """Watch ``sock`` for the given readiness; ``handler(mask)`` runs on it (IO thread only)."""
+        events = (selectors.EVENT_READ if read else 0) | (selectors.EVENT_WRITE if write else 0)
+        try:
+            key = self._selector.get_key(sock)
+        except (KeyError, ValueError):
+            if events:
+                self._selector.register(sock, events, handler)
+            return
+        if not events:
+            self._selector.unregister(sock)
+        elif key.events != events or key.data is not handler:
+            self._selector.modify(sock, events, handler)
+
+    def remove(self, sock: socket.socket) -> None:
+        """Stop watching ``sock`` (IO thread only); harmless if it was not watched."""
+        try:
+            self._selector.unregister(sock)
+        except (KeyError, ValueError):
+            pass
+
+    def run(self) -> None:
+        """Run until :meth:`stop`. Must be called by the thread that owns the loop."""
+        self._thread_id = threading.get_ident()
+        self._running = True
+        try:
+            while self._running:
+                self._run_once()
+        finally:
+            self._running = False
+
+    def _run_once(self) -> None:
+        timeout: float | None = None
+        if self._posted:
+            timeout = 0
+        elif self._timers:
+            timeout = max(0.0, self._timers[0][0] - time.monotonic())
+        for key, mask in self._selector.select(timeout):
+            self._guarded(key.data, mask)
+        self._run_due_timers()
+        self._run_posted()
+
+    def _run_posted(self) -> None:
+        # Run only what is queued now; callables posted meanwhile run next turn,
+        # so a busy producer cannot starve socket IO.
+        for _ in range(len(self._posted)):
+            callback = self._posted.popleft()
+            self._guarded(callback)
+
+    def _run_due_timers(self) -> None:
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, timer = heapq.heappop(self._timers)
+            if not timer.cancelled:
+                self._guarded(timer.callback)
+
+    def _on_wake(self, mask: int) -> None:
+        # Clear the flag before the queue is drained, so a post that races with
+        # the drain always leaves a wake-up behind.
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+        with self._wake_lock:
+            self._wake_pending = False
+
+    @staticmethod
+    def _guarded(callback: Callable[..., None], *args: int) -> None:
+        try:
+            callback(*args)
+        except Exception:
+            # One bad callback must not take down every connection.
+            logger.exception("unhandled error in IO-thread callback %r", callback)
+
+    def close(self) -> None:
+        """Release the selector and wake-up sockets once the loop has stopped."""
+        if self._closed:
+            return
+        self._closed = True
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
