@@ -88,7 +88,10 @@ class StreamParams:
         )
         if params.max_size and params.max_size < size:
             raise HttpError(400, f"/stream maxsize={params.max_size} is below size={size}")
-        worst = params.producers * params.count * max(params.size, params.max_size, params.big_size, params.big_max_size)
+        biggest = max(params.size, params.max_size)
+        if params.big_every:
+            biggest = max(biggest, params.big_size, params.big_max_size)
+        worst = params.producers * params.count * biggest
         if worst > MAX_TOTAL_BYTES:
             raise HttpError(400, f"/stream would send up to {worst} bytes; the limit is {MAX_TOTAL_BYTES}")
         return params
@@ -123,9 +126,11 @@ class StreamHandler:
         try:
             for seq in range(params.count):
                 size = params.size_of(producer, seq)
+                message = streamformat.encode(producer, seq, size)
                 if params.pace:
-                    conn.wait_for_room(size)
-                conn.send(streamformat.encode(producer, seq, size))
+                    conn.send_paced(message)
+                else:
+                    conn.send(message)
                 sent += 1
         except ConnectionClosed as exc:
             logger.debug("%s: producer %d stopped after %d messages: %s", conn.peer, producer, sent, exc)

@@ -27,12 +27,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="when a slow client's outbox is full: close it with 1008, or drop the new message (default: %(default)s)")
     p.add_argument("--max-message-bytes", type=int, default=Limits.max_message_bytes,
                    help="largest message accepted from a client; larger ones close it with 1009 (default: %(default)s)")
-    p.add_argument("--ping-interval", type=float, default=20.0, help="keepalive ping period in seconds, 0 to disable (default: %(default)s)")
+    p.add_argument("--ping-interval", type=float, default=20.0,
+                   help="keepalive ping period in seconds, 0 to disable (default: %(default)s)")
     p.add_argument("--ping-timeout", type=float, default=20.0, help="seconds to wait for a pong (default: %(default)s)")
     p.add_argument("--no-deflate", action="store_true", help="refuse permessage-deflate")
     p.add_argument("--publishers", type=int, default=0, help="ticker threads publishing to /broadcast (default: %(default)s)")
     p.add_argument("--rate", type=float, default=10.0, help="messages per second per ticker (default: %(default)s)")
-    p.add_argument("--check-affinity", action="store_true", help="raise on any socket write off the IO thread (also WSRACE_CHECK_AFFINITY=1)")
+    p.add_argument("--check-affinity", action="store_true",
+                   help="raise on any socket write off the IO thread (also WSRACE_CHECK_AFFINITY=1)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="(default: %(default)s)")
     return p
 

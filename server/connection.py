@@ -24,8 +24,7 @@ from typing import Protocol
 
 from wsproto.connection import Connection as WsConnection
 from wsproto.connection import ConnectionState, ConnectionType
-from wsproto.events import BytesMessage, CloseConnection, Message, Ping, Pong, TextMessage
-from wsproto.utilities import LocalProtocolError
+from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
 from . import affinity
 from .frames import OutMessage
@@ -90,7 +89,7 @@ class Limits:
     ping_timeout: float = 20.0
     handshake_timeout: float = 10.0
     close_timeout: float = 5.0
-    max_inflight_messages: int = 64  # received, not yet handled: reading pauses above this
+    max_inflight_messages: int = 16  # received, not yet handled: reading pauses at this many
     deflate: bool = True
 
 
@@ -200,9 +199,10 @@ class Connection:
         self._close_reason = ""
         self._closed_event = threading.Event()
 
-        self._partial: list[bytes | str] = []
+        self._partial: list[bytes | bytearray | str] = []
         self._partial_size = 0
         self._inflight = 0
+        self._inflight_bytes = 0
         self._timers: dict[str, Timer] = {}
         self._ping_seq = 0
 
@@ -219,6 +219,17 @@ class Connection:
         """
         out = message if isinstance(message, OutMessage) else OutMessage.of(message)
         if self._reserve(out.size):
+            self._loop.post(partial(self._enqueue, out))
+
+    def send_paced(self, message: str | bytes | OutMessage, timeout: float | None = None) -> None:
+        """Like :meth:`send`, but wait while this client's outbox is full.
+
+        For producers that prefer flow control to the overflow policy (like
+        awaiting asyncio's ``drain()``): only the calling producer waits, and
+        only for this client. Raises :class:`TimeoutError` after ``timeout``.
+        """
+        out = message if isinstance(message, OutMessage) else OutMessage.of(message)
+        if self._reserve(out.size, wait=True, timeout=timeout):
             self._loop.post(partial(self._enqueue, out))
 
     def close(self, code: int = NORMAL, reason: str = "") -> None:
@@ -250,12 +261,23 @@ class Connection:
         """Bytes reserved by messages not yet written to the socket."""
         return self._queued_bytes
 
-    def _reserve(self, size: int) -> bool:
+    def _reserve(self, size: int, wait: bool = False, timeout: float | None = None) -> bool:
         """Reserve outbox space for a producer; apply the overflow policy when full."""
+        limit = self.limits.max_queue_bytes
         with self._lock:
+            if wait:
+                self._room_waiters += 1
+                try:
+                    room = self._room.wait_for(
+                        lambda: self._closing_code is not None or self._queued_bytes == 0 or self._queued_bytes + size <= limit,
+                        timeout,
+                    )
+                finally:
+                    self._room_waiters -= 1
+                if not room:
+                    raise TimeoutError(f"no room for {size} bytes in {self.peer}'s outbox within {timeout} s")
             if self._closing_code is not None:
                 raise ConnectionClosed(self._closing_code, self._closing_reason)
-            limit = self.limits.max_queue_bytes
             if self._queued_bytes + size <= limit or self._queued_bytes == 0:
                 self._queued_bytes += size
                 return True
@@ -272,27 +294,6 @@ class Connection:
             self._queued_bytes -= size
             if self._room_waiters:
                 self._room.notify_all()
-
-    def wait_for_room(self, size: int, timeout: float | None = None) -> bool:
-        """Block the *calling producer* until ``size`` more bytes fit in the outbox.
-
-        :meth:`send` never blocks; a producer that prefers flow control to the
-        overflow policy calls this first, like asyncio's ``drain()``. Returns
-        False on timeout. Raises :class:`ConnectionClosed` once closing.
-        """
-        limit = self.limits.max_queue_bytes
-        with self._room:
-            self._room_waiters += 1
-            try:
-                ok = self._room.wait_for(
-                    lambda: self._closing_code is not None or self._queued_bytes == 0 or self._queued_bytes + size <= limit,
-                    timeout,
-                )
-            finally:
-                self._room_waiters -= 1
-            if self._closing_code is not None:
-                raise ConnectionClosed(self._closing_code, self._closing_reason)
-            return ok
 
     def _offer(self, out: OutMessage) -> None:
         """IO-thread twin of :meth:`send` for broadcasts: reserve, then queue."""
@@ -417,7 +418,7 @@ class Connection:
             elif isinstance(event, Pong):
                 self._cancel("pong")
 
-    def _on_message_part(self, event: Message[str] | Message[bytes]) -> None:
+    def _on_message_part(self, event: TextMessage | BytesMessage) -> None:
         self._partial_size += len(event.data)
         if self._partial_size > self.limits.max_message_bytes:
             self._fail(MESSAGE_TOO_BIG, f"message over {self.limits.max_message_bytes} bytes")
@@ -428,12 +429,26 @@ class Connection:
         parts, self._partial, self._partial_size = self._partial, [], 0
         message: str | bytes = "".join(parts) if isinstance(event, TextMessage) else b"".join(parts)  # type: ignore[arg-type]
         self._inflight += 1
-        if self._inflight >= self.limits.max_inflight_messages:
-            self._set_reading(False)  # let the workers catch up before reading more
+        self._inflight_bytes += len(message)
         try:
             self._executor.submit(self._handle_message, message)
         except RuntimeError:  # executor shut down
-            self._inflight -= 1
+            self._message_done(message)
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        """Read from the client only while its replies can still fit.
+
+        Input flow control: while handlers are busy or the outbox (plus the
+        replies that in-flight messages may produce) is past half the limit,
+        stop reading, so TCP pushes back on a client that sends faster than it
+        reads, instead of the outbox overflowing.
+        """
+        if self.state is not State.OPEN:
+            return
+        busy = self._inflight >= self.limits.max_inflight_messages
+        full = self._queued_bytes + self._inflight_bytes > self.limits.max_queue_bytes // 2
+        self._set_reading(not (busy or full))
 
     def _handle_message(self, message: str | bytes) -> None:
         """Runs on a worker thread."""
@@ -447,12 +462,13 @@ class Connection:
             self._loop.post(self._count_handler_error)
             self.close(INTERNAL_ERROR, "internal error")
         finally:
-            self._loop.post(self._message_done)
+            self._loop.post(partial(self._message_done, message))
 
-    def _message_done(self) -> None:
+    def _message_done(self, message: str | bytes) -> None:
         self._inflight -= 1
-        if not self._reading and self._inflight < self.limits.max_inflight_messages // 2:
-            self._set_reading(True)
+        self._inflight_bytes -= len(message)
+        if not self._reading:
+            self._update_reading()
 
     def _count_handler_error(self) -> None:
         self._stats.handler_errors += 1
@@ -614,7 +630,8 @@ class Connection:
             return
         if self.deflate:
             # Compress here, in queue order: the deflate context is per connection.
-            frame: tuple[bytes, ...] = (self._ws.send(Message(data=out.as_event_data())),)
+            event = TextMessage(data=out.payload.decode("utf-8")) if out.text else BytesMessage(data=out.payload)
+            frame: tuple[bytes, ...] = (self._ws.send(event),)
         else:
             frame = (out.header, out.payload)
         self._outbox.append((frame, out.size, out.size if not self.deflate else len(frame[0])))
@@ -673,7 +690,7 @@ class Connection:
         freed = 0
         remaining = sent
         while self._outbox and remaining:
-            frame, reserved, length = self._outbox[0]
+            _, reserved, length = self._outbox[0]
             left = length - self._head_sent
             if remaining < left:
                 self._head_sent += remaining
@@ -685,6 +702,8 @@ class Connection:
             self._outbox.popleft()
         if freed:
             self._release(freed)
+            if not self._reading:
+                self._update_reading()
         return sent > 0 and self._head_sent == 0
 
     def _shutdown_write(self) -> None:

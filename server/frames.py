@@ -39,7 +39,7 @@ class OutMessage:
     shared by every connection it is sent to.
     """
 
-    __slots__ = ("payload", "text", "header", "size")
+    __slots__ = ("header", "payload", "size", "text")
 
     def __init__(self, payload: bytes, text: bool) -> None:
         self.payload = payload
@@ -54,7 +54,3 @@ class OutMessage:
         if isinstance(message, (bytes, bytearray, memoryview)):
             return cls(bytes(message), False)
         raise TypeError(f"a WebSocket message is str or bytes, not {type(message).__name__}")
-
-    def as_event_data(self) -> str | bytes:
-        """The payload as wsproto wants it (for connections with extensions)."""
-        return self.payload.decode("utf-8") if self.text else self.payload

@@ -9,9 +9,9 @@ and :func:`upgrade_response`.
 from __future__ import annotations
 
 import base64
-from http import HTTPStatus
 import binascii
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from urllib.parse import parse_qsl, urlsplit
 
 import h11
@@ -56,9 +56,12 @@ class HandshakeParser:
 
     def __init__(self, max_request_bytes: int = 16 * 1024) -> None:
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_request_bytes)
+        self._max = max_request_bytes
+        self._received = 0
 
     def feed(self, data: bytes) -> HttpRequest | None:
         """Feed received bytes (``b""`` at EOF). Raises :class:`HttpError` on bad input."""
+        self._received += len(data)
         self._h11.receive_data(data)
         try:
             event = self._h11.next_event()
@@ -70,7 +73,11 @@ class HandshakeParser:
             raise HttpError(400, "connection closed before a complete request")
         if not isinstance(event, h11.Request):  # pragma: no cover - h11 yields Request first
             raise HttpError(400, f"unexpected HTTP event {type(event).__name__}")
-        return self._to_request(event)
+        request = self._to_request(event)
+        # h11 only limits incomplete requests; a large one arriving whole gets here.
+        if self._received - len(request.trailing) > self._max:
+            raise HttpError(431, f"request head over {self._max} bytes")
+        return request
 
     def _to_request(self, event: h11.Request) -> HttpRequest:
         headers: dict[str, str] = {}

@@ -32,7 +32,7 @@ IOHandler = Callable[[int], None]
 class Timer:
     """A callback scheduled on the IO thread; :meth:`cancel` it from the IO thread."""
 
-    __slots__ = ("when", "callback", "cancelled")
+    __slots__ = ("callback", "cancelled", "when")
 
     def __init__(self, when: float, callback: Callback) -> None:
         self.when = when

@@ -1,0 +1,46 @@
+"""Shared fixtures: every test runs with the write-affinity check on."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from server import affinity
+
+from .helpers import running_server
+
+affinity.set_enabled(True)
+
+
+@pytest.fixture(autouse=True)
+def _affinity_on() -> Iterator[None]:
+    affinity.set_enabled(True)
+    yield
+
+
+@pytest.fixture
+def server():
+    with running_server() as srv:
+        yield srv
+
+
+@pytest.fixture(autouse=True)
+def _no_unhandled_thread_errors(caplog) -> Iterator[None]:
+    """Fail a test if a thread died of an exception or the IO loop logged one."""
+    errors: list[str] = []
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        errors.append(f"{args.thread.name if args.thread else '?'}: {args.exc_type.__name__}: {args.exc_value}")
+        previous(args)
+
+    threading.excepthook = hook
+    caplog.set_level(logging.WARNING)
+    yield
+    threading.excepthook = previous
+    loop_errors = [r.getMessage() for r in caplog.records if r.name == "server.loop" and r.levelno >= logging.ERROR]
+    assert not errors, f"unhandled exceptions in threads: {errors}"
+    assert not loop_errors, f"IO-loop callbacks raised: {loop_errors}"

@@ -1,0 +1,175 @@
+"""Test helpers: an in-process server, raw sockets and a /stream verifier."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from server import DemoApp, Limits, Server, streamformat
+
+
+@contextlib.contextmanager
+def running_server(limits: Limits | None = None, workers: int = 8) -> Iterator[Server]:
+    """A fixed server on 127.0.0.1 with a free port; shut down (and checked) afterwards."""
+    srv = Server(DemoApp, host="127.0.0.1", port=0, workers=workers, limits=limits or Limits(ping_interval=None))
+    srv.start()
+    try:
+        yield srv
+    finally:
+        assert srv.shutdown(timeout=10), "server did not shut down cleanly"
+        assert not (srv.loop.thread and srv.loop.thread.is_alive()), "IO thread still alive after shutdown"
+
+
+@dataclass
+class StreamCheck:
+    """Verifies /stream messages: CRC, length, per-producer order, no loss or duplicates."""
+
+    producers: int
+    count: int
+    next_seq: dict[int, int] = field(default_factory=dict)
+    received: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, message: bytes | str) -> None:
+        self.received += 1
+        if isinstance(message, str):
+            self.errors.append(f"message {self.received}: text message on a binary stream")
+            return
+        try:
+            producer, seq = streamformat.decode(bytes(message))
+        except ValueError as exc:
+            self.errors.append(f"message {self.received}: {exc}")
+            return
+        want = self.next_seq.get(producer, 0)
+        if producer >= self.producers or seq != want:
+            self.errors.append(f"message {self.received}: producer {producer} seq {seq}, expected {want}")
+        self.next_seq[producer] = seq + 1
+
+    def assert_complete(self) -> None:
+        assert not self.errors, f"{len(self.errors)} bad messages, first: {self.errors[:3]}"
+        assert self.received == self.producers * self.count, f"received {self.received} of {self.producers * self.count}"
+        assert all(self.next_seq.get(p) == self.count for p in range(self.producers)), self.next_seq
+
+
+def raw_connect(port: int, timeout: float = 5.0) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    return sock
+
+
+def http_exchange(port: int, request: bytes, timeout: float = 5.0) -> bytes:
+    """Send raw bytes, return everything the server sends until it closes."""
+    with raw_connect(port, timeout) as sock:
+        sock.sendall(request)
+        chunks = []
+        while True:
+            try:
+                data = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+        return b"".join(chunks)
+
+
+def upgrade_request(path: str, key: str = "dGhlIHNhbXBsZSBub25jZQ==", version: str = "13", extra: str = "") -> bytes:
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: {version}\r\n{extra}\r\n"
+    ).encode()
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.01) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def server_threads() -> list[str]:
+    return sorted(t.name for t in threading.enumerate() if t.name.startswith("wsrace"))
+
+
+def ws_handshake(port: int, path: str = "/echo", extra: str = "", timeout: float = 5.0) -> tuple[socket.socket, bytes]:
+    """Open a raw WebSocket; return the socket and any bytes read past the 101 reply."""
+    sock = raw_connect(port, timeout)
+    sock.sendall(upgrade_request(path, extra=extra))
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        data = sock.recv(65536)
+        assert data, f"server closed during handshake: {buf!r}"
+        buf += data
+    head, rest = buf.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock, rest
+
+
+def client_frame(opcode: int, payload: bytes, fin: bool = True, rsv: int = 0, masked: bool = True) -> bytes:
+    """A client frame built by hand, so tests can break the rules on purpose."""
+    first = (0x80 if fin else 0) | (rsv << 4) | opcode
+    n = len(payload)
+    mask_bit = 0x80 if masked else 0
+    if n < 126:
+        head = bytes((first, mask_bit | n))
+    elif n < 65536:
+        head = bytes((first, mask_bit | 126)) + n.to_bytes(2, "big")
+    else:
+        head = bytes((first, mask_bit | 127)) + n.to_bytes(8, "big")
+    if not masked:
+        return head + payload
+    key = b"\x01\x02\x03\x04"
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+def read_server_frames(
+    sock: socket.socket, buf: bytes = b"", timeout: float = 10.0, max_frames: int = 0
+) -> tuple[list[tuple[int, bytes]], bool]:
+    """Read unmasked server frames until a close frame, EOF or ``max_frames``: ([(opcode, payload)], saw_eof)."""
+    sock.settimeout(timeout)
+    frames: list[tuple[int, bytes]] = []
+    while True:
+        while len(buf) >= 2:
+            opcode, n, pos = buf[0] & 0x0F, buf[1] & 0x7F, 2
+            if n == 126:
+                if len(buf) < 4:
+                    break
+                n, pos = int.from_bytes(buf[2:4], "big"), 4
+            elif n == 127:
+                if len(buf) < 10:
+                    break
+                n, pos = int.from_bytes(buf[2:10], "big"), 10
+            if len(buf) < pos + n:
+                break
+            frames.append((opcode, buf[pos : pos + n]))
+            buf = buf[pos + n :]
+            if opcode == 0x8 or len(frames) == max_frames:
+                return frames, False
+        try:
+            data = sock.recv(65536)
+        except (ConnectionResetError, TimeoutError):
+            data = b""
+        if not data:
+            return frames, True
+        buf += data
+
+
+def close_code_of(frames: list[tuple[int, bytes]]) -> int | None:
+    for opcode, payload in frames:
+        if opcode == 0x8:
+            return int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+    return None
+
+
+def echo_works(port: int) -> bool:
+    """A normal client still gets served."""
+    from websockets.sync.client import connect
+
+    with connect(f"ws://127.0.0.1:{port}/echo", open_timeout=5) as ws:
+        ws.send("still alive?")
+        return ws.recv(timeout=5) == "still alive?"
