@@ -152,8 +152,9 @@ class StreamHandler:
 
     def join(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        for thread in self.threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+        for thread in list(self.threads):
+            if thread.ident is not None:  # started
+                thread.join(max(0.0, deadline - time.monotonic()))
 
 
 class BroadcastHub:

@@ -376,6 +376,7 @@ class Connection:
         self.state = State.OPEN
         self._stats.opened += 1
         self._append_raw(upgrade_response(key, ext_header))
+        self._flush()  # the 101 goes out before any handler can queue a frame
         logger.debug("%s: WebSocket open on %s (deflate=%s)", self.peer, request.target, self.deflate)
         self._schedule_ping()
         try:

@@ -24,7 +24,8 @@ class Server:
     :meth:`broadcast`, both safe from any thread.
 
     ``router`` is a :class:`Router`, or a callable that builds one from the
-    server (so routes can reach :meth:`broadcast`).
+    server (so routes can reach :meth:`broadcast`). ``connection_class`` lets
+    the repro inject its unsafe write disciplines; nothing else should change it.
     """
 
     def __init__(
@@ -35,8 +36,10 @@ class Server:
         workers: int = 8,
         limits: Limits | None = None,
         backlog: int = 1024,
+        connection_class: type[Connection] = Connection,
     ) -> None:
         self.host = host
+        self.connection_class = connection_class
         self.limits = limits or Limits()
         self.stats = Stats()
         self.loop = IOLoop()
@@ -149,7 +152,7 @@ class Server:
                 return
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.stats.accepted += 1
-            conn = Connection(self.loop, sock, self.router, self.executor, self.limits, self.stats, self._on_closed)
+            conn = self.connection_class(self.loop, sock, self.router, self.executor, self.limits, self.stats, self._on_closed)
             self.connections.add(conn)
             conn.start()
 

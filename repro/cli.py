@@ -1,0 +1,149 @@
+"""``python -m repro`` / ``wsrace-repro``: reproduce, diagnose, and show the fix.
+
+    python -m repro                 # every discipline, default workload, table
+    python -m repro --json          # the same as JSON
+    python -m repro serve --mode direct --port 8766   # a live broken server
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from dataclasses import fields
+
+from .disciplines import DESCRIPTIONS, DISCIPLINES, UNSAFE, serve
+from .run import Result, Workload, run_discipline
+
+logger = logging.getLogger("repro")
+
+
+def _workload_args(p: argparse.ArgumentParser) -> None:
+    d = Workload()
+    g = p.add_argument_group("workload knobs (defaults reproduce on a 2-core machine)")
+    g.add_argument("--producers", type=int, default=d.producers, help="threads sending on one connection (default: %(default)s)")
+    g.add_argument("--count", type=int, default=d.count, help="messages per producer (default: %(default)s)")
+    g.add_argument("--size", type=int, default=d.size, help="bytes per message (default: %(default)s)")
+    g.add_argument("--sndbuf", type=int, default=d.sndbuf, help="server SO_SNDBUF, 0 = OS default (default: %(default)s)")
+    g.add_argument("--rcvbuf", type=int, default=d.rcvbuf, help="client SO_RCVBUF, 0 = OS default (default: %(default)s)")
+    g.add_argument("--switch-interval", type=float, default=d.switch_interval,
+                   help="sys.setswitchinterval while running (default: %(default)s)")
+    g.add_argument("--ping-interval", type=float, default=d.ping_interval,
+                   help="client ping period in seconds, 0 = no pings (default: %(default)s)")
+    g.add_argument("--deflate", action="store_true", help="negotiate permessage-deflate")
+    g.add_argument("--time-limit", type=float, default=d.time_limit, help="seconds per discipline (default: %(default)s)")
+
+
+def _workload(ns: argparse.Namespace) -> Workload:
+    w = Workload(
+        producers=ns.producers, count=ns.count, size=ns.size, sndbuf=ns.sndbuf or None, rcvbuf=ns.rcvbuf or None,
+        switch_interval=ns.switch_interval, ping_interval=ns.ping_interval or None, deflate=ns.deflate, time_limit=ns.time_limit,
+    )
+    return w
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="wsrace-repro", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.add_argument("--disciplines", default=",".join(DISCIPLINES),
+                   help="comma-separated subset of: " + ", ".join(DISCIPLINES) + " (default: all)")
+    p.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    _workload_args(p)
+    sub = p.add_subparsers(dest="command")
+    s = sub.add_parser("serve", help="run the demo routes with one write discipline, for a browser or any client")
+    s.add_argument("--mode", required=True, choices=DISCIPLINES)
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8766)
+    s.add_argument("--sndbuf", type=int, default=16 * 1024, help="server SO_SNDBUF, 0 = OS default (default: %(default)s)")
+    s.add_argument("--publishers", type=int, default=0, help="ticker threads publishing to /broadcast")
+    s.add_argument("--rate", type=float, default=10.0, help="messages per second per ticker")
+    s.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p
+
+
+def format_table(results: list[Result], workload: Workload) -> str:
+    out = []
+    knobs = ", ".join(f"{f.name}={getattr(workload, f.name)}" for f in fields(workload))
+    out.append(f"workload: {workload.target}  ({knobs})")
+    out.append("")
+    head = f"{'discipline':<23} {'expected':>8} {'intact':>8} {'close':>6}  {'verdict':<10} anomalies (first occurrence first)"
+    out.append(head)
+    out.append("-" * len(head))
+    for r in results:
+        anomalies = ", ".join(f"{k}={v}" for k, v in r.anomalies.items()) or "none"
+        close = str(r.close_code) if r.close_code is not None else "-"
+        out.append(f"{r.discipline:<23} {r.expected:>8} {r.valid:>8} {close:>6}  {r.verdict:<10} {anomalies}")
+    for r in results:
+        for label, fa in (("first anomaly", r.first_anomaly), ("then the framing broke", r.first_framing)):
+            if fa is None:
+                continue
+            out.append("")
+            out.append(f"{r.discipline}: {label}: {fa['class']} at byte {fa['offset']} of the stream")
+            out.append(f"  {fa['detail']}")
+            out.append(f"  ({fa['meaning']})")
+            if fa["hexdump"]:
+                out.extend("  " + line for line in str(fa["hexdump"]).splitlines())
+    return "\n".join(out)
+
+
+def run_report(ns: argparse.Namespace) -> int:
+    chosen = [d.strip() for d in ns.disciplines.split(",") if d.strip()]
+    unknown = [d for d in chosen if d not in DISCIPLINES]
+    if unknown:
+        print(f"wsrace-repro: unknown discipline(s) {', '.join(unknown)}; choose from {', '.join(DISCIPLINES)}", file=sys.stderr)
+        return 2
+    workload = _workload(ns)
+    results = []
+    for i, name in enumerate(chosen, 1):
+        print(f"[{i}/{len(chosen)}] {name:<23} {DESCRIPTIONS[name]} ...", file=sys.stderr, flush=True)
+        result = run_discipline(name, workload)
+        print(f"      -> {result.verdict} after {result.seconds:.1f} s ({result.ended})", file=sys.stderr, flush=True)
+        results.append(result)
+    failures = [r.reason for r in results if not r.as_expected]
+    if ns.json:
+        print(json.dumps({"workload": vars(workload) | {"target": workload.target},
+                          "results": [r.to_json() for r in results],
+                          "ok": not failures, "failures": failures}, indent=2))
+    else:
+        print(format_table(results, workload))
+        print()
+        if failures:
+            print("NOT AS EXPECTED:")
+            for reason in failures:
+                print(f"  - {reason}")
+        else:
+            print("As expected: every unsafe discipline corrupted the stream; the queued server delivered it intact.")
+    return 1 if failures else 0
+
+
+def run_serve(ns: argparse.Namespace) -> int:
+    logging.basicConfig(level=ns.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if ns.mode in UNSAFE:
+        banner = "!" * 78
+        print(f"{banner}\n!! WARNING: '{ns.mode}' is UNSAFE ON PURPOSE: {DESCRIPTIONS[ns.mode]}.\n"
+              f"!! Clients of this server WILL see corrupted frames. Never use it for anything real.\n{banner}",
+              file=sys.stderr, flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        ctx = serve(ns.mode, host=ns.host, port=ns.port, sndbuf=ns.sndbuf or None, publishers=ns.publishers, rate=ns.rate)
+        with ctx as srv:
+            print(f"listening on ws://{ns.host}:{srv.port} (mode {ns.mode}); open http://{ns.host}:{srv.port}/", flush=True)
+            while not stop.wait(0.5):
+                pass
+    except OSError as exc:
+        print(f"wsrace-repro: cannot listen on {ns.host}:{ns.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    if ns.command == "serve":
+        return run_serve(ns)
+    logging.basicConfig(level=ns.log_level, format="%(levelname)s %(name)s: %(message)s")
+    return run_report(ns)

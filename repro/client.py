@@ -1,0 +1,152 @@
+"""The checking client: its own handshake, raw reads, a pinger, a time limit.
+
+It shares no code with the server: the handshake is written out here, and the
+bytes after the 101 go to :class:`~repro.checker.WireChecker`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass
+
+from .checker import DeflateParams, StreamSpec, Summary, WireChecker
+
+logger = logging.getLogger(__name__)
+
+GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+class HandshakeFailed(Exception):
+    pass
+
+
+@dataclass
+class ClientOptions:
+    rcvbuf: int | None = 8192  # small: the server's writes stay partial, so tears show
+    ping_interval: float | None = 0.0005  # pings make the server's IO/reader thread write pongs
+    deflate: bool = False
+    time_limit: float = 10.0
+
+
+def _masked(opcode: int, payload: bytes) -> bytes:
+    key = os.urandom(4)
+    masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    return bytes((0x80 | opcode, 0x80 | len(payload))) + key + masked
+
+
+def _parse_extensions(value: str) -> DeflateParams | None:
+    for ext in value.split(","):
+        parts = [p.strip() for p in ext.split(";")]
+        if parts[0] != "permessage-deflate":
+            continue
+        params = DeflateParams()
+        for p in parts[1:]:
+            name, _, val = p.partition("=")
+            if name.strip() == "server_no_context_takeover":
+                params.server_no_context_takeover = True
+            elif name.strip() == "server_max_window_bits" and val:
+                params.server_max_window_bits = int(val.strip().strip('"'))
+        return params
+    return None
+
+
+def check_url(host: str, port: int, target: str, stream: StreamSpec | None, options: ClientOptions) -> tuple[Summary, str]:
+    """Connect, read until close/EOF/failure/time limit; return the summary and how it ended."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if options.rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, options.rcvbuf)
+    sock.settimeout(5)
+    sock.connect((host, port))
+    write_lock = threading.Lock()  # the client has two writers (pinger, reader); it serialises them
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (
+        f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+        + ("Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n" if options.deflate else "")
+        + "\r\n"
+    )
+    sock.sendall(request.encode())
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        data = sock.recv(65536)
+        if not data:
+            raise HandshakeFailed(f"server closed the connection during the handshake: {buf[:200]!r}")
+        buf += data
+    head, rest = buf.split(b"\r\n\r\n", 1)
+    lines = head.decode("latin-1").split("\r\n")
+    if not lines[0].startswith("HTTP/1.1 101"):
+        raise HandshakeFailed(f"expected 101, got {lines[0]!r}")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    expected_accept = base64.b64encode(hashlib.sha1(key.encode() + GUID).digest()).decode()
+    if headers.get("sec-websocket-accept") != expected_accept:
+        raise HandshakeFailed(f"Sec-WebSocket-Accept {headers.get('sec-websocket-accept')!r}, expected {expected_accept!r}")
+    deflate = _parse_extensions(headers.get("sec-websocket-extensions", ""))
+    if deflate and not options.deflate:
+        raise HandshakeFailed("server accepted permessage-deflate that was not offered")
+
+    checker = WireChecker(deflate=deflate, stream=stream)
+    stop = threading.Event()
+
+    def pinger() -> None:
+        n = 0
+        while not stop.wait(options.ping_interval):
+            n += 1
+            try:
+                with write_lock:
+                    sock.sendall(_masked(0x9, struct.pack("!I", n)))
+            except OSError:
+                return
+
+    pinger_thread = None
+    if options.ping_interval:
+        pinger_thread = threading.Thread(target=pinger, name="checker-pinger", daemon=True)
+        pinger_thread.start()
+
+    ended = "time limit"
+    deadline = time.monotonic() + options.time_limit
+    checker.feed(rest)
+    sock.settimeout(0.5)
+    try:
+        while not checker.done:
+            if time.monotonic() > deadline:
+                break
+            try:
+                data = sock.recv(262144)
+            except TimeoutError:
+                continue
+            except OSError as exc:
+                ended = f"connection error: {exc}"
+                break
+            if not data:
+                ended = "EOF without a close frame"
+                break
+            checker.feed(data)
+        if checker.failed:
+            ended = "protocol error detected"
+        elif checker.closed:
+            ended = "close frame"
+            with write_lock:  # answer the close, as a well-behaved client does
+                try:
+                    sock.sendall(_masked(0x8, struct.pack("!H", checker.close_code or 1000)))
+                except OSError:
+                    pass
+    finally:
+        stop.set()
+        if pinger_thread:
+            pinger_thread.join(2)
+        if checker.failed:
+            # Fail the connection like a browser: close code 1002 back to the server.
+            try:
+                with write_lock:
+                    sock.sendall(_masked(0x8, struct.pack("!H", 1002)))
+            except OSError:
+                pass
+        sock.close()
+    return checker.summary(), ended

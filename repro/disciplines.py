@@ -1,0 +1,160 @@
+"""Write disciplines: who writes to the socket. Everything else is shared.
+
+``queued`` is the fixed server as shipped. ``direct`` and ``locked`` are the
+same server with :class:`~server.connection.Connection` swapped for a subclass
+whose ``send()`` writes from the calling thread — the bug, on purpose, and
+only here. ``simple-websocket`` and ``simple-websocket+lock`` run the same
+routes on the real library, the way flask-sock users do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import select
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Protocol
+
+from server import DemoApp, Limits, Server
+from server.connection import ABNORMAL, Connection, ConnectionClosed
+from server.frames import OutMessage
+from wsproto.events import BytesMessage, TextMessage
+
+from .simple_ws import SimpleWebsocketServer
+
+logger = logging.getLogger(__name__)
+
+DISCIPLINES = ["direct", "locked", "simple-websocket", "simple-websocket+lock", "queued"]
+UNSAFE = {"direct", "locked", "simple-websocket", "simple-websocket+lock"}
+DESCRIPTIONS = {
+    "direct": "worker threads write frames to the socket themselves (the bug)",
+    "locked": "workers write under a per-connection lock; the IO thread still writes pongs/pings/close on its own",
+    "simple-websocket": "simple_websocket.Server, workers call ws.send() (flask-sock style)",
+    "simple-websocket+lock": "simple_websocket.Server, workers call ws.send() under a lock (the usual workaround)",
+    "queued": "the fixed server: workers post, one IO thread writes everything",
+}
+
+
+class _SndbufMixin:
+    """Apply the repro's SO_SNDBUF knob to accepted sockets."""
+
+    sndbuf: int | None = None
+    _sock: socket.socket
+
+    def _apply_sndbuf(self) -> None:
+        if self.sndbuf:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.sndbuf)
+
+
+class QueuedConnection(_SndbufMixin, Connection):
+    """The fixed connection, unchanged but for the SO_SNDBUF knob."""
+
+    def start(self) -> None:
+        self._apply_sndbuf()
+        super().start()
+
+
+class DirectConnection(_SndbufMixin, Connection):
+    """UNSAFE ON PURPOSE: ``send()`` encodes and writes on the caller's thread.
+
+    The IO thread keeps writing what it always writes (101, pongs, keepalive
+    pings, close frames) — so, as with simple-websocket's reader thread, two
+    threads write to one socket.
+    """
+
+    worker_lock: threading.Lock | contextlib.nullcontext[None]
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.worker_lock = contextlib.nullcontext()
+
+    def start(self) -> None:
+        self._apply_sndbuf()
+        super().start()
+
+    def send(self, message: str | bytes | OutMessage) -> None:
+        out = message if isinstance(message, OutMessage) else OutMessage.of(message)
+        with self.worker_lock:
+            if self._closing_code is not None or self._ws is None:
+                raise ConnectionClosed(self._closing_code or ABNORMAL, self._closing_reason)
+            if self.deflate:  # the shared compressor, from whichever thread gets here
+                event = TextMessage(data=out.payload.decode()) if out.text else BytesMessage(data=out.payload)
+                data = bytes(self._ws.send(event))
+            else:
+                data = out.header + out.payload
+            self._write_from_this_thread(data)
+
+    def send_paced(self, message: str | bytes | OutMessage, timeout: float | None = None) -> None:
+        self.send(message)  # a blocking write paces itself
+
+    def _write_from_this_thread(self, data: bytes) -> None:
+        # What socket.sendall() does on a socket with a timeout: send, and wait
+        # for writability when the buffer is full. Another thread's bytes can
+        # land in the socket between two of these partial sends.
+        view = memoryview(data)
+        while view:
+            try:
+                sent = self._sock.send(view)
+            except BlockingIOError:
+                select.select([], [self._sock], [], 1.0)
+                continue
+            except (OSError, ValueError) as exc:
+                raise ConnectionClosed(ABNORMAL, f"write failed: {exc}") from None
+            view = view[sent:]
+
+
+class LockedConnection(DirectConnection):
+    """UNSAFE ON PURPOSE: the common workaround, a lock around the workers' writes."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.worker_lock = threading.Lock()
+
+
+class RunningServer(Protocol):
+    port: int
+
+    def shutdown(self, timeout: float = 10.0) -> bool: ...
+
+
+@contextlib.contextmanager
+def serve(
+    discipline: str,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    workers: int = 8,
+    sndbuf: int | None = None,
+    deflate: bool = True,
+    ping_interval: float | None = None,
+    publishers: int = 0,
+    rate: float = 10.0,
+) -> Iterator[RunningServer]:
+    """Run the demo routes with one write discipline; shut down afterwards."""
+    if discipline not in DISCIPLINES:
+        raise ValueError(f"unknown discipline {discipline!r}; choose from {', '.join(DISCIPLINES)}")
+    if discipline.startswith("simple-websocket"):
+        sws = SimpleWebsocketServer(
+            host, port, lock=discipline.endswith("+lock"), workers=workers, sndbuf=sndbuf, ping_interval=ping_interval
+        )
+        sws.start()
+        if publishers:
+            sws.start_tickers(publishers, rate)
+        try:
+            yield sws
+        finally:
+            sws.shutdown()
+        return
+    cls: type[Connection] = {"direct": DirectConnection, "locked": LockedConnection, "queued": QueuedConnection}[discipline]
+    conn_cls = type(f"{cls.__name__}WithKnobs", (cls,), {"sndbuf": sndbuf})
+    # The unsafe modes write off the IO thread by design: their writes skip the affinity check.
+    limits = Limits(ping_interval=ping_interval, deflate=deflate, max_queue_bytes=64 * 1024 * 1024)
+    srv = Server(DemoApp, host=host, port=port, workers=workers, limits=limits, connection_class=conn_cls)
+    srv.start()
+    if publishers:
+        srv.router.hub.start_tickers(publishers, rate)  # type: ignore[attr-defined]
+    try:
+        yield srv
+    finally:
+        srv.shutdown(timeout=5)
