@@ -15,7 +15,7 @@ from __future__ import annotations
 import codecs
 import struct
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 # class -> (fatal?, what it means)
 CLASSES: dict[str, tuple[bool, str]] = {

@@ -17,11 +17,14 @@ import threading
 from collections.abc import Iterator
 from typing import Protocol
 
+from wsproto.events import BytesMessage, TextMessage
+
 from server import DemoApp, Limits, Server
 from server.connection import ABNORMAL, Connection, ConnectionClosed
 from server.frames import OutMessage
-from wsproto.events import BytesMessage, TextMessage
+from server.loop import IOLoop
 
+from .guard import Violation, WriteGuard
 from .simple_ws import SimpleWebsocketServer
 
 logger = logging.getLogger(__name__)
@@ -38,14 +41,21 @@ DESCRIPTIONS = {
 
 
 class _SndbufMixin:
-    """Apply the repro's SO_SNDBUF knob to accepted sockets."""
+    """Apply the repro's knobs to accepted sockets: SO_SNDBUF, and the write guard."""
 
     sndbuf: int | None = None
+    guards: list[WriteGuard] | None = None  # set: wrap every socket in a recording WriteGuard
     _sock: socket.socket
+    _loop: IOLoop
 
     def _apply_sndbuf(self) -> None:
         if self.sndbuf:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.sndbuf)
+        if self.guards is not None:
+            # start() runs on the IO thread: it is the owner, as it should be.
+            guard = WriteGuard(self._sock, owner=threading.current_thread(), on_violation="record")
+            self.guards.append(guard)
+            self._sock = guard  # type: ignore[assignment]
 
 
 class QueuedConnection(_SndbufMixin, Connection):
@@ -119,6 +129,18 @@ class RunningServer(Protocol):
     def shutdown(self, timeout: float = 10.0) -> bool: ...
 
 
+class Served:
+    """What :func:`serve` yields: the port, and the write guards' findings when guarded."""
+
+    def __init__(self, server: RunningServer, guards: list[WriteGuard] | None) -> None:
+        self.server = server
+        self.port = server.port
+        self.guards = guards
+
+    def violations(self) -> list[Violation]:
+        return [v for g in self.guards or [] for v in g.violations]
+
+
 @contextlib.contextmanager
 def serve(
     discipline: str,
@@ -130,24 +152,31 @@ def serve(
     ping_interval: float | None = None,
     publishers: int = 0,
     rate: float = 10.0,
-) -> Iterator[RunningServer]:
-    """Run the demo routes with one write discipline; shut down afterwards."""
+    guard: bool = False,
+) -> Iterator[Served]:
+    """Run the demo routes with one write discipline; shut down afterwards.
+
+    ``guard=True`` wraps every connection's socket in a recording
+    :class:`~repro.guard.WriteGuard` owned by the thread that accepted it.
+    """
     if discipline not in DISCIPLINES:
         raise ValueError(f"unknown discipline {discipline!r}; choose from {', '.join(DISCIPLINES)}")
     if discipline.startswith("simple-websocket"):
         sws = SimpleWebsocketServer(
-            host, port, lock=discipline.endswith("+lock"), workers=workers, sndbuf=sndbuf, ping_interval=ping_interval
+            host, port, lock=discipline.endswith("+lock"), workers=workers, sndbuf=sndbuf, ping_interval=ping_interval,
+            guard=guard,
         )
         sws.start()
         if publishers:
             sws.start_tickers(publishers, rate)
         try:
-            yield sws
+            yield Served(sws, sws.guards)
         finally:
             sws.shutdown()
         return
     cls: type[Connection] = {"direct": DirectConnection, "locked": LockedConnection, "queued": QueuedConnection}[discipline]
-    conn_cls = type(f"{cls.__name__}WithKnobs", (cls,), {"sndbuf": sndbuf})
+    guards: list[WriteGuard] | None = [] if guard else None
+    conn_cls = type(f"{cls.__name__}WithKnobs", (cls,), {"sndbuf": sndbuf, "guards": guards})
     # The unsafe modes write off the IO thread by design: their writes skip the affinity check.
     limits = Limits(ping_interval=ping_interval, deflate=deflate, max_queue_bytes=64 * 1024 * 1024)
     srv = Server(DemoApp, host=host, port=port, workers=workers, limits=limits, connection_class=conn_cls)
@@ -155,6 +184,6 @@ def serve(
     if publishers:
         srv.router.hub.start_tickers(publishers, rate)  # type: ignore[attr-defined]
     try:
-        yield srv
+        yield Served(srv, guards)
     finally:
         srv.shutdown(timeout=5)

@@ -23,6 +23,8 @@ from server.connection import ABNORMAL, NORMAL, ConnectionClosed
 from server.frames import OutMessage
 from server.handshake import HandshakeParser, HttpError, error_response, http_response
 
+from .guard import WriteGuard
+
 logger = logging.getLogger(__name__)
 
 
@@ -65,8 +67,10 @@ class SimpleWebsocketServer:
         workers: int = 8,
         sndbuf: int | None = None,
         ping_interval: float | None = None,
+        guard: bool = False,
     ) -> None:
         self.lock = lock
+        self.guards: list[WriteGuard] | None = [] if guard else None
         self.sndbuf = sndbuf
         self.ping_interval = ping_interval
         self._listener = socket.create_server((host, port))
@@ -102,7 +106,7 @@ class SimpleWebsocketServer:
         sock.settimeout(None)
         if self.sndbuf:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.sndbuf)
-        peer = "%s:%s" % sock.getpeername()[:2]
+        peer = "{}:{}".format(*sock.getpeername()[:2])
         parser = HandshakeParser()
         try:
             request = None
@@ -124,7 +128,12 @@ class SimpleWebsocketServer:
         except OSError:
             sock.close()
             return
-        environ = {"werkzeug.socket": sock}
+        ws_sock: socket.socket | WriteGuard = sock
+        if self.guards is not None:
+            # Wrapped before accept(): this thread writes the 101 and owns the socket.
+            ws_sock = WriteGuard(sock, owner=threading.current_thread(), on_violation="record")
+            self.guards.append(ws_sock)
+        environ: dict[str, object] = {"werkzeug.socket": ws_sock}
         for name, value in request.headers.items():
             environ["HTTP_" + name.upper().replace("-", "_")] = value
         ws = simple_websocket.Server.accept(environ, ping_interval=self.ping_interval, receive_bytes=65536)
