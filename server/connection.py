@@ -15,6 +15,7 @@ import logging
 import socket
 import struct
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -202,6 +203,7 @@ class Connection:
         self._partial: list[bytes | bytearray | str] = []
         self._partial_size = 0
         self._inflight = 0
+        self._last_progress = 0.0
         self._inflight_bytes = 0
         self._timers: dict[str, Timer] = {}
         self._ping_seq = 0
@@ -538,6 +540,12 @@ class Connection:
         self._post_flush()
 
     def _on_close_timeout(self) -> None:
+        # The timeout bounds a *stalled* close, not a long flush: a client that
+        # is still reading what was queued before the close frame gets its data.
+        idle = time.monotonic() - self._last_progress
+        if idle < self.limits.close_timeout and self.state is State.CLOSING and self._outbox:
+            self._arm("close", self.limits.close_timeout - idle, self._on_close_timeout)
+            return
         self._finish(self._close_code or ABNORMAL, self._close_reason or "close timeout")
 
     def _abort(self, code: int, reason: str) -> None:
@@ -701,6 +709,8 @@ class Connection:
             self._head_sent = 0
             freed += reserved
             self._outbox.popleft()
+        if sent:
+            self._last_progress = time.monotonic()
         if freed:
             self._release(freed)
             if not self._reading:

@@ -1,0 +1,193 @@
+"""Independent WebSocket clients, each reading a whole /stream run.
+
+Every function returns ``(check, outcome)``: the :class:`StreamCheck` of what
+arrived, and how the connection ended as that client reports it — a close
+code, or the client's own protocol-error text.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .helpers import StreamCheck
+
+RCVBUF = 8192
+
+
+@dataclass
+class Outcome:
+    close_code: int | None
+    error: str = ""
+
+    @property
+    def protocol_error(self) -> bool:
+        return bool(self.error) or self.close_code in (1002, 1007)
+
+
+def _small_rcvbuf_socket(port: int) -> socket.socket:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)  # before connect: a small window
+    sock.settimeout(30)
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+def _pinger(ping: Callable[[], object], stop: threading.Event, period: float = 0.001) -> threading.Thread:
+    def run() -> None:
+        while not stop.wait(period):
+            try:
+                ping()
+            except Exception:
+                return
+
+    t = threading.Thread(target=run, name="test-pinger", daemon=True)
+    t.start()
+    return t
+
+
+def with_websockets(port: int, target: str, check: StreamCheck, deflate: bool, small: bool) -> Outcome:
+    from websockets.exceptions import ConnectionClosed, InvalidHandshake
+    from websockets.sync.client import connect
+
+    sock = _small_rcvbuf_socket(port) if small else None
+    stop = threading.Event()
+    try:
+        with connect(f"ws://127.0.0.1:{port}{target}", sock=sock, max_size=None, open_timeout=10,
+                     compression="deflate" if deflate else None) as ws:
+            pinger = _pinger(ws.ping, stop) if small else None
+            try:
+                for message in ws:
+                    check.add(message)
+            finally:
+                stop.set()
+                if pinger:
+                    pinger.join()
+            return Outcome(ws.close_code)
+    except ConnectionClosed as exc:
+        return Outcome(exc.rcvd.code if exc.rcvd else None, f"{exc} ({exc.__cause__})")
+    except InvalidHandshake as exc:
+        return Outcome(None, f"handshake: {exc}")
+
+
+def with_websocket_client(port: int, target: str, check: StreamCheck, deflate: bool, small: bool) -> Outcome:
+    import websocket  # websocket-client
+
+    assert not deflate, "websocket-client does not implement permessage-deflate"
+    ws = websocket.WebSocket(sockopt=((socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF),) if small else ())
+    ws.connect(f"ws://127.0.0.1:{port}{target}", timeout=30)
+    stop = threading.Event()
+    pinger = _pinger(ws.ping, stop) if small else None
+    try:
+        while True:
+            opcode, data = ws.recv_data(control_frame=False)
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                code = int.from_bytes(data[:2], "big") if len(data) >= 2 else 1005
+                return Outcome(code)
+            check.add(data if opcode == websocket.ABNF.OPCODE_BINARY else data.decode())
+    except (websocket.WebSocketProtocolException, websocket.WebSocketPayloadException, UnicodeDecodeError) as exc:
+        return Outcome(None, f"{type(exc).__name__}: {exc}")
+    except websocket.WebSocketConnectionClosedException as exc:
+        return Outcome(None, f"connection closed: {exc}")
+    finally:
+        stop.set()
+        if pinger:
+            pinger.join()
+        ws.close()
+
+
+def with_simple_websocket(port: int, target: str, check: StreamCheck, deflate: bool, small: bool) -> Outcome:
+    import simple_websocket
+
+    assert not deflate, "simple_websocket.Client does not offer permessage-deflate"
+    ws = simple_websocket.Client.connect(f"ws://127.0.0.1:{port}{target}", receive_bytes=65536)
+    try:
+        while True:
+            message = ws.receive(timeout=30)
+            if message is None:
+                return Outcome(None, "no message for 30 s")
+            check.add(message)
+    except simple_websocket.ConnectionClosed as exc:
+        return Outcome(int(exc.reason))
+
+
+def with_wsproto(port: int, target: str, check: StreamCheck, deflate: bool, small: bool) -> Outcome:
+    """A raw wsproto client driven over a blocking socket, as in wsproto's own examples."""
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import (
+        AcceptConnection,
+        BytesMessage,
+        CloseConnection,
+        Ping,
+        RejectConnection,
+        Request,
+        TextMessage,
+    )
+    from wsproto.extensions import PerMessageDeflate
+
+    sock = _small_rcvbuf_socket(port) if small else socket.create_connection(("127.0.0.1", port), timeout=30)
+    ws = WSConnection(ConnectionType.CLIENT)
+    sock.sendall(ws.send(Request(host="127.0.0.1", target=target, extensions=[PerMessageDeflate()] if deflate else [])))
+    parts: list[bytes | str] = []
+    received = 0
+    try:
+        while True:
+            data = sock.recv(262144)
+            ws.receive_data(data or None)
+            for event in ws.events():
+                if isinstance(event, RejectConnection):
+                    return Outcome(None, f"rejected: {event.status_code}")
+                if isinstance(event, AcceptConnection):
+                    continue
+                if isinstance(event, Ping):
+                    sock.sendall(ws.send(event.response()))
+                elif isinstance(event, (TextMessage, BytesMessage)):
+                    parts.append(event.data)
+                    if event.message_finished:
+                        check.add("".join(parts) if isinstance(event, TextMessage) else b"".join(parts))  # type: ignore[arg-type]
+                        parts = []
+                        received += 1
+                        if small and received % 4 == 0:  # ping now and then, so the server writes pongs
+                            sock.sendall(ws.send(Ping(payload=received.to_bytes(4, "big"))))
+                elif isinstance(event, CloseConnection):
+                    if event.code in (1002, 1007):  # wsproto turns a parse failure into a close event
+                        return Outcome(event.code, event.reason or "")
+                    try:
+                        sock.sendall(ws.send(event.response()))
+                    except Exception:
+                        pass
+                    return Outcome(event.code)
+            if not data:
+                return Outcome(1006, "EOF")
+    finally:
+        sock.close()
+
+
+def with_checker(port: int, target: str, check: StreamCheck, deflate: bool, small: bool) -> Outcome:
+    """The repro's strict checker (its own framing code)."""
+    from repro.checker import StreamSpec
+    from repro.client import ClientOptions, check_url
+
+    summary, _ = check_url("127.0.0.1", port, target, StreamSpec(check.producers, check.count),
+                               ClientOptions(rcvbuf=RCVBUF if small else None, ping_interval=0.001 if small else None,
+                                             deflate=deflate, time_limit=60))
+    check.received = summary.received_messages
+    bad = {k: v.count for k, v in summary.anomalies.items()}
+    if bad:
+        check.errors.append(f"checker anomalies: {bad}")
+    else:
+        check.next_seq = {p: check.count for p in range(check.producers)}
+    framing = [a for a in summary.anomalies.values() if a.cls not in ("mixed-payload", "duplicate", "out-of-order", "loss")]
+    return Outcome(summary.close_code, f"{framing[0].cls}: {framing[0].detail}" if framing else "")
+
+
+CLIENTS: dict[str, tuple[Callable[[int, str, StreamCheck, bool, bool], Outcome], bool]] = {
+    # name: (function, supports permessage-deflate)
+    "websockets": (with_websockets, True),
+    "websocket-client": (with_websocket_client, False),
+    "simple_websocket.Client": (with_simple_websocket, False),
+    "wsproto": (with_wsproto, True),
+    "strict-checker": (with_checker, True),
+}
