@@ -72,7 +72,8 @@ class Server:
             ready.set()
 
         self.loop.post(register)
-        ready.wait()
+        if not ready.wait(10):
+            raise RuntimeError("the IO loop did not run a posted callable within 10 s; is its wake-up broken?")
         logger.info("listening on %s", self.url)
         return self
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from .helpers import StreamCheck
 
 RCVBUF = 8192
+# No client waits longer than this for its next message: a stalled server fails the test fast.
+IDLE_TIMEOUT = 15.0
 
 
 @dataclass
@@ -30,7 +32,7 @@ class Outcome:
 def _small_rcvbuf_socket(port: int) -> socket.socket:
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)  # before connect: a small window
-    sock.settimeout(30)
+    sock.settimeout(IDLE_TIMEOUT)
     sock.connect(("127.0.0.1", port))
     return sock
 
@@ -49,7 +51,7 @@ def _pinger(ping: Callable[[], object], stop: threading.Event, period: float = 0
 
 
 def with_websockets(port: int, target: str, check: StreamCheck, deflate: bool, small: bool) -> Outcome:
-    from websockets.exceptions import ConnectionClosed, InvalidHandshake
+    from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidHandshake
     from websockets.sync.client import connect
 
     sock = _small_rcvbuf_socket(port) if small else None
@@ -59,13 +61,18 @@ def with_websockets(port: int, target: str, check: StreamCheck, deflate: bool, s
                      compression="deflate" if deflate else None) as ws:
             pinger = _pinger(ws.ping, stop) if small else None
             try:
-                for message in ws:
+                while True:
+                    try:
+                        message = ws.recv(timeout=IDLE_TIMEOUT)
+                    except TimeoutError:
+                        return Outcome(None, f"no message for {IDLE_TIMEOUT} s after {check.received}")
                     check.add(message)
+            except ConnectionClosedOK:
+                return Outcome(ws.close_code)
             finally:
                 stop.set()
                 if pinger:
                     pinger.join()
-            return Outcome(ws.close_code)
     except ConnectionClosed as exc:
         return Outcome(exc.rcvd.code if exc.rcvd else None, f"{exc} ({exc.__cause__})")
     except InvalidHandshake as exc:
@@ -77,7 +84,7 @@ def with_websocket_client(port: int, target: str, check: StreamCheck, deflate: b
 
     assert not deflate, "websocket-client does not implement permessage-deflate"
     ws = websocket.WebSocket(sockopt=((socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF),) if small else ())
-    ws.connect(f"ws://127.0.0.1:{port}{target}", timeout=30)
+    ws.connect(f"ws://127.0.0.1:{port}{target}", timeout=IDLE_TIMEOUT)
     stop = threading.Event()
     pinger = _pinger(ws.ping, stop) if small else None
     try:
@@ -91,6 +98,8 @@ def with_websocket_client(port: int, target: str, check: StreamCheck, deflate: b
         return Outcome(None, f"{type(exc).__name__}: {exc}")
     except websocket.WebSocketConnectionClosedException as exc:
         return Outcome(None, f"connection closed: {exc}")
+    except websocket.WebSocketTimeoutException:
+        return Outcome(None, f"no message for {IDLE_TIMEOUT} s after {check.received}")
     finally:
         stop.set()
         if pinger:
@@ -105,9 +114,9 @@ def with_simple_websocket(port: int, target: str, check: StreamCheck, deflate: b
     ws = simple_websocket.Client.connect(f"ws://127.0.0.1:{port}{target}", receive_bytes=65536)
     try:
         while True:
-            message = ws.receive(timeout=30)
+            message = ws.receive(timeout=IDLE_TIMEOUT)
             if message is None:
-                return Outcome(None, "no message for 30 s")
+                return Outcome(None, f"no message for {IDLE_TIMEOUT} s after {check.received}")
             check.add(message)
     except simple_websocket.ConnectionClosed as exc:
         return Outcome(int(exc.reason))
@@ -127,7 +136,7 @@ def with_wsproto(port: int, target: str, check: StreamCheck, deflate: bool, smal
     )
     from wsproto.extensions import PerMessageDeflate
 
-    sock = _small_rcvbuf_socket(port) if small else socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock = _small_rcvbuf_socket(port) if small else socket.create_connection(("127.0.0.1", port), timeout=IDLE_TIMEOUT)
     ws = WSConnection(ConnectionType.CLIENT)
     sock.sendall(ws.send(Request(host="127.0.0.1", target=target, extensions=[PerMessageDeflate()] if deflate else [])))
     parts: list[bytes | str] = []
@@ -173,6 +182,8 @@ def with_checker(port: int, target: str, check: StreamCheck, deflate: bool, smal
     summary, _ = check_url("127.0.0.1", port, target, StreamSpec(check.producers, check.count),
                                ClientOptions(rcvbuf=RCVBUF if small else None, ping_interval=0.001 if small else None,
                                              deflate=deflate, time_limit=60))
+    if not summary.close_code and not summary.anomalies:
+        check.errors.append("no close frame within the time limit")
     check.received = summary.received_messages
     bad = {k: v.count for k, v in summary.anomalies.items()}
     if bad:

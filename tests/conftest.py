@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Iterator
 
@@ -12,12 +13,15 @@ from server import affinity
 
 from .helpers import running_server
 
-affinity.set_enabled(True)
+# On in every test. Only `make mutation` turns it off (WSRACE_CHECK_AFFINITY=0), to show
+# the clients' own checks catch a mutant even without it.
+AFFINITY = os.environ.get("WSRACE_CHECK_AFFINITY", "1") != "0"
+affinity.set_enabled(AFFINITY)
 
 
 @pytest.fixture(autouse=True)
 def _affinity_on() -> Iterator[None]:
-    affinity.set_enabled(True)
+    affinity.set_enabled(AFFINITY)
     yield
 
 
