@@ -297,6 +297,21 @@ class Connection:
             if self._room_waiters:
                 self._room.notify_all()
 
+    def _reserve_or_evict(self, size: int, timeout: float) -> bool:
+        """Producer side of :meth:`Server.broadcast_paced`: wait for room, or close this stuck client."""
+        try:
+            return self._reserve(size, wait=True, timeout=timeout)
+        except ConnectionClosed:
+            return False
+        except TimeoutError:
+            reason = f"no room in the outbox for {timeout} s: client too slow"
+            with self._lock:
+                if self._closing_code is not None:
+                    return False
+                self._closing_code, self._closing_reason = POLICY_VIOLATION, reason
+            self._loop.post(partial(self._close_for_overflow, reason))
+            return False
+
     def _offer(self, out: OutMessage) -> None:
         """IO-thread twin of :meth:`send` for broadcasts: reserve, then queue."""
         try:

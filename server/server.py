@@ -93,6 +93,25 @@ class Server:
             if conn.state is State.OPEN:
                 conn._offer(out)
 
+    def broadcast_paced(self, message: str | bytes | OutMessage, targets: Iterable[Connection], timeout: float = 0.05) -> None:
+        """Broadcast with flow control: wait (at most ``timeout`` per client) for room in each outbox.
+
+        The calling producer slows down to what the clients can take, instead of
+        tripping the overflow policy; a client that makes no room within
+        ``timeout`` is treated as stuck and closed with 1008, so one dead client
+        cannot stall the producer. ``targets`` must be a snapshot (a list) the
+        caller owns: this runs on the producer's thread. Encoded once, posted once.
+        """
+        out = message if isinstance(message, OutMessage) else OutMessage.of(message)
+        reserved = [conn for conn in targets if conn._reserve_or_evict(out.size, timeout)]
+        if reserved:
+            self.loop.post(partial(self._fan_out_reserved, out, reserved))
+
+    @staticmethod
+    def _fan_out_reserved(out: OutMessage, reserved: list[Connection]) -> None:
+        for conn in reserved:
+            conn._enqueue(out)
+
     def shutdown(self, timeout: float = 10.0) -> bool:
         """Stop accepting, close every connection with 1001 after its queued
         messages, stop the workers and the IO thread. Safe from any thread

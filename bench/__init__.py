@@ -1,0 +1,1 @@
+"""Benchmarks: the fixed server against its peers, side by side (``make bench``)."""

@@ -1,0 +1,133 @@
+"""``make bench`` / ``make bench-quick``: run the workloads, print ratios, write bench/results.json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+from .run import Workload, median_of, run_once, workloads
+
+PEERS = ["sws-lock", "websockets-asyncio", "websockets-sync"]
+LABEL = {
+    "queued": "ours (queued)",
+    "sws-lock": "simple-websocket+lock",
+    "websockets-asyncio": "websockets asyncio",
+    "websockets-sync": "websockets.sync",
+    "raw": "raw reference",
+    "direct": "direct (info only)",
+}
+# per workload: (metric key, unit, higher is better)
+HEADLINE = {
+    "A": ("msg_per_s", "msg/s", True),
+    "B": ("mb_per_s", "MB/s", True),
+    "C": ("msg_per_s", "msg/s healthy", True),
+    "D": ("seconds", "s to last client", False),
+    "E": ("p99_ms", "ms p99", False),
+}
+
+
+def fmt(v: float | None, digits: int = 0) -> str:
+    if v is None:
+        return "-"
+    if abs(v) >= 1000 and digits == 0:
+        return f"{v:,.0f}"
+    return f"{v:.{digits}f}"
+
+
+def summarize(name: str, runs: dict[str, list[dict]]) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for kind, rs in runs.items():
+        for r in rs:
+            if r.get("latency_ms"):
+                r["p50_ms"], r["p99_ms"], r["max_ms"] = (r["latency_ms"].get(k) for k in ("p50", "p99", "max"))
+        row: dict[str, object] = {"runs": rs}
+        for key in ("msg_per_s", "mb_per_s", "cpu_us_per_msg", "peak_rss_mb", "rss_per_conn_kib", "threads", "seconds",
+                    "max_send_ms", "p999_send_ms", "p50_ms", "p99_ms", "max_ms"):
+            med, lo, hi = median_of(rs, key)
+            row[key] = {"median": med, "min": lo, "max": hi}
+        row["errors"] = [r["error"] for r in rs if "error" in r]
+        row["stalled_runs"] = sum(1 for r in rs if r.get("stalled"))
+        row["violations"] = sum(r.get("violations", 0) for r in rs)
+        row["closed_by_policy"] = [r.get("closed_by_policy") for r in rs]
+        out[kind] = row
+    return out
+
+
+def ratio(a: float | None, b: float | None, higher_better: bool) -> float | None:
+    if not a or not b:
+        return None
+    return a / b if higher_better else b / a
+
+
+def print_workload(w: Workload, summary: dict[str, dict], a_summary: dict[str, dict] | None) -> None:
+    key, unit, higher = HEADLINE[w.name]
+    print(f"\n== {w.name}: {w.title}")
+    peers = [summary[p][key]["median"] for p in PEERS if p in summary and summary[p][key]["median"]]
+    best_peer = (max(peers) if higher else min(peers)) if peers else None
+    print(f"{'server':<24} {unit:>16} {'min-max':>21} {'x best peer':>11}  notes")
+    for kind, row in summary.items():
+        m = row[key]
+        notes = []
+        if w.name in ("A", "C", "E"):
+            notes.append(f"cpu {fmt(row['cpu_us_per_msg']['median'], 2)} us/msg")
+        if w.name in ("B", "C"):
+            notes.append(f"peak RSS {fmt(row['peak_rss_mb']['median'], 0)} MB")
+        if w.name == "C":
+            notes.append(f"longest send() {fmt(row['max_send_ms']['median'], 2)} ms, p99.9 {fmt(row['p999_send_ms']['median'], 3)} ms")
+            if a_summary and kind in a_summary and a_summary[kind]["msg_per_s"]["median"] and m["median"]:
+                notes.append(f"{100 * m['median'] / a_summary[kind]['msg_per_s']['median']:.0f} % of A")
+            if any(row["closed_by_policy"]):
+                notes.append("slow client closed by policy")
+        if w.name == "D":
+            notes.append(f"{fmt(row['rss_per_conn_kib']['median'], 1)} KiB RSS/conn, {fmt(row['threads']['median'])} threads")
+        if w.name == "E":
+            notes.append(f"p50 {fmt(row['p50_ms']['median'], 2)} ms, max {fmt(row['max_ms']['median'], 2)} ms")
+        if row["stalled_runs"]:
+            notes.append(f"STALLED in {row['stalled_runs']} run(s)")
+        if row["violations"]:
+            notes.append(f"CORRUPTED: {row['violations']} bad frames seen")
+        if row["errors"]:
+            notes.append(f"errors: {row['errors'][0][:80]}")
+        r = ratio(m["median"], best_peer, higher) if kind not in PEERS else None
+        rng = f"{fmt(m['min'], 2 if not higher else 0)}-{fmt(m['max'], 2 if not higher else 0)}"
+        digits = 0 if higher else 3
+        print(f"{LABEL[kind]:<24} {fmt(m['median'], digits):>16} {rng:>21} {fmt(r, 2) + 'x' if r else '':>11}  {'; '.join(notes)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description="the fixed server against its peers, as ratios")
+    p.add_argument("--quick", action="store_true", help="every workload once at small size (smoke check)")
+    p.add_argument("--runs", type=int, default=None, help="runs per server per workload (default: 3, quick: 1)")
+    p.add_argument("--workloads", default="A,B,C,D,E")
+    p.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results.json"))
+    ns = p.parse_args(argv)
+    runs = ns.runs or (1 if ns.quick else 3)
+    all_w = workloads(ns.quick)
+    chosen = [all_w[n.strip()] for n in ns.workloads.split(",") if n.strip()]
+    results: dict[str, object] = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "quick": ns.quick, "runs": runs, "workloads": {},
+    }
+    a_summary = None
+    for w in chosen:
+        per_kind: dict[str, list[dict]] = {k: [] for k in w.servers}
+        for i in range(runs):
+            for kind in w.servers:  # alternate servers run by run: A B C A B C ...
+                print(f"[{w.name} run {i + 1}/{runs}] {LABEL[kind]} ...", file=sys.stderr, flush=True)
+                t0 = time.monotonic()
+                r = run_once(kind, w)
+                per_kind[kind].append(r)
+                print(f"    {time.monotonic() - t0:.1f} s {r.get('error', '')}", file=sys.stderr, flush=True)
+        summary = summarize(w.name, per_kind)
+        results["workloads"][w.name] = {"title": w.title, "servers": summary}  # type: ignore[index]
+        print_workload(w, summary, a_summary)
+        if w.name == "A":
+            a_summary = summary
+    with open(ns.output, "w") as f:
+        json.dump(results, f, indent=1, default=str)
+    print(f"\nwrote {ns.output}")
+    return 0

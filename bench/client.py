@@ -1,0 +1,191 @@
+"""The lean benchmark client: ``python -m bench.client --port P --connections N --expect M``.
+
+One process, many raw sockets on one selector. It does a minimal handshake,
+then counts complete frames and checks every header (FIN set, no RSV, no MASK
+bit, a known opcode), so corruption is counted, not missed. Frames of the
+expected size are checked in bulk with strided slices, so the client is not
+the bottleneck. Prints JSON lines: ``{"connected": N}`` when ready, then the
+result when every reading connection has ``M`` messages or progress stops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import resource
+import selectors
+import socket
+import struct
+import sys
+import time
+
+from server.frames import frame_header
+
+
+def raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def open_connections(port: int, n: int, rcvbuf: int | None = None, batch: int = 200) -> list[socket.socket]:
+    socks: list[socket.socket] = []
+    request = (f"GET /bench HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
+    for start in range(0, n, batch):
+        group = []
+        for _ in range(min(batch, n - start)):
+            s = socket.socket()
+            if rcvbuf:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            s.settimeout(30)
+            s.connect(("127.0.0.1", port))
+            s.sendall(request)
+            group.append(s)
+        for s in group:
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                data = s.recv(4096)
+                if not data:
+                    raise ConnectionError(f"server closed during handshake: {buf[:100]!r}")
+                buf += data
+            if not buf.startswith(b"HTTP/1.1 101"):
+                raise ConnectionError(f"handshake failed: {buf[:100]!r}")
+            s.setblocking(False)
+            socks.append(s)
+    return socks
+
+
+class Counter:
+    """Frame counter and header checker for one connection."""
+
+    __slots__ = ("buf", "messages", "violations", "last_ns", "closed", "timestamps", "expected_header", "frame_len")
+
+    def __init__(self, size: int) -> None:
+        self.buf = bytearray()
+        self.messages = 0
+        self.violations = 0
+        self.last_ns = 0
+        self.closed = False
+        self.timestamps: list[int] = []
+        self.expected_header = frame_header(0x2, size)
+        self.frame_len = len(self.expected_header) + size
+
+    def feed(self, data: bytes, now_ns: int, want_latency: bool) -> None:
+        buf = self.buf
+        buf += data
+        head, flen = self.expected_header, self.frame_len
+        pos = 0
+        while len(buf) - pos >= 2 and not self.violations:
+            k = (len(buf) - pos) // flen
+            if k and buf[pos : pos + len(head)] == head:
+                # Bulk path: k frames of the expected size; every header byte checked with one strided compare each.
+                end = pos + k * flen
+                if all(buf[pos + j : end : flen] == bytes((head[j],)) * k for j in range(len(head))):
+                    if want_latency:
+                        off = pos + len(head)
+                        self.timestamps.extend(now_ns - struct.unpack_from("!Q", buf, off + i * flen)[0] for i in range(k))
+                    self.messages += k
+                    self.last_ns = now_ns
+                    pos = end
+                    continue
+            consumed = self._one_frame(buf, pos, now_ns, want_latency)
+            if consumed == 0:
+                break
+            pos += consumed
+        del buf[:pos]
+
+    def _one_frame(self, buf: bytearray, pos: int, now_ns: int, want_latency: bool) -> int:
+        b0, b1 = buf[pos], buf[pos + 1]
+        n, head = b1 & 0x7F, 2
+        if n == 126:
+            if len(buf) - pos < 4:
+                return 0
+            n, head = struct.unpack_from("!H", buf, pos + 2)[0], 4
+        elif n == 127:
+            if len(buf) - pos < 10:
+                return 0
+            n, head = struct.unpack_from("!Q", buf, pos + 2)[0], 10
+        opcode = b0 & 0x0F
+        if b1 & 0x80 or b0 & 0x70 or not b0 & 0x80 or opcode not in (0x1, 0x2, 0x8, 0x9, 0xA):
+            self.violations += 1
+            return 0
+        if len(buf) - pos < head + n:
+            return 0
+        if opcode in (0x1, 0x2):
+            self.messages += 1
+            self.last_ns = now_ns
+            if want_latency and n >= 8:
+                self.timestamps.append(now_ns - struct.unpack_from("!Q", buf, pos + head)[0])
+        elif opcode == 0x8:
+            self.closed = True
+        return head + n
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--connections", type=int, required=True)
+    p.add_argument("--expect", type=int, required=True, help="messages per reading connection")
+    p.add_argument("--size", type=int, required=True)
+    p.add_argument("--slow", type=int, default=0, help="extra connections that never read (4 KiB receive buffer)")
+    p.add_argument("--latency", action="store_true")
+    p.add_argument("--idle-timeout", type=float, default=10.0)
+    args = p.parse_args()
+    raise_fd_limit()
+    socks = open_connections(args.port, args.connections)
+    slow = open_connections(args.port, args.slow, rcvbuf=4096) if args.slow else []
+    print(json.dumps({"connected": len(socks), "slow": len(slow)}), flush=True)
+    sel = selectors.DefaultSelector()
+    counters = {}
+    for s in socks:
+        c = Counter(args.size)
+        counters[s] = c
+        sel.register(s, selectors.EVENT_READ, c)
+    pending = len(socks)
+    last_progress = time.monotonic()
+    first_ns = 0
+    while pending and time.monotonic() - last_progress < args.idle_timeout:
+        for key, _ in sel.select(0.5):
+            s, c = key.fileobj, key.data
+            try:
+                data = s.recv(1 << 20)  # type: ignore[union-attr]
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                data = b""
+            now = time.monotonic_ns()
+            if not first_ns:
+                first_ns = now
+            last_progress = time.monotonic()
+            before = c.messages >= args.expect
+            if data:
+                c.feed(data, now, args.latency)
+            if not data or c.closed or c.violations:
+                c.closed = True
+                sel.unregister(s)
+            if not before and (c.messages >= args.expect or c.closed):
+                pending -= 1
+    lat = sorted(t for c in counters.values() for t in c.timestamps)
+
+    def pct(q: float) -> float | None:
+        return lat[min(len(lat) - 1, int(len(lat) * q))] / 1e6 if lat else None
+
+    result = {
+        "messages": sum(c.messages for c in counters.values()),
+        "complete": sum(1 for c in counters.values() if c.messages >= args.expect),
+        "violations": sum(c.violations for c in counters.values()),
+        "first_ns": first_ns,
+        "last_ns": max((c.last_ns for c in counters.values()), default=0),
+        "latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": lat[-1] / 1e6 if lat else None, "n": len(lat)},
+    }
+    print(json.dumps(result), flush=True)
+    for s in socks + slow:
+        s.close()
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

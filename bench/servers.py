@@ -1,0 +1,400 @@
+"""One benchmark server per process: ``python -m bench.servers KIND``.
+
+Every kind accepts WebSocket connections on any path and, on command, runs
+producer threads that send each message to every connected client — the
+fan-out workload. Commands arrive as JSON lines on stdin; answers are JSON
+lines on stdout:
+
+    {"cmd": "produce", "producers": 4, "count": 1000, "size": 256, "rate": 0}
+    {"cmd": "stats"}
+    {"cmd": "quit"}
+
+Kinds: ``queued`` (ours), ``sws-lock`` (simple-websocket + lock),
+``websockets-asyncio`` (call_soon_threadsafe), ``websockets-sync``, ``raw``
+(pre-encoded frames, one writer thread per connection, batched sendall) and
+``direct`` (ours with workers writing directly: corrupt, for information).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import resource
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+KINDS = ["queued", "sws-lock", "websockets-asyncio", "websockets-sync", "raw", "direct"]
+
+
+def rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def peak_rss_kib() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+class Base:
+    """A kind: ``start()`` returns the port; ``send_all(payload)`` sends to every client."""
+
+    def start(self) -> int:
+        raise NotImplementedError
+
+    def connections(self) -> int:
+        raise NotImplementedError
+
+    def send_all(self, payload: bytes) -> None:
+        raise NotImplementedError
+
+    def extra(self) -> dict[str, object]:
+        return {}
+
+
+# -- ours ------------------------------------------------------------------------
+
+
+class Queued(Base):
+    def __init__(self, direct: bool = False) -> None:
+        from server import Limits, Server
+        from server.connection import Connection
+
+        self.conns: set = set()
+        outer = self
+
+        class Sink:
+            def on_open(self, conn: Connection) -> None:
+                outer.conns.add(conn)
+
+            def on_message(self, conn: Connection, message: str | bytes) -> None:
+                pass
+
+            def on_close(self, conn: Connection) -> None:
+                outer.conns.discard(conn)
+
+        class Router:
+            def route(self, request: object) -> Sink:
+                return Sink()
+
+        conn_cls = Connection
+        if direct:
+            from repro.disciplines import DirectConnection
+
+            conn_cls = DirectConnection
+        self.direct = direct
+        self.server = Server(Router(), port=0, workers=4, connection_class=conn_cls,
+                             limits=Limits(ping_interval=None, deflate=False))
+
+    def start(self) -> int:
+        self.server.start()
+        return self.server.port
+
+    def connections(self) -> int:
+        return len(self.conns)
+
+    def send_all(self, payload: bytes) -> None:
+        if self.direct:
+            from server.connection import ConnectionClosed
+
+            for conn in list(self.conns):
+                try:
+                    conn.send(payload)
+                except ConnectionClosed:
+                    pass
+        else:
+            while True:
+                try:
+                    targets = list(self.conns)  # a snapshot this producer owns
+                    break
+                except RuntimeError:  # the IO thread changed the set meanwhile
+                    continue
+            self.server.broadcast_paced(payload, targets, timeout=0.05)  # encoded once, posted once
+
+    def extra(self) -> dict[str, object]:
+        return {"closed_by_policy": self.server.stats.closed_by_policy}
+
+
+# -- simple-websocket + lock --------------------------------------------------------
+
+
+class SwsLock(Base):
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=4096)
+        self.clients: list[tuple[object, threading.Lock]] = []
+        self.lock = threading.Lock()
+
+    def start(self) -> int:
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self.listener.getsockname()[1]
+
+    def _accept(self) -> None:
+        while True:
+            sock, _ = self.listener.accept()
+            threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
+
+    def _serve(self, sock: socket.socket) -> None:
+        import simple_websocket
+
+        from server.handshake import HandshakeParser
+
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        parser = HandshakeParser()
+        request = None
+        while request is None:
+            request = parser.feed(sock.recv(65536))
+        environ = {"werkzeug.socket": sock}
+        environ.update({"HTTP_" + k.upper().replace("-", "_"): v for k, v in request.headers.items()})
+        ws = simple_websocket.Server.accept(environ)
+        with self.lock:
+            self.clients.append((ws, threading.Lock()))
+
+    def connections(self) -> int:
+        return len(self.clients)
+
+    def send_all(self, payload: bytes) -> None:
+        import simple_websocket
+
+        for ws, lock in list(self.clients):
+            try:
+                with lock:
+                    ws.send(payload)  # type: ignore[attr-defined]
+            except (simple_websocket.ConnectionClosed, OSError):
+                pass
+
+
+# -- websockets ---------------------------------------------------------------------
+
+
+class WebsocketsAsyncio(Base):
+    def __init__(self) -> None:
+        import asyncio
+
+        self.asyncio = asyncio
+        self.loop = asyncio.new_event_loop()
+        self.conns: set = set()
+        self.port = 0
+
+    def start(self) -> int:
+        ready = threading.Event()
+
+        def run() -> None:
+            from websockets.asyncio.server import serve
+
+            async def handler(ws: object) -> None:
+                self.conns.add(ws)
+                try:
+                    await ws.wait_closed()  # type: ignore[attr-defined]
+                finally:
+                    self.conns.discard(ws)
+
+            async def main() -> None:
+                server = await serve(handler, "127.0.0.1", 0, compression=None, ping_interval=None, max_queue=None)
+                self.port = server.sockets[0].getsockname()[1]
+                ready.set()
+                await server.serve_forever()
+
+            self.loop.run_until_complete(main())
+
+        threading.Thread(target=run, daemon=True).start()
+        ready.wait()
+        return self.port
+
+    def connections(self) -> int:
+        return len(self.conns)
+
+    def send_all(self, payload: bytes) -> None:
+        from websockets.asyncio.server import broadcast
+
+        self.loop.call_soon_threadsafe(broadcast, list(self.conns), payload)
+
+
+class WebsocketsSync(Base):
+    def __init__(self) -> None:
+        self.conns: list = []
+        self.lock = threading.Lock()
+
+    def start(self) -> int:
+        from websockets.sync.server import serve
+
+        def handler(ws: object) -> None:
+            with self.lock:
+                self.conns.append(ws)
+            try:
+                for _ in ws:  # type: ignore[attr-defined]
+                    pass
+            except Exception:
+                pass
+
+        self.server = serve(handler, "127.0.0.1", 0, compression=None, ping_interval=None, max_queue=None)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self.server.socket.getsockname()[1]
+
+    def connections(self) -> int:
+        return len(self.conns)
+
+    def send_all(self, payload: bytes) -> None:
+        for ws in list(self.conns):
+            try:
+                ws.send(payload)
+            except Exception:
+                pass
+
+
+# -- raw reference --------------------------------------------------------------------
+
+
+class Raw(Base):
+    """Pre-encoded frames, one writer thread per connection, batched sendall."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=4096)
+        self.queues: list[queue.SimpleQueue] = []
+        self.lock = threading.Lock()
+
+    def start(self) -> int:
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self.listener.getsockname()[1]
+
+    def _accept(self) -> None:
+        from server.handshake import HandshakeParser, check_upgrade, upgrade_response
+
+        while True:
+            sock, _ = self.listener.accept()
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            parser = HandshakeParser()
+            request = None
+            while request is None:
+                request = parser.feed(sock.recv(65536))
+            sock.sendall(upgrade_response(check_upgrade(request), None))
+            q: queue.SimpleQueue = queue.SimpleQueue()
+            threading.Thread(target=self._writer, args=(sock, q), daemon=True).start()
+            with self.lock:
+                self.queues.append(q)
+
+    @staticmethod
+    def _writer(sock: socket.socket, q: queue.SimpleQueue) -> None:
+        while True:
+            batch = [q.get()]
+            while True:  # batch whatever else is queued
+                try:
+                    batch.append(q.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                sock.sendall(b"".join(batch))
+            except OSError:
+                return
+
+    def connections(self) -> int:
+        return len(self.queues)
+
+    def send_all(self, payload: bytes) -> None:
+        from server.frames import frame_header
+
+        frame = frame_header(0x2, len(payload)) + payload  # encoded once
+        for q in self.queues:
+            q.put(frame)
+
+
+def make(kind: str) -> Base:
+    factories: dict[str, Callable[[], Base]] = {
+        "queued": Queued,
+        "direct": lambda: Queued(direct=True),
+        "sws-lock": SwsLock,
+        "websockets-asyncio": WebsocketsAsyncio,
+        "websockets-sync": WebsocketsSync,
+        "raw": Raw,
+    }
+    return factories[kind]()
+
+
+def produce(server: Base, producers: int, count: int, size: int, rate: float) -> dict[str, object]:
+    """Each producer sends ``count`` messages of ``size`` bytes to every client.
+
+    The first 8 payload bytes carry ``time.monotonic_ns()`` at the send call
+    (same host clock as the clients), for latency.
+    """
+    filler = b"\x5a" * max(0, size - 8)
+    longest = [0.0] * producers
+    sends: list[list[float]] = [[] for _ in range(producers)]
+    barrier = threading.Barrier(producers + 1)
+
+    def run(p: int) -> None:
+        barrier.wait()
+        period = 1.0 / rate if rate else 0.0
+        next_at = time.monotonic()
+        for _ in range(count):
+            if period:
+                next_at += period
+                delay = next_at - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            t0 = time.monotonic_ns()
+            server.send_all(t0.to_bytes(8, "big") + filler)
+            took = (time.monotonic_ns() - t0) / 1e9
+            sends[p].append(took)
+            if took > longest[p]:
+                longest[p] = took
+
+    threads = [threading.Thread(target=run, args=(p,)) for p in range(producers)]
+    for t in threads:
+        t.start()
+    cpu0 = cpu_seconds()
+    start_ns = time.monotonic_ns()
+    barrier.wait()
+    started = time.monotonic()
+    for t in threads:
+        t.join()
+    all_sends = sorted(s for per in sends for s in per)
+    p999 = all_sends[min(len(all_sends) - 1, int(len(all_sends) * 0.999))] if all_sends else 0.0
+    return {
+        "producer_seconds": time.monotonic() - started,
+        "cpu_at_start": cpu0,
+        "max_send": max(longest),
+        "p999_send": p999,
+        "start_ns": start_ns,
+    }
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.ERROR)
+    kind = sys.argv[1]
+    try:
+        import resource as r
+
+        soft, hard = r.getrlimit(r.RLIMIT_NOFILE)
+        r.setrlimit(r.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):
+        pass
+    server = make(kind)
+    port = server.start()
+    print(json.dumps({"ready": port, "pid": os.getpid()}), flush=True)
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        if cmd["cmd"] == "quit":
+            break
+        if cmd["cmd"] == "stats":
+            print(json.dumps({"connections": server.connections(), "rss_kib": rss_kib(), "peak_rss_kib": peak_rss_kib(),
+                              "threads": threading.active_count(), "cpu": cpu_seconds(), **server.extra()}), flush=True)
+        elif cmd["cmd"] == "produce":
+            result = produce(server, cmd["producers"], cmd["count"], cmd["size"], cmd.get("rate", 0))
+            print(json.dumps({**result, "cpu": cpu_seconds(), "rss_kib": rss_kib(), "peak_rss_kib": peak_rss_kib(),
+                              "threads": threading.active_count(), **server.extra()}), flush=True)
+    os._exit(0)  # daemon threads and open sockets go with the process
+
+
+if __name__ == "__main__":
+    main()
