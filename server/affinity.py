@@ -27,11 +27,10 @@ def is_enabled() -> bool:
     return _enabled
 
 
-def check_write(io_thread_id: int | None, what: str) -> None:
+def check_write(io_thread_id: int | None, peer: str) -> None:
     """Raise :class:`WriteAffinityError` if the caller is not the IO thread.
 
-    ``what`` names the write (e.g. ``"data frame to 127.0.0.1:5000"``) so the
-    error says what was written and by whom.
+    ``peer`` names the connection written to, so the error says where and by whom.
     """
     if not _enabled:
         return
@@ -39,6 +38,6 @@ def check_write(io_thread_id: int | None, what: str) -> None:
     if me.ident != io_thread_id:
         owner = next((t.name for t in threading.enumerate() if t.ident == io_thread_id), "<not running>")
         raise WriteAffinityError(
-            f"socket write ({what}) from thread {me.name!r} (id {me.ident}); "
+            f"socket write to {peer} from thread {me.name!r} (id {me.ident}); "
             f"only the IO thread {owner!r} (id {io_thread_id}) may write to this socket"
         )

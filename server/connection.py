@@ -267,6 +267,10 @@ class Connection:
         """Reserve outbox space for a producer; apply the overflow policy when full."""
         limit = self.limits.max_queue_bytes
         with self._lock:
+            # Fast path first: room available, nothing to wait for.
+            if self._closing_code is None and (self._queued_bytes + size <= limit or self._queued_bytes == 0):
+                self._queued_bytes += size
+                return True
             if wait:
                 self._room_waiters += 1
                 try:
@@ -657,9 +661,11 @@ class Connection:
             event = TextMessage(data=out.payload.decode("utf-8")) if out.text else BytesMessage(data=out.payload)
             frame: tuple[bytes, ...] = (self._ws.send(event),)
         else:
-            frame = (out.header, out.payload)
+            frame = out.frame
         self._outbox.append((frame, out.size, out.size if not self.deflate else len(frame[0])))
-        self._post_flush()
+        if not self._flush_posted:
+            self._flush_posted = True
+            self._loop.post(self._flush)
 
     def _append_raw(self, data: bytes | bytearray) -> None:
         """Queue protocol bytes (handshake reply, control frames); not counted against the limit."""
@@ -677,9 +683,10 @@ class Connection:
         self._flush_posted = False
         if self.state is State.CLOSED:
             return
-        while self._outbox:
-            buffers = self._gather()
-            affinity.check_write(self._loop.thread_id, f"{len(buffers)} buffers to {self.peer}")
+        outbox = self._outbox
+        while outbox:
+            buffers, frames, offered, reserved = self._gather()
+            affinity.check_write(self._loop.thread_id, self.peer)
             try:
                 sent = self._sock.sendmsg(buffers)
             except (BlockingIOError, InterruptedError):
@@ -689,28 +696,43 @@ class Connection:
                     logger.info("%s: write failed: %s", self.peer, exc)
                 self._abort(ABNORMAL, f"write failed: {exc.strerror or exc}")
                 return
-            if not self._consume(sent):
-                break
-        self._set_writing(bool(self._outbox))
-        if not self._outbox and self._shut_when_flushed and self.state is State.CLOSING:
+            if sent == offered:  # the common case: all of it went out, drop whole frames
+                for _ in range(frames):
+                    outbox.popleft()
+                self._head_sent = 0
+                self._wrote(sent, reserved)
+                continue
+            self._consume(sent)  # partial write: byte-exact bookkeeping, resume when writable
+            break
+        self._set_writing(bool(outbox))
+        if not outbox and self._shut_when_flushed and self.state is State.CLOSING:
             self._shutdown_write()
 
-    def _gather(self) -> list[memoryview | bytes]:
+    def _gather(self) -> tuple[list[memoryview | bytes], int, int, int]:
+        """Up to _IOV_MAX buffers from the head of the outbox: (buffers, frames, bytes, reserved)."""
         buffers: list[memoryview | bytes] = []
+        frames = offered = reserved = 0
         skip = self._head_sent
-        for frame, _, _ in self._outbox:
-            for buf in frame:
-                if skip >= len(buf):
-                    skip -= len(buf)
-                    continue
-                buffers.append(memoryview(buf)[skip:] if skip else buf)
-                skip = 0
-            if len(buffers) >= _IOV_MAX:
+        for frame, res, length in self._outbox:
+            if skip:  # the head frame was partly written
+                offered += length - skip
+                for buf in frame:
+                    if skip >= len(buf):
+                        skip -= len(buf)
+                        continue
+                    buffers.append(memoryview(buf)[skip:] if skip else buf)
+                    skip = 0
+            else:
+                buffers.extend(frame)
+                offered += length
+            frames += 1
+            reserved += res
+            if len(buffers) >= _IOV_MAX - 2:  # a frame has at most 2 buffers
                 break
-        return buffers[:_IOV_MAX]
+        return buffers, frames, offered, reserved
 
-    def _consume(self, sent: int) -> bool:
-        """Drop what ``sendmsg`` wrote; True if everything offered was written."""
+    def _consume(self, sent: int) -> None:
+        """Drop what a partial ``sendmsg`` wrote, frame by frame."""
         freed = 0
         remaining = sent
         while self._outbox and remaining:
@@ -718,19 +740,20 @@ class Connection:
             left = length - self._head_sent
             if remaining < left:
                 self._head_sent += remaining
-                remaining = 0
                 break
             remaining -= left
             self._head_sent = 0
             freed += reserved
             self._outbox.popleft()
+        self._wrote(sent, freed)
+
+    def _wrote(self, sent: int, freed: int) -> None:
         if sent:
             self._last_progress = time.monotonic()
         if freed:
             self._release(freed)
             if not self._reading:
                 self._update_reading()
-        return sent > 0 and self._head_sent == 0
 
     def _shutdown_write(self) -> None:
         """Half-close and read until the client's EOF, so our last bytes are not lost to a reset."""

@@ -18,6 +18,7 @@ import struct
 OP_TEXT = 0x1
 OP_BINARY = 0x2
 
+_JOIN_BELOW = 16 * 1024
 _LEN16 = struct.Struct("!BBH")
 _LEN64 = struct.Struct("!BBQ")
 
@@ -39,13 +40,16 @@ class OutMessage:
     shared by every connection it is sent to.
     """
 
-    __slots__ = ("header", "payload", "size", "text")
+    __slots__ = ("frame", "header", "payload", "size", "text")
 
     def __init__(self, payload: bytes, text: bool) -> None:
         self.payload = payload
         self.text = text
         self.header = frame_header(OP_TEXT if text else OP_BINARY, len(payload))
         self.size = len(self.header) + len(payload)
+        # The buffers a connection writes. Small frames are joined once here, so a
+        # batch of them is one iovec each; large payloads are never copied.
+        self.frame: tuple[bytes, ...] = (self.header + payload,) if len(payload) <= _JOIN_BELOW else (self.header, payload)
 
     @classmethod
     def of(cls, message: str | bytes | bytearray | memoryview) -> OutMessage:

@@ -39,8 +39,8 @@ def test_off_thread_write_raises_naming_both_threads(server) -> None:
 def test_check_can_be_switched_off() -> None:
     affinity.set_enabled(False)
     try:
-        affinity.check_write(io_thread_id=-1, what="anything")  # no error when off
+        affinity.check_write(io_thread_id=-1, peer="anything")  # no error when off
     finally:
         affinity.set_enabled(True)
     with pytest.raises(WriteAffinityError):
-        affinity.check_write(io_thread_id=-1, what="anything")
+        affinity.check_write(io_thread_id=-1, peer="anything")
