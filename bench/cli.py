@@ -103,8 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="every workload once at small size (smoke check)")
     p.add_argument("--runs", type=int, default=None, help="runs per server per workload (default: 3, quick: 1)")
     p.add_argument("--workloads", default="A,B,C,D,E")
-    p.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results.json"))
+    p.add_argument("--output", default=None, help="default: bench/results.json (quick: bench/results-quick.json)")
     ns = p.parse_args(argv)
+    if ns.output is None:
+        ns.output = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results-quick.json" if ns.quick else "results.json")
     runs = ns.runs or (1 if ns.quick else 3)
     all_w = workloads(ns.quick)
     chosen = [all_w[n.strip()] for n in ns.workloads.split(",") if n.strip()]
@@ -130,4 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     with open(ns.output, "w") as f:
         json.dump(results, f, indent=1, default=str)
     print(f"\nwrote {ns.output}")
-    return 0
+    # Timings never fail the run; a broken harness or a corrupted stream from a correct server does.
+    problems = []
+    for name, wl in results["workloads"].items():  # type: ignore[attr-defined]
+        for kind, row in wl["servers"].items():
+            if row["errors"]:
+                problems.append(f"{name}/{kind}: {row['errors'][0]}")
+            if row["violations"] and kind != "direct":
+                problems.append(f"{name}/{kind}: {row['violations']} corrupted frames")
+    for problem in problems:
+        print(f"PROBLEM: {problem}", file=sys.stderr)
+    return 1 if problems else 0

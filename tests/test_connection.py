@@ -1,0 +1,83 @@
+"""Connection behaviour: keepalive, send() after close, close() from any thread, per-thread order."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from websockets.sync.client import connect
+
+from server import ConnectionClosed, Limits
+
+from .helpers import close_code_of, read_server_frames, running_server, wait_until, ws_handshake
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def test_client_that_never_answers_pings_is_closed_with_1011() -> None:
+    with running_server(Limits(ping_interval=0.1, ping_timeout=0.3)) as srv:
+        sock, rest = ws_handshake(srv.port, "/echo")  # a raw client: it never sends a pong
+        with sock:
+            frames, _ = read_server_frames(sock, rest, timeout=5)
+            assert any(op == 0x9 for op, _ in frames), "the server should have pinged"
+            assert close_code_of(frames) == 1011
+            assert b"keepalive ping timeout" in frames[-1][1]
+        assert srv.stats.ping_timeouts == 1
+
+
+def test_client_that_answers_pings_stays_connected() -> None:
+    with running_server(Limits(ping_interval=0.05, ping_timeout=0.2)) as srv:
+        with connect(f"{srv.url}/echo") as ws:
+            for i in range(10):  # about 1 s: many ping/pong rounds
+                ws.send(str(i))
+                assert ws.recv(timeout=5) == str(i)
+                threading.Event().wait(0.1)
+        assert srv.stats.ping_timeouts == 0
+
+
+def test_send_after_close_raises_connection_closed_with_the_code(server) -> None:
+    with connect(f"{server.url}/echo") as ws:
+        ws.send("hello")
+        ws.recv(timeout=5)
+        assert wait_until(lambda: len(server.connections) == 1, 5)
+        conn = next(iter(server.connections))
+        ws.close(code=4001, reason="client done")
+    assert conn.wait_closed(5)
+    assert conn.close_code == 4001
+    with pytest.raises(ConnectionClosed) as info:
+        conn.send("too late")
+    assert info.value.code == 4001
+    assert "4001" in str(info.value)
+
+
+def test_close_from_many_threads_runs_one_handshake(server) -> None:
+    with connect(f"{server.url}/echo") as ws:
+        ws.send("x")
+        ws.recv(timeout=5)
+        conn = next(iter(server.connections))
+        threads = [threading.Thread(target=conn.close, args=(4000 + i, f"t{i}")) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        with pytest.raises(Exception):
+            ws.recv(timeout=5)
+        assert ws.close_code is not None and 4000 <= ws.close_code < 4008
+    assert conn.wait_closed(5) and conn.close_code == ws.close_code
+
+
+def test_messages_from_one_thread_arrive_in_order(server) -> None:
+    with connect(f"{server.url}/broadcast", max_size=None) as ws:
+        assert wait_until(lambda: len(server.connections) == 1, 5)
+        conn = next(iter(server.connections))
+        sent = [f"{i}".encode() * (1 + i % 50) for i in range(2000)]
+
+        def producer() -> None:
+            for m in sent:
+                conn.send(m)
+
+        t = threading.Thread(target=producer)
+        t.start()
+        got = [ws.recv(timeout=10) for _ in sent]
+        t.join()
+        assert got == sent
