@@ -61,7 +61,7 @@ def open_connections(port: int, n: int, rcvbuf: int | None = None, batch: int = 
 class Counter:
     """Frame counter and header checker for one connection."""
 
-    __slots__ = ("buf", "messages", "violations", "last_ns", "closed", "timestamps", "expected_header", "frame_len")
+    __slots__ = ("buf", "closed", "expected_header", "frame_len", "last_ns", "messages", "timestamps", "violations")
 
     def __init__(self, size: int) -> None:
         self.buf = bytearray()

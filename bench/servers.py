@@ -375,7 +375,7 @@ def main() -> None:
     try:
         import resource as r
 
-        soft, hard = r.getrlimit(r.RLIMIT_NOFILE)
+        _soft, hard = r.getrlimit(r.RLIMIT_NOFILE)
         r.setrlimit(r.RLIMIT_NOFILE, (hard, hard))
     except (ValueError, OSError):
         pass

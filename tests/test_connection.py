@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from websockets.exceptions import ConnectionClosed as WsConnectionClosed
 from websockets.sync.client import connect
 
 from server import ConnectionClosed, Limits
@@ -60,7 +61,7 @@ def test_close_from_many_threads_runs_one_handshake(server) -> None:
             t.start()
         for t in threads:
             t.join()
-        with pytest.raises(Exception):
+        with pytest.raises(WsConnectionClosed):
             ws.recv(timeout=5)
         assert ws.close_code is not None and 4000 <= ws.close_code < 4008
     assert conn.wait_closed(5) and conn.close_code == ws.close_code
