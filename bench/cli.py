@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     problems = []
     for name, wl in results["workloads"].items():  # type: ignore[attr-defined]
         for kind, row in wl["servers"].items():
-            if row["errors"]:
+            # A peer failing (websockets.sync at 10,000 connections) is a result; ours failing is not.
+            if row["errors"] and kind in ("queued", "raw"):
                 problems.append(f"{name}/{kind}: {row['errors'][0]}")
             if row["violations"] and kind != "direct":
                 problems.append(f"{name}/{kind}: {row['violations']} corrupted frames")
