@@ -28,6 +28,11 @@ import threading
 import time
 from collections.abc import Callable
 
+from server.handshake import HandshakeParser, HttpRequest, check_upgrade, upgrade_response
+
+# Ours: a 4 MiB outbox per client. Workload C's slow client must hit it (5 MB queued for it).
+OUTBOX_LIMIT = 4 * 1024 * 1024
+
 KINDS = ["queued", "sws-lock", "websockets-asyncio", "websockets-sync", "raw", "direct"]
 
 
@@ -96,7 +101,7 @@ class Queued(Base):
             conn_cls = DirectConnection
         self.direct = direct
         self.server = Server(Router(), port=0, workers=4, connection_class=conn_cls,
-                             limits=Limits(ping_interval=None, deflate=False))
+                             limits=Limits(ping_interval=None, deflate=False, max_queue_bytes=OUTBOX_LIMIT))
 
     def start(self) -> int:
         self.server.start()
@@ -127,13 +132,14 @@ class Queued(Base):
         return {"closed_by_policy": self.server.stats.closed_by_policy}
 
 
-# -- simple-websocket + lock --------------------------------------------------------
+# -- thread-per-connection servers ------------------------------------------------------
 
 
-class SwsLock(Base):
+class ThreadedListener(Base):
+    """Accepts on a thread; reads each request with h11 (blocking) and hands the socket on."""
+
     def __init__(self) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0), backlog=4096)
-        self.clients: list[tuple[object, threading.Lock]] = []
         self.lock = threading.Lock()
 
     def start(self) -> int:
@@ -143,18 +149,35 @@ class SwsLock(Base):
     def _accept(self) -> None:
         while True:
             sock, _ = self.listener.accept()
-            threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.on_socket(sock)
 
-    def _serve(self, sock: socket.socket) -> None:
-        import simple_websocket
-
-        from server.handshake import HandshakeParser
-
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    @staticmethod
+    def read_request(sock: socket.socket) -> HttpRequest:
         parser = HandshakeParser()
         request = None
         while request is None:
             request = parser.feed(sock.recv(65536))
+        return request
+
+    def on_socket(self, sock: socket.socket) -> None:
+        raise NotImplementedError
+
+
+class SwsLock(ThreadedListener):
+    """simple-websocket + lock: one thread per connection, as under Werkzeug."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clients: list[tuple[object, threading.Lock]] = []
+
+    def on_socket(self, sock: socket.socket) -> None:
+        threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
+
+    def _serve(self, sock: socket.socket) -> None:
+        import simple_websocket
+
+        request = self.read_request(sock)
         environ = {"werkzeug.socket": sock}
         environ.update({"HTTP_" + k.upper().replace("-", "_"): v for k, v in request.headers.items()})
         ws = simple_websocket.Server.accept(environ)
@@ -256,33 +279,20 @@ class WebsocketsSync(Base):
 # -- raw reference --------------------------------------------------------------------
 
 
-class Raw(Base):
+class Raw(ThreadedListener):
     """Pre-encoded frames, one writer thread per connection, batched sendall."""
 
     def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0), backlog=4096)
+        super().__init__()
         self.queues: list[queue.SimpleQueue] = []
-        self.lock = threading.Lock()
 
-    def start(self) -> int:
-        threading.Thread(target=self._accept, daemon=True).start()
-        return self.listener.getsockname()[1]
-
-    def _accept(self) -> None:
-        from server.handshake import HandshakeParser, check_upgrade, upgrade_response
-
-        while True:
-            sock, _ = self.listener.accept()
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            parser = HandshakeParser()
-            request = None
-            while request is None:
-                request = parser.feed(sock.recv(65536))
-            sock.sendall(upgrade_response(check_upgrade(request), None))
-            q: queue.SimpleQueue = queue.SimpleQueue()
-            threading.Thread(target=self._writer, args=(sock, q), daemon=True).start()
-            with self.lock:
-                self.queues.append(q)
+    def on_socket(self, sock: socket.socket) -> None:
+        request = self.read_request(sock)
+        sock.sendall(upgrade_response(check_upgrade(request), None))
+        q: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._writer, args=(sock, q), daemon=True).start()
+        with self.lock:
+            self.queues.append(q)
 
     @staticmethod
     def _writer(sock: socket.socket, q: queue.SimpleQueue) -> None:

@@ -16,6 +16,7 @@ what a client misreads as the MASK bit when it parses payload as a header.
 
 from __future__ import annotations
 
+import functools
 import struct
 import zlib
 
@@ -23,9 +24,14 @@ HEADER = struct.Struct("!IIII")
 HEADER_SIZE = HEADER.size
 MIN_SIZE = HEADER_SIZE
 
-# 256 + 16 MiB covers any slice start and the largest body we allow.
 MAX_SIZE = 16 * 1024 * 1024
-_PATTERN = bytes(range(256)) * ((MAX_SIZE // 256) + 2)
+
+
+@functools.lru_cache(maxsize=1)
+def _pattern() -> bytes:
+    # 256 + 16 MiB covers any slice start and the largest body; built on first use
+    # so importing the server does not cost 16 MiB of RSS.
+    return bytes(range(256)) * ((MAX_SIZE // 256) + 2)
 
 
 def filler_start(producer: int, seq: int) -> int:
@@ -46,7 +52,7 @@ def encode(producer: int, seq: int, size: int) -> bytes:
     if not MIN_SIZE <= size <= MAX_SIZE:
         raise ValueError(f"message size {size} outside {MIN_SIZE}..{MAX_SIZE}")
     start = filler_start(producer, seq)
-    body = _PATTERN[start : start + size - HEADER_SIZE]
+    body = _pattern()[start : start + size - HEADER_SIZE]
     head = struct.pack("!III", producer, seq, size)
     crc = zlib.crc32(body, zlib.crc32(head))
     return head + struct.pack("!I", crc) + body
