@@ -126,7 +126,7 @@ class Queued(Base):
                     break
                 except RuntimeError:  # the IO thread changed the set meanwhile
                     continue
-            self.server.broadcast_paced(payload, targets, timeout=0.05)  # encoded once, posted once
+            self.server.broadcast_paced(payload, targets)  # encoded once, posted once
 
     def extra(self) -> dict[str, object]:
         return {"closed_by_policy": self.server.stats.closed_by_policy}

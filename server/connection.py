@@ -203,7 +203,7 @@ class Connection:
         self._partial: list[bytes | bytearray | str] = []
         self._partial_size = 0
         self._inflight = 0
-        self._last_progress = 0.0
+        self._last_progress = time.monotonic()
         self._inflight_bytes = 0
         self._timers: dict[str, Timer] = {}
         self._ping_seq = 0
@@ -301,14 +301,22 @@ class Connection:
             if self._room_waiters:
                 self._room.notify_all()
 
-    def _reserve_or_evict(self, size: int, timeout: float) -> bool:
-        """Producer side of :meth:`Server.broadcast_paced`: wait for room, or close this stuck client."""
-        try:
-            return self._reserve(size, wait=True, timeout=timeout)
-        except ConnectionClosed:
-            return False
-        except TimeoutError:
-            reason = f"no room in the outbox for {timeout} s: client too slow"
+    def _reserve_or_evict(self, size: int, stall_timeout: float) -> bool:
+        """Producer side of :meth:`Server.broadcast_paced`: wait for room, or close this stuck client.
+
+        A client is stuck when its socket accepted no bytes for ``stall_timeout``
+        while the outbox was full; one that is merely slower than the producer
+        keeps making progress and is waited for.
+        """
+        while True:
+            try:
+                return self._reserve(size, wait=True, timeout=stall_timeout)
+            except ConnectionClosed:
+                return False
+            except TimeoutError:
+                if time.monotonic() - self._last_progress < stall_timeout:
+                    continue  # still draining: wait more
+            reason = f"outbox full and no bytes written for {stall_timeout} s: client stuck"
             with self._lock:
                 if self._closing_code is not None:
                     return False

@@ -93,14 +93,17 @@ class Server:
             if conn.state is State.OPEN:
                 conn._offer(out)
 
-    def broadcast_paced(self, message: str | bytes | OutMessage, targets: Iterable[Connection], timeout: float = 0.05) -> None:
-        """Broadcast with flow control: wait (at most ``timeout`` per client) for room in each outbox.
+    def broadcast_paced(
+        self, message: str | bytes | OutMessage, targets: Iterable[Connection], stall_timeout: float = 0.25
+    ) -> None:
+        """Broadcast with flow control: wait for room in each client's outbox.
 
         The calling producer slows down to what the clients can take, instead of
-        tripping the overflow policy; a client that makes no room within
-        ``timeout`` is treated as stuck and closed with 1008, so one dead client
-        cannot stall the producer. ``targets`` must be a snapshot (a list) the
-        caller owns: this runs on the producer's thread. Encoded once, posted once.
+        tripping the overflow policy. A client whose socket accepts no bytes for
+        ``stall_timeout`` while its outbox is full is stuck: it is closed with
+        1008, so one dead client stalls the producer at most that long, once.
+        ``targets`` must be a snapshot (a list) the caller owns: this runs on the
+        producer's thread. Encoded once, posted once.
         """
         out = message if isinstance(message, OutMessage) else OutMessage.of(message)
         size = out.size
@@ -112,7 +115,7 @@ class Server:
                 )
                 if room:
                     conn._queued_bytes += size
-            if room or conn._reserve_or_evict(size, timeout):
+            if room or conn._reserve_or_evict(size, stall_timeout):
                 reserved.append(conn)
         if reserved:
             self.loop.post(partial(self._fan_out_reserved, out, reserved))
