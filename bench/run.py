@@ -36,7 +36,8 @@ def workloads(quick: bool) -> dict[str, Workload]:
     return {
         "A": Workload("A", "fan-out, 256 B, 4 producers -> 20 clients", 4, 20, 256, 200 if q else 5000),
         "B": Workload("B", "large, 64 KiB, 4 producers -> 4 clients", 4, 4, 65536, 20 if q else 400),
-        "C": Workload("C", "slow consumer: A plus one client that never reads", 4, 20, 256, 200 if q else 5000, slow=1,
+        # Twice A's count, so the never-reading client's share (10 MB) overflows ours' 4 MiB outbox.
+        "C": Workload("C", "slow consumer: A plus one client that never reads", 4, 20, 256, 200 if q else 10000, slow=1,
                       idle_timeout=5.0),
         "D": Workload("D", f"{'500' if q else '10,000'} idle connections, then one 64-byte broadcast", 1,
                       500 if q else 10000, 64, 1, idle_timeout=20.0,
