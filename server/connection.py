@@ -397,7 +397,7 @@ class Connection:
             self._reply_and_close(target, 200)
             return
         key = check_upgrade(request)
-        extension, ext_header = negotiate_deflate(request, self.limits.deflate)
+        extension, ext_header = negotiate_deflate(request, self.limits.deflate, self.limits.max_message_bytes)
         self._cancel("handshake")
         self.handler = target
         self.deflate = extension is not None
@@ -519,9 +519,12 @@ class Connection:
             self._close_after_flush()
         else:
             # wsproto turned a parse failure into a close event (1002, 1007, ...).
+            reason = event.reason or "protocol error"
+            if event.code == MESSAGE_TOO_BIG:  # from BoundedPerMessageDeflate
+                reason = f"message inflates to over {self.limits.max_message_bytes} bytes"
             self._stats.protocol_errors += 1
-            logger.info("%s: protocol error %s: %s", self.peer, event.code, event.reason)
-            self._fail(event.code, event.reason or "protocol error")
+            logger.info("%s: protocol error %s: %s", self.peer, event.code, reason)
+            self._fail(event.code, reason)
 
     # -- closing --------------------------------------------------------
 

@@ -19,6 +19,8 @@ from wsproto.extensions import PerMessageDeflate
 from wsproto.handshake import server_extensions_handshake
 from wsproto.utilities import generate_accept_token, split_comma_header
 
+from .deflate import BoundedPerMessageDeflate
+
 WEBSOCKET_VERSION = b"13"
 SERVER_NAME = b"wsrace"
 
@@ -139,14 +141,19 @@ def check_upgrade(request: HttpRequest) -> bytes:
     return key.strip().encode("ascii")
 
 
-def negotiate_deflate(request: HttpRequest, enabled: bool = True) -> tuple[PerMessageDeflate | None, bytes | None]:
-    """Accept permessage-deflate (RFC 7692) when offered; return it and the header value."""
+def negotiate_deflate(
+    request: HttpRequest, enabled: bool = True, max_message_bytes: int = 16 * 1024 * 1024
+) -> tuple[PerMessageDeflate | None, bytes | None]:
+    """Accept permessage-deflate (RFC 7692) when offered; return it and the header value.
+
+    The extension inflates at most ``max_message_bytes`` per message (see :mod:`server.deflate`).
+    """
     offers = [o for o in request.extensions if o.split(";", 1)[0].strip() == PerMessageDeflate.name]
     if not enabled or not offers:
         return None, None
     # RFC 7692 7.1.1.1: honour a client's request that we reset our context per message.
     no_takeover = any("server_no_context_takeover" in o for o in offers)
-    extension = PerMessageDeflate(server_no_context_takeover=no_takeover)
+    extension = BoundedPerMessageDeflate(max_message_bytes, server_no_context_takeover=no_takeover)
     header = server_extensions_handshake(offers[:1], [extension])
     if header is None or not extension.enabled():
         return None, None

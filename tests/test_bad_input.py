@@ -140,6 +140,24 @@ def test_message_too_big_is_closed_with_1009() -> None:
         assert echo_works(srv.port)
 
 
+def test_decompression_bomb_is_stopped_at_the_message_limit() -> None:
+    import zlib
+
+    comp = zlib.compressobj(wbits=-15)
+    bomb = comp.compress(bytes(64 * 1024 * 1024)) + comp.flush(zlib.Z_SYNC_FLUSH)
+    bomb = bomb[:-4]  # ~64 KiB that inflate to 64 MiB
+    assert len(bomb) < 100_000
+    with running_server(Limits(ping_interval=None, max_message_bytes=1024 * 1024)) as srv:
+        sock, rest = ws_handshake(srv.port, "/echo", extra="Sec-WebSocket-Extensions: permessage-deflate\r\n")
+        with sock:
+            sock.sendall(client_frame(0x2, bomb, rsv=0b100))
+            frames, _ = read_server_frames(sock, rest)
+            assert close_code_of(frames) == 1009
+            # Stopped while inflating, not after: the reason says so.
+            assert b"inflates to over 1048576" in frames[-1][1], frames[-1]
+        assert echo_works(srv.port)
+
+
 def test_worker_exception_closes_only_that_client_with_1011(server, monkeypatch) -> None:
     from server.app import EchoHandler
 
