@@ -23,6 +23,21 @@ import time
 
 from server.frames import frame_header
 
+# Kernel receive timestamps (Linux SO_TIMESTAMPNS = 35; not exported by the socket module):
+# arrival times do not depend on when this Python process gets round to reading a socket.
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+REALTIME_MINUS_MONOTONIC = time.time_ns() - time.monotonic_ns()
+
+
+def recv_stamped(s: socket.socket) -> tuple[bytes, int]:
+    """Read what is there; return it with its kernel arrival time on the monotonic clock."""
+    data, ancdata, _, _ = s.recvmsg(1 << 20, 64)
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(payload) >= 16:
+            sec, nsec = struct.unpack_from("qq", payload)
+            return data, sec * 1_000_000_000 + nsec - REALTIME_MINUS_MONOTONIC
+    return data, time.monotonic_ns()
+
 
 def raise_fd_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -54,6 +69,7 @@ def open_connections(port: int, n: int, rcvbuf: int | None = None, batch: int = 
             if not buf.startswith(b"HTTP/1.1 101"):
                 raise ConnectionError(f"handshake failed: {buf[:100]!r}")
             s.setblocking(False)
+            s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             socks.append(s)
     return socks
 
@@ -151,12 +167,11 @@ def main() -> None:
         for key, _ in sel.select(0.5):
             s, c = key.fileobj, key.data
             try:
-                data = s.recv(1 << 20)  # type: ignore[union-attr]
+                data, now = recv_stamped(s)  # type: ignore[arg-type]
             except (BlockingIOError, InterruptedError):
                 continue
             except OSError:
-                data = b""
-            now = time.monotonic_ns()
+                data, now = b"", time.monotonic_ns()
             if not first_ns:
                 first_ns = now
             last_progress = time.monotonic()

@@ -676,7 +676,7 @@ class Connection:
         self._outbox.append((frame, out.size, out.size if not self.deflate else len(frame[0])))
         if not self._flush_posted:
             self._flush_posted = True
-            self._loop.post(self._flush)
+            self._loop.call_after_batch(self._flush)
 
     def _append_raw(self, data: bytes | bytearray) -> None:
         """Queue protocol bytes (handshake reply, control frames); not counted against the limit."""
@@ -688,7 +688,7 @@ class Connection:
         # One flush per batch: everything queued in this loop turn goes out together.
         if not self._flush_posted:
             self._flush_posted = True
-            self._loop.post(self._flush)
+            self._loop.call_after_batch(self._flush)
 
     def _flush(self) -> None:
         self._flush_posted = False

@@ -57,6 +57,7 @@ class IOLoop:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
+        self._after_batch: list[Callback] = []  # IO thread only: e.g. socket flushes
         self._timers: list[tuple[float, int, Timer]] = []
         self._timer_seq = itertools.count()
         self._thread: threading.Thread | None = None
@@ -124,6 +125,14 @@ class IOLoop:
 
     # -- IO thread only --------------------------------------------------
 
+    def call_after_batch(self, callback: Callback) -> None:
+        """Run ``callback`` once the posted callables of this turn have run (IO thread only).
+
+        Connections use it to write once per batch: everything queued in this
+        turn goes out in one ``sendmsg``, without a posted callable per socket.
+        """
+        self._after_batch.append(callback)
+
     def call_later(self, delay: float, callback: Callback) -> Timer:
         """Schedule ``callback`` after ``delay`` seconds (IO thread only)."""
         timer = Timer(time.monotonic() + delay, callback)
@@ -163,7 +172,7 @@ class IOLoop:
 
     def _run_once(self) -> None:
         timeout: float | None = None
-        if self._posted:
+        if self._posted or self._after_batch:
             timeout = 0
         elif self._timers:
             timeout = max(0.0, self._timers[0][0] - time.monotonic())
@@ -171,6 +180,10 @@ class IOLoop:
             self._guarded(key.data, mask)
         self._run_due_timers()
         self._run_posted()
+        while self._after_batch:
+            batch, self._after_batch = self._after_batch, []
+            for callback in batch:
+                self._guarded(callback)
 
     def _run_posted(self) -> None:
         # Run only what is queued now; callables posted meanwhile run next turn,
