@@ -142,7 +142,7 @@ class Stats:
 class Connection:
     """A WebSocket connection owned by an :class:`IOLoop`.
 
-    Public API (any thread): :meth:`send`, :meth:`close`, :attr:`close_code`,
+    Public API (any thread): :meth:`send`, :meth:`send_paced`, :meth:`close`, :attr:`close_code`,
     :attr:`close_reason`, :meth:`wait_closed`, :attr:`path`, :attr:`query`,
     :attr:`deflate`, :attr:`peer`.
     """
