@@ -11,6 +11,7 @@ import importlib.resources
 import logging
 import threading
 import time
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from . import streamformat
@@ -103,16 +104,28 @@ class StreamParams:
 
 
 class StreamHandler:
-    """W producer threads per connection, each sending N verifiable messages."""
+    """W producer threads per connection, each sending N verifiable messages.
 
-    def __init__(self, params: StreamParams) -> None:
+    ``launcher`` starts the producers off the IO thread: ``Thread.start()``
+    waits until the new thread runs, which under GIL contention from hundreds
+    of busy producers takes long enough to stall every other connection.
+    """
+
+    def __init__(self, params: StreamParams, launcher: Executor | None = None) -> None:
         self.params = params
+        self.launcher = launcher
         self._remaining = params.producers
         self._lock = threading.Lock()
         self.threads: list[threading.Thread] = []
         self.sent = 0
 
     def on_open(self, conn: Connection) -> None:
+        if self.launcher is None:
+            self._start_producers(conn)
+        else:
+            self.launcher.submit(self._start_producers, conn)
+
+    def _start_producers(self, conn: Connection) -> None:
         for producer in range(self.params.producers):
             thread = threading.Thread(
                 target=self._produce, args=(conn, producer), name=f"wsrace-producer-{conn.peer}-{producer}", daemon=True
@@ -221,6 +234,9 @@ class DemoApp:
         self.hub = BroadcastHub(server)
         self._streams: list[StreamHandler] = []
         self._page = index_page()
+        # One thread that starts producer threads, so the IO thread never waits for a start.
+        self._launcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsrace-launcher")
+        self._launcher.submit(lambda: None).result()  # create its thread now, not on the IO thread
 
     def route(self, request: HttpRequest) -> Handler | bytes:
         path = request.path
@@ -232,7 +248,7 @@ class DemoApp:
             return EchoHandler()
         if path == "/stream":
             params = StreamParams.parse(request.query)
-            handler = StreamHandler(params)
+            handler = StreamHandler(params, self._launcher)
             self._streams = [s for s in self._streams if any(t.is_alive() for t in s.threads) or not s.threads]
             self._streams.append(handler)
             return handler
@@ -243,5 +259,6 @@ class DemoApp:
     def close(self) -> None:
         """Stop tickers and join producer threads (called by Server.shutdown)."""
         self.hub.stop()
+        self._launcher.shutdown(wait=True)
         for stream in self._streams:
             stream.join(5)
