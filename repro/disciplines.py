@@ -106,11 +106,12 @@ class DirectConnection(_SndbufMixin, Connection):
         view = memoryview(data)
         while view:
             try:
-                sent = self._sock.send(view)
-            except BlockingIOError:
-                select.select([], [self._sock], [], 1.0)
-                continue
-            except (OSError, ValueError) as exc:
+                try:
+                    sent = self._sock.send(view)
+                except BlockingIOError:
+                    select.select([], [self._sock], [], 1.0)
+                    continue
+            except (OSError, ValueError) as exc:  # ValueError: the IO thread closed the socket (fd -1)
                 raise ConnectionClosed(ABNORMAL, f"write failed: {exc}") from None
             view = view[sent:]
 
