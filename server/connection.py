@@ -263,30 +263,40 @@ class Connection:
         """Bytes reserved by messages not yet written to the socket."""
         return self._queued_bytes
 
+    def _fits(self, size: int) -> bool:
+        """Whether ``size`` more bytes fit in the outbox (call with ``_lock`` held).
+
+        A message larger than the whole limit still fits into an empty outbox.
+        """
+        return self._queued_bytes == 0 or self._queued_bytes + size <= self.limits.max_queue_bytes
+
+    def _try_reserve(self, size: int) -> bool:
+        """The fast path of :meth:`_reserve`: reserve if open and there is room, never wait."""
+        with self._lock:
+            queued = self._queued_bytes
+            # _fits(), spelled out: this runs once per message per client of a broadcast.
+            if self._closing_code is None and (queued == 0 or queued + size <= self.limits.max_queue_bytes):
+                self._queued_bytes = queued + size
+                return True
+            return False
+
     def _reserve(self, size: int, wait: bool = False, timeout: float | None = None) -> bool:
         """Reserve outbox space for a producer; apply the overflow policy when full."""
-        limit = self.limits.max_queue_bytes
         with self._lock:
-            # Fast path first: room available, nothing to wait for.
-            if self._closing_code is None and (self._queued_bytes + size <= limit or self._queued_bytes == 0):
-                self._queued_bytes += size
-                return True
-            if wait:
+            if wait and self._closing_code is None and not self._fits(size):
                 self._room_waiters += 1
                 try:
-                    room = self._room.wait_for(
-                        lambda: self._closing_code is not None or self._queued_bytes == 0 or self._queued_bytes + size <= limit,
-                        timeout,
-                    )
+                    room = self._room.wait_for(lambda: self._closing_code is not None or self._fits(size), timeout)
                 finally:
                     self._room_waiters -= 1
                 if not room:
                     raise TimeoutError(f"no room for {size} bytes in {self.peer}'s outbox within {timeout} s")
             if self._closing_code is not None:
                 raise ConnectionClosed(self._closing_code, self._closing_reason)
-            if self._queued_bytes + size <= limit or self._queued_bytes == 0:
+            if self._fits(size):
                 self._queued_bytes += size
                 return True
+            limit = self.limits.max_queue_bytes
             if self.limits.overflow is OverflowPolicy.DROP:
                 self._loop.post(self._count_drop)
                 return False
@@ -674,9 +684,7 @@ class Connection:
         else:
             frame = out.frame
         self._outbox.append((frame, out.size, out.size if not self.deflate else len(frame[0])))
-        if not self._flush_posted:
-            self._flush_posted = True
-            self._loop.call_after_batch(self._flush)
+        self._post_flush()
 
     def _append_raw(self, data: bytes | bytearray) -> None:
         """Queue protocol bytes (handshake reply, control frames); not counted against the limit."""

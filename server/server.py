@@ -109,13 +109,7 @@ class Server:
         size = out.size
         reserved = []
         for conn in targets:
-            with conn._lock:  # inlined fast path of Connection._reserve: room, not closing
-                room = conn._closing_code is None and (
-                    conn._queued_bytes + size <= conn.limits.max_queue_bytes or conn._queued_bytes == 0
-                )
-                if room:
-                    conn._queued_bytes += size
-            if room or conn._reserve_or_evict(size, stall_timeout):
+            if conn._try_reserve(size) or conn._reserve_or_evict(size, stall_timeout):
                 reserved.append(conn)
         if reserved:
             self.loop.post(partial(self._fan_out_reserved, out, reserved))
