@@ -11,9 +11,7 @@ result when every reading connection has ``M`` messages or progress stops.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
-import os
 import resource
 import selectors
 import socket
@@ -21,6 +19,7 @@ import struct
 import sys
 import time
 
+from repro.client import new_key, read_upgrade_reply, upgrade_request
 from server.frames import frame_header
 
 # Kernel receive timestamps (Linux SO_TIMESTAMPNS = 35; not exported by the socket module):
@@ -45,10 +44,9 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def open_connections(port: int, n: int, rcvbuf: int | None = None, batch: int = 200) -> list[socket.socket]:
-    socks: list[socket.socket] = []
-    request = (f"GET /bench HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-               f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
+def open_connections(port: int, n: int, rcvbuf: int | None = None, batch: int = 200) -> list[tuple[socket.socket, bytes]]:
+    """Open ``n`` WebSockets, ``batch`` handshakes in flight at a time; return each with the bytes after its 101."""
+    opened: list[tuple[socket.socket, bytes]] = []
     for start in range(0, n, batch):
         group = []
         for _ in range(min(batch, n - start)):
@@ -57,21 +55,15 @@ def open_connections(port: int, n: int, rcvbuf: int | None = None, batch: int = 
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
             s.settimeout(30)
             s.connect(("127.0.0.1", port))
-            s.sendall(request)
-            group.append(s)
-        for s in group:
-            buf = b""
-            while b"\r\n\r\n" not in buf:
-                data = s.recv(4096)
-                if not data:
-                    raise ConnectionError(f"server closed during handshake: {buf[:100]!r}")
-                buf += data
-            if not buf.startswith(b"HTTP/1.1 101"):
-                raise ConnectionError(f"handshake failed: {buf[:100]!r}")
+            key = new_key()
+            s.sendall(upgrade_request("127.0.0.1", port, "/bench", key))
+            group.append((s, key))
+        for s, key in group:
+            _, rest = read_upgrade_reply(s, key)
             s.setblocking(False)
             s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-            socks.append(s)
-    return socks
+            opened.append((s, rest))
+    return opened
 
 
 class Counter:
@@ -151,16 +143,19 @@ def main() -> None:
     p.add_argument("--idle-timeout", type=float, default=10.0)
     args = p.parse_args()
     raise_fd_limit()
-    socks = open_connections(args.port, args.connections)
-    slow = open_connections(args.port, args.slow, rcvbuf=4096) if args.slow else []
+    opened = open_connections(args.port, args.connections)
+    socks = [sock for sock, _ in opened]
+    slow = [sock for sock, _ in open_connections(args.port, args.slow, rcvbuf=4096)] if args.slow else []
     print(json.dumps({"connected": len(socks), "slow": len(slow)}), flush=True)
     sel = selectors.DefaultSelector()
     counters = {}
-    for s in socks:
+    for s, rest in opened:
         c = Counter(args.size)
+        if rest:  # frames that came in with the 101
+            c.feed(rest, time.monotonic_ns(), args.latency)
         counters[s] = c
         sel.register(s, selectors.EVENT_READ, c)
-    pending = len(socks)
+    pending = sum(1 for c in counters.values() if c.messages < args.expect and not c.closed)
     last_progress = time.monotonic()
     first_ns = 0
     while pending and time.monotonic() - last_progress < args.idle_timeout:

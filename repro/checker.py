@@ -98,8 +98,7 @@ class Summary:
         return any(cls != "loss" for cls in self.anomalies)
 
     def first(self) -> Anomaly | None:
-        found = [a for a in self.anomalies.values()]
-        return min(found, key=lambda a: a.offset) if found else None
+        return min(self.anomalies.values(), key=lambda a: a.offset, default=None)
 
 
 class WireChecker:

@@ -57,22 +57,21 @@ def _parse_extensions(value: str) -> DeflateParams | None:
     return None
 
 
-def check_url(host: str, port: int, target: str, stream: StreamSpec | None, options: ClientOptions) -> tuple[Summary, str]:
-    """Connect, read until close/EOF/failure/time limit; return the summary and how it ended."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    if options.rcvbuf:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, options.rcvbuf)
-    sock.settimeout(5)
-    sock.connect((host, port))
-    write_lock = threading.Lock()  # the client has two writers (pinger, reader); it serialises them
-    key = base64.b64encode(os.urandom(16)).decode()
-    request = (
+def upgrade_request(host: str, port: int, target: str, key: str, deflate: bool = False) -> bytes:
+    """A WebSocket upgrade request, written out by hand (no shared code with the server)."""
+    return (
         f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-        + ("Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n" if options.deflate else "")
+        + ("Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n" if deflate else "")
         + "\r\n"
-    )
-    sock.sendall(request.encode())
+    ).encode()
+
+
+def read_upgrade_reply(sock: socket.socket, key: str) -> tuple[dict[str, str], bytes]:
+    """Read the reply head; check the 101 and ``Sec-WebSocket-Accept``.
+
+    Returns the headers (lower-case names) and the bytes that came after the head.
+    """
     buf = b""
     while b"\r\n\r\n" not in buf:
         data = sock.recv(65536)
@@ -87,6 +86,24 @@ def check_url(host: str, port: int, target: str, stream: StreamSpec | None, opti
     expected_accept = base64.b64encode(hashlib.sha1(key.encode() + GUID).digest()).decode()
     if headers.get("sec-websocket-accept") != expected_accept:
         raise HandshakeFailed(f"Sec-WebSocket-Accept {headers.get('sec-websocket-accept')!r}, expected {expected_accept!r}")
+    return headers, rest
+
+
+def new_key() -> str:
+    return base64.b64encode(os.urandom(16)).decode()
+
+
+def check_url(host: str, port: int, target: str, stream: StreamSpec | None, options: ClientOptions) -> tuple[Summary, str]:
+    """Connect, read until close/EOF/failure/time limit; return the summary and how it ended."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if options.rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, options.rcvbuf)
+    sock.settimeout(5)
+    sock.connect((host, port))
+    write_lock = threading.Lock()  # the client has two writers (pinger, reader); it serialises them
+    key = new_key()
+    sock.sendall(upgrade_request(host, port, target, key, options.deflate))
+    headers, rest = read_upgrade_reply(sock, key)
     deflate = _parse_extensions(headers.get("sec-websocket-extensions", ""))
     if deflate and not options.deflate:
         raise HandshakeFailed("server accepted permessage-deflate that was not offered")

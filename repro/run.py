@@ -7,7 +7,7 @@ import logging
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from .checker import CLASSES, FRAMING, Anomaly, StreamSpec
 from .client import ClientOptions, HandshakeFailed, check_url
@@ -52,7 +52,6 @@ class Result:
     reason: str = ""
     bytes_checked: int = 0
     pongs: int = 0
-    notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
