@@ -31,7 +31,13 @@ def index_page() -> bytes:
 
 
 class EchoHandler:
-    """Every message goes to the worker pool; a worker sends it back unchanged."""
+    """Every message goes to the worker pool; a worker sends it back unchanged.
+
+    Concurrent on purpose: several workers reply on one connection at once,
+    which is the situation of the bug (replies may be reordered; each is exact).
+    """
+
+    concurrent_messages = True
 
     def on_open(self, conn: Connection) -> None:
         pass

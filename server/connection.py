@@ -39,6 +39,7 @@ from .handshake import (
     upgrade_response,
 )
 from .loop import IOLoop, Timer
+from .strand import Strand
 
 logger = logging.getLogger(__name__)
 
@@ -95,13 +96,19 @@ class Limits:
 
 
 class Handler(Protocol):
-    """What a route implements for one connection (one instance per connection)."""
+    """What a route implements for one connection (one instance per connection).
+
+    One connection's messages are handled one at a time, in the order received
+    (a strand over the worker pool). A handler class that sets
+    ``concurrent_messages = True`` opts out: each message goes to the pool on
+    its own, so several may run at once and finish in any order.
+    """
 
     def on_open(self, conn: Connection) -> None:
         """On the IO thread, once the 101 reply is queued. Must not block."""
 
     def on_message(self, conn: Connection, message: str | bytes) -> None:
-        """On a worker thread, once per received message."""
+        """On a worker thread, once per received message, in order (see the class docstring)."""
 
     def on_close(self, conn: Connection) -> None:
         """On the IO thread, once the socket is closed. Must not block."""
@@ -134,6 +141,7 @@ class Stats:
         self.handshake_timeouts = 0
         self.ping_timeouts = 0
         self.handler_errors = 0
+        self.route_errors = 0  # route() raised something other than HttpError: answered 500
 
     def as_dict(self) -> dict[str, int]:
         return dict(vars(self))
@@ -173,6 +181,7 @@ class Connection:
         self.query: dict[str, str] = {}
         self.deflate = False
         self.handler: Handler | None = None
+        self._strand: Strand | None = None  # None: messages go to the executor one by one
 
         self.state = State.HANDSHAKE
         self._parser: HandshakeParser | None = HandshakeParser()
@@ -399,6 +408,14 @@ class Connection:
             self._stats.http_errors += 1
             logger.info("%s: HTTP %s: %s", self.peer, exc.status, exc.message)
             self._reply_and_close(error_response(exc), exc.status)
+        except Exception:
+            # A bug in route() (or on the way to the 101): answer 500 now, not at the handshake timeout.
+            if self.state is not State.HANDSHAKE:
+                raise
+            self._stats.http_errors += 1
+            self._stats.route_errors += 1
+            logger.exception("%s: routing %s failed", self.peer, self.path or "the request")
+            self._reply_and_close(error_response(HttpError(500, "internal server error")), 500)
 
     def _accept(self, request: HttpRequest) -> None:
         self.path, self.query = request.path, request.query
@@ -406,10 +423,14 @@ class Connection:
         if isinstance(target, bytes):  # a plain HTTP page
             self._reply_and_close(target, 200)
             return
+        if not hasattr(target, "on_message"):
+            raise TypeError(f"route() returned {type(target).__name__}; expected a Handler or the bytes of an HTTP response")
         key = check_upgrade(request)
         extension, ext_header = negotiate_deflate(request, self.limits.deflate, self.limits.max_message_bytes)
         self._cancel("handshake")
         self.handler = target
+        if not getattr(target, "concurrent_messages", False):
+            self._strand = Strand(self._executor)
         self.deflate = extension is not None
         self._ws = WsConnection(ConnectionType.SERVER, [extension] if extension else [], b"")
         self.state = State.OPEN
@@ -471,7 +492,10 @@ class Connection:
         self._inflight += 1
         self._inflight_bytes += len(message)
         try:
-            self._executor.submit(self._handle_message, message)
+            if self._strand is not None:
+                self._strand.submit(partial(self._handle_message, message))
+            else:
+                self._executor.submit(self._handle_message, message)
         except RuntimeError:  # executor shut down
             self._message_done(message)
         self._update_reading()

@@ -6,6 +6,7 @@ import contextlib
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -13,9 +14,9 @@ from server import DemoApp, Limits, Server, streamformat
 
 
 @contextlib.contextmanager
-def running_server(limits: Limits | None = None, workers: int = 8) -> Iterator[Server]:
+def running_server(limits: Limits | None = None, workers: int = 8, router: object = DemoApp) -> Iterator[Server]:
     """A fixed server on 127.0.0.1 with a free port; shut down (and checked) afterwards."""
-    srv = Server(DemoApp, host="127.0.0.1", port=0, workers=workers, limits=limits or Limits(ping_interval=None))
+    srv = Server(router, host="127.0.0.1", port=0, workers=workers, limits=limits or Limits(ping_interval=None))  # type: ignore[arg-type]
     srv.start()
     try:
         yield srv
@@ -173,3 +174,30 @@ def echo_works(port: int) -> bool:
     with connect(f"ws://127.0.0.1:{port}/echo", open_timeout=5) as ws:
         ws.send("still alive?")
         return ws.recv(timeout=5) == "still alive?"
+
+
+def describe(message: str | bytes) -> str:
+    """A message in a few dozen characters: type, length and its first bytes (never the whole payload)."""
+    kind = "text" if isinstance(message, str) else "bytes"
+    head = message[:16]
+    return f"{kind}[{len(message)}] {head!r}{'…' if len(message) > 16 else ''}"
+
+
+def assert_same_messages(got: list[str | bytes] | Counter, want: list[str | bytes] | Counter, ordered: bool = True) -> None:
+    """Compare received with sent messages; on failure say what differs in a bounded message, not a payload dump."""
+    if ordered and not isinstance(got, Counter) and not isinstance(want, Counter):
+        if got == want:
+            return
+        first = next((i for i, (g, w) in enumerate(zip(got, want, strict=False)) if g != w), min(len(got), len(want)))
+        g = describe(got[first]) if first < len(got) else "nothing"
+        w = describe(want[first]) if first < len(want) else "nothing"
+        raise AssertionError(f"{len(got)} messages received, {len(want)} sent; first difference at {first}: got {g}, want {w}")
+    got_c, want_c = Counter(got), Counter(want)
+    if got_c == want_c:
+        return
+    missing = list((want_c - got_c).elements())
+    extra = list((got_c - want_c).elements())
+    raise AssertionError(
+        f"{len(missing)} sent messages never came back (first: {[describe(m) for m in missing[:3]]}); "
+        f"{len(extra)} unexpected replies (first: {[describe(m) for m in extra[:3]]})"
+    )

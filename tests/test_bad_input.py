@@ -183,3 +183,26 @@ def test_garbage_after_handshake_is_a_protocol_error(server) -> None:
         frames, _ = read_server_frames(sock, rest)
         assert close_code_of(frames) == 1002
     assert echo_works(server.port)
+
+
+@pytest.mark.parametrize("bug", ["raises", "returns None"])
+def test_a_bug_in_route_answers_500_at_once(bug: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Not 408 after the 10 s handshake timeout: 500 now, logged with the traceback, counted."""
+    from server import DemoApp
+
+    class BuggyApp(DemoApp):
+        def route(self, request):  # type: ignore[no-untyped-def]
+            if request.path == "/buggy":
+                if bug == "raises":
+                    raise KeyError("user_id")
+                return None
+            return super().route(request)
+
+    with running_server(Limits(ping_interval=None, handshake_timeout=10), router=BuggyApp) as srv:
+        started = time.monotonic()
+        response = http_exchange(srv.port, upgrade_request("/buggy"), timeout=8)
+        assert status_of(response) == 500, response[:200]
+        assert time.monotonic() - started < 5, "answered by the handshake timeout, not at once"
+        assert srv.stats.route_errors == 1
+        assert "routing /buggy failed" in caplog.text and "Traceback" in caplog.text
+        assert echo_works(srv.port)

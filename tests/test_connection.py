@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import random
 import threading
+import time
 
 import pytest
 from websockets.exceptions import ConnectionClosed as WsConnectionClosed
@@ -10,7 +12,7 @@ from websockets.sync.client import connect
 
 from server import ConnectionClosed, Limits
 
-from .helpers import close_code_of, read_server_frames, running_server, wait_until, ws_handshake
+from .helpers import assert_same_messages, close_code_of, read_server_frames, running_server, wait_until, ws_handshake
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -81,4 +83,54 @@ def test_messages_from_one_thread_arrive_in_order(server) -> None:
         t.start()
         got = [ws.recv(timeout=10) for _ in sent]
         t.join()
-        assert got == sent
+        assert_same_messages(got, sent)
+
+
+class _Recorder:
+    """Records each message with the number of this connection's handlers running at that moment."""
+
+    def __init__(self, log: list[str], overlap: list[int], concurrent: bool) -> None:
+        self.log, self.overlap, self.concurrent_messages = log, overlap, concurrent
+        self.running = 0
+
+    def on_open(self, conn) -> None:
+        pass
+
+    def on_message(self, conn, message) -> None:
+        self.running += 1
+        self.overlap.append(self.running)
+        time.sleep(random.random() * 0.002)  # 0-2 ms of work, as a real handler does
+        self.log.append(message)
+        self.running -= 1
+        if message == "299":
+            conn.send("done")
+
+    def on_close(self, conn) -> None:
+        pass
+
+
+@pytest.mark.parametrize("concurrent", [False, True])
+def test_one_connections_messages_are_handled_in_order(concurrent: bool) -> None:
+    """Default: a strand per connection (in order, one at a time). Opt-in: concurrent, as /echo is."""
+    log: list[str] = []
+    overlap: list[int] = []
+
+    class App:
+        def __init__(self, server) -> None:
+            pass
+
+        def route(self, request):
+            return _Recorder(log, overlap, concurrent)
+
+    sent = [str(i) for i in range(300)]
+    with running_server(workers=8, router=App) as srv, connect(f"{srv.url}/ordered") as ws:
+        for m in sent:
+            ws.send(m)
+        assert ws.recv(timeout=20) is not None
+        assert wait_until(lambda: len(log) == len(sent), 10)
+    if concurrent:
+        # The opt-in really runs them side by side (else this test could not tell the two apart).
+        assert max(overlap) > 1 and log != sent
+    else:
+        assert max(overlap) == 1, "two of one connection's handlers ran at once"
+        assert_same_messages(log, sent)
