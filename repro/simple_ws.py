@@ -17,6 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import simple_websocket
+from wsproto.utilities import LocalProtocolError
 
 from server.app import EchoHandler, StreamHandler, StreamParams, index_page
 from server.connection import ABNORMAL, NORMAL, ConnectionClosed
@@ -44,6 +45,10 @@ class SimpleWsConnection:
                 self.ws.send(message)
         except simple_websocket.ConnectionClosed as exc:
             raise ConnectionClosed(int(exc.reason), exc.message or "") from None
+        except LocalProtocolError:
+            # The reader thread saw the close first: wsproto refuses the send. Its message holds
+            # the whole event (a 256 KiB payload repr), so it is not chained.
+            raise ConnectionClosed(ABNORMAL, "connection closed while sending") from None
         except OSError as exc:
             raise ConnectionClosed(ABNORMAL, f"write failed: {exc}") from None
 
@@ -54,7 +59,7 @@ class SimpleWsConnection:
         try:
             with self.lock:
                 self.ws.close(code, reason)
-        except (simple_websocket.ConnectionClosed, OSError):
+        except (simple_websocket.ConnectionClosed, LocalProtocolError, OSError):
             pass
 
 
