@@ -84,17 +84,21 @@ class DirectConnection(_SndbufMixin, Connection):
         self._apply_sndbuf()
         super().start()
 
-    def send(self, message: str | bytes | OutMessage) -> None:
-        out = message if isinstance(message, OutMessage) else OutMessage.of(message)
+    def send(self, message: str | bytes | OutMessage, timeout: float | None = None) -> bool:
+        out = OutMessage.of(message)
         with self.worker_lock:
-            if self._closing_code is not None or self._ws is None:
-                raise ConnectionClosed(self._closing_code or ABNORMAL, self._closing_reason)
+            closed = self._outbox.closed
+            if closed is not None:
+                raise ConnectionClosed(*closed)
+            if self._ws is None:
+                raise ConnectionClosed(ABNORMAL, "not open")
             if self.deflate:  # the shared compressor, from whichever thread gets here
                 event = TextMessage(data=out.payload.decode()) if out.text else BytesMessage(data=out.payload)
                 data = bytes(self._ws.send(event))
             else:
                 data = out.header + out.payload
             self._write_from_this_thread(data)
+        return True
 
     def send_paced(self, message: str | bytes | OutMessage, timeout: float | None = None) -> None:
         self.send(message)  # a blocking write paces itself

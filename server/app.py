@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from . import streamformat
 from .connection import NORMAL, Connection, ConnectionClosed, Handler
 from .handshake import HttpError, HttpRequest, http_response
-from .server import Server
+from .server import BroadcastResult, Server
 
 logger = logging.getLogger(__name__)
 
@@ -181,15 +181,25 @@ class BroadcastHub:
 
     def __init__(self, server: Server) -> None:
         self.server = server
-        self.subscribers: set[Connection] = set()  # IO thread only
+        # Copy-on-write: replaced (never mutated) under _lock, so publishers read it without one.
+        self.subscribers: frozenset[Connection] = frozenset()
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._tickers: list[threading.Thread] = []
         self.published = 0
 
-    def publish(self, message: str | bytes) -> None:
+    def subscribe(self, conn: Connection) -> None:
+        with self._lock:
+            self.subscribers = self.subscribers | {conn}
+
+    def unsubscribe(self, conn: Connection) -> None:
+        with self._lock:
+            self.subscribers = self.subscribers - {conn}
+
+    def publish(self, message: str | bytes) -> BroadcastResult:
         """Encode once, queue the same frame bytes to every subscriber. Any thread."""
         self.published += 1
-        self.server.broadcast(message, self.subscribers)
+        return self.server.broadcast(message, self.subscribers)
 
     def start_tickers(self, publishers: int, rate: float) -> None:
         """``publishers`` threads, each publishing ``rate`` messages per second."""
@@ -223,13 +233,13 @@ class BroadcastHandler:
         self.hub = hub
 
     def on_open(self, conn: Connection) -> None:
-        self.hub.subscribers.add(conn)
+        self.hub.subscribe(conn)
 
     def on_message(self, conn: Connection, message: str | bytes) -> None:
         self.hub.publish(message)
 
     def on_close(self, conn: Connection) -> None:
-        self.hub.subscribers.discard(conn)
+        self.hub.unsubscribe(conn)
 
 
 class DemoApp:

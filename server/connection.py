@@ -2,9 +2,10 @@
 
 Only the IO thread touches ``_sock`` and ``_ws``. Other threads talk to a
 connection through :meth:`Connection.send` and :meth:`Connection.close`,
-which never block and never touch the socket: they reserve queue space and
-``post()`` the work to the IO thread, which writes every byte — handshake
-reply, data, ping, pong and close frames — through one output queue.
+which never touch the socket: they put messages into the connection's
+:class:`~server.outbox.Outbox` and ``post()`` work to the IO thread, which
+writes every byte — handshake reply, data, ping, pong and close frames —
+through that one queue.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from __future__ import annotations
 import enum
 import errno
 import logging
+import select
 import socket
 import struct
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from wsproto.connection import ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
 from . import affinity
+from .errors import ConnectionClosed
 from .frames import OutMessage
 from .handshake import (
     HandshakeParser,
@@ -39,6 +41,7 @@ from .handshake import (
     upgrade_response,
 )
 from .loop import IOLoop, Timer
+from .outbox import Backlog, Outbox, OverflowPolicy
 from .strand import Strand
 
 logger = logging.getLogger(__name__)
@@ -53,39 +56,29 @@ POLICY_VIOLATION = 1008
 MESSAGE_TOO_BIG = 1009
 INTERNAL_ERROR = 1011
 
-_IOV_MAX = 512  # buffers per sendmsg call; Linux allows 1024
 _RECV_SIZE = 256 * 1024
 
-
-class ConnectionClosed(Exception):
-    """Raised by :meth:`Connection.send` once the connection is closing or closed."""
-
-    def __init__(self, code: int, reason: str = "") -> None:
-        super().__init__(f"WebSocket connection closed with code {code}" + (f": {reason}" if reason else ""))
-        self.code = code
-        self.reason = reason
+# Codes an endpoint may put in a close frame (RFC 6455 7.4; 1012-1014 registered with IANA since).
+_SENDABLE = {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014}
+MAX_REASON_BYTES = 123  # a control frame's payload is at most 125 bytes, 2 of them the code
 
 
-class OverflowPolicy(enum.Enum):
-    """What :meth:`Connection.send` does when a slow client's outbox is full.
-
-    ``CLOSE`` (default): close that client with 1008 and raise
-    :class:`ConnectionClosed` in the producer — no data is silently lost.
-    ``DROP``: discard the new message and count it — for feeds where only the
-    latest value matters. Blocking the producer is deliberately not offered:
-    it is what stalls every other client of a locked design.
-    """
-
-    CLOSE = "close"
-    DROP = "drop"
+def check_close(code: int, reason: str) -> None:
+    """Raise ValueError unless ``code`` and ``reason`` may go into a close frame."""
+    if not (code in _SENDABLE or 3000 <= code <= 4999):
+        raise ValueError(f"close code {code} may not be sent (RFC 6455 7.4): use 1000-1003, 1007-1014 or 3000-4999")
+    size = len(reason.encode("utf-8"))
+    if size > MAX_REASON_BYTES:
+        raise ValueError(f"close reason is {size} bytes of UTF-8; at most {MAX_REASON_BYTES} fit in a close frame")
 
 
 @dataclass(frozen=True)
 class Limits:
     """Per-connection limits; every one has a safe default."""
 
-    max_queue_bytes: int = 16 * 1024 * 1024
+    max_queue_bytes: int = 16 * 1024 * 1024  # per client: producers wait (or drop) while this much is unsent
     overflow: OverflowPolicy = OverflowPolicy.CLOSE
+    stall_timeout: float = 1.0  # a full queue whose socket takes no bytes this long: the client is stalled
     max_message_bytes: int = 16 * 1024 * 1024
     ping_interval: float | None = 20.0
     ping_timeout: float = 20.0
@@ -128,9 +121,10 @@ class State(enum.Enum):
 
 
 class Stats:
-    """Server-wide counters, written on the IO thread only."""
+    """Server-wide counters, written on the IO thread (``dropped_messages``: under its own lock)."""
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()
         self.accepted = 0
         self.opened = 0
         self.closed = 0
@@ -143,8 +137,13 @@ class Stats:
         self.handler_errors = 0
         self.route_errors = 0  # route() raised something other than HttpError: answered 500
 
+    def count_drop(self) -> None:
+        """Any thread: one message discarded by the ``drop`` policy."""
+        with self._lock:
+            self.dropped_messages += 1
+
     def as_dict(self) -> dict[str, int]:
-        return dict(vars(self))
+        return {name: value for name, value in vars(self).items() if not name.startswith("_")}
 
 
 class Connection:
@@ -164,6 +163,7 @@ class Connection:
         limits: Limits,
         stats: Stats,
         on_closed: Callable[[Connection], None] = lambda conn: None,
+        backlog: Backlog | None = None,
     ) -> None:
         self._loop = loop
         self._sock = sock
@@ -187,23 +187,19 @@ class Connection:
         self._parser: HandshakeParser | None = HandshakeParser()
         self._ws: WsConnection | None = None
 
-        # Output queue: whole frames (tuples of buffers); `_head_sent` bytes of
-        # the first one are already on the wire. Each entry carries the bytes
-        # it reserved against `limits.max_queue_bytes`.
-        self._outbox: deque[tuple[tuple[bytes, ...], int, int]] = deque()
-        self._head_sent = 0
+        self._outbox = Outbox(
+            limits.max_queue_bytes,
+            limits.overflow,
+            schedule=partial(loop.post, self._drain),
+            on_full=partial(loop.post, self._check_stall),
+            on_drop=stats.count_drop,
+            backlog=backlog or Backlog(1 << 62),
+            in_io_thread=loop.in_io_thread,
+        )
         self._flush_posted = False
         self._shut_when_flushed = False
         self._writing = False  # registered for EVENT_WRITE
         self._reading = True
-
-        # Shared with producers: guarded by _lock.
-        self._lock = threading.Lock()
-        self._room = threading.Condition(self._lock)  # for wait_for_room()
-        self._room_waiters = 0
-        self._queued_bytes = 0
-        self._closing_code: int | None = None
-        self._closing_reason = ""
 
         self._close_code: int | None = None
         self._close_reason = ""
@@ -221,35 +217,38 @@ class Connection:
     # Any thread
     # ------------------------------------------------------------------
 
-    def send(self, message: str | bytes | OutMessage) -> None:
-        """Queue one message for this client. Safe from any thread; never blocks.
+    def send(self, message: str | bytes | OutMessage, timeout: float | None = None) -> bool:
+        """Queue one message for this client. Safe from any thread.
 
-        Messages sent by one thread are delivered in the order sent. Raises
-        :class:`ConnectionClosed` if the connection is closing or closed (or
-        was just closed because its outbox overflowed).
+        Returns at once while the client's queue has room. When it is full
+        (``Limits.max_queue_bytes``), the ``close`` policy waits while the
+        client drains — a client whose socket takes no bytes for
+        ``Limits.stall_timeout`` is closed with 1008 and this raises — and the
+        ``drop`` policy discards the message and returns False. On the IO
+        thread it never waits. Messages sent by one thread are delivered in
+        the order sent. Raises :class:`ConnectionClosed` once the connection is
+        closing or closed, :class:`TimeoutError` after ``timeout`` seconds.
         """
-        out = message if isinstance(message, OutMessage) else OutMessage.of(message)
-        if self._reserve(out.size):
-            self._loop.post(partial(self._enqueue, out))
+        return self._outbox.put(OutMessage.of(message), timeout)
 
     def send_paced(self, message: str | bytes | OutMessage, timeout: float | None = None) -> None:
-        """Like :meth:`send`, but wait while this client's outbox is full.
+        """Like :meth:`send`, but wait for room under either policy, and never ask for the client to be closed.
 
-        For producers that prefer flow control to the overflow policy (like
-        awaiting asyncio's ``drain()``): only the calling producer waits, and
-        only for this client. Raises :class:`TimeoutError` after ``timeout``.
+        For producers that would rather slow down to this client than lose it
+        (like awaiting asyncio's ``drain()``). Raises :class:`TimeoutError`
+        after ``timeout``.
         """
-        out = message if isinstance(message, OutMessage) else OutMessage.of(message)
-        if self._reserve(out.size, wait=True, timeout=timeout):
-            self._loop.post(partial(self._enqueue, out))
+        self._outbox.put(OutMessage.of(message), timeout, paced=True)
 
     def close(self, code: int = NORMAL, reason: str = "") -> None:
-        """Start the closing handshake after everything already queued. Any thread."""
-        with self._lock:
-            if self._closing_code is not None:
-                return
-            self._closing_code, self._closing_reason = code, reason
-        self._loop.post(partial(self._start_close, code, reason))
+        """Start the closing handshake after everything already queued. Any thread.
+
+        ``code`` must be one an endpoint may send (RFC 6455 7.4: 1000-1003,
+        1007-1011, 3000-4999) and ``reason`` at most 123 bytes of UTF-8.
+        """
+        check_close(code, reason)
+        if self._outbox.shut(code, reason):
+            self._loop.post(partial(self._start_close, code, reason))
 
     @property
     def closed(self) -> bool:
@@ -269,87 +268,13 @@ class Connection:
 
     @property
     def queued_bytes(self) -> int:
-        """Bytes reserved by messages not yet written to the socket."""
-        return self._queued_bytes
+        """Bytes sent to this client and not yet accepted by its socket (posted or queued)."""
+        return self._outbox.queued
 
-    def _fits(self, size: int) -> bool:
-        """Whether ``size`` more bytes fit in the outbox (call with ``_lock`` held).
-
-        A message larger than the whole limit still fits into an empty outbox.
-        """
-        return self._queued_bytes == 0 or self._queued_bytes + size <= self.limits.max_queue_bytes
-
-    def _try_reserve(self, size: int) -> bool:
-        """The fast path of :meth:`_reserve`: reserve if open and there is room, never wait."""
-        with self._lock:
-            queued = self._queued_bytes
-            # _fits(), spelled out: this runs once per message per client of a broadcast.
-            if self._closing_code is None and (queued == 0 or queued + size <= self.limits.max_queue_bytes):
-                self._queued_bytes = queued + size
-                return True
-            return False
-
-    def _reserve(self, size: int, wait: bool = False, timeout: float | None = None) -> bool:
-        """Reserve outbox space for a producer; apply the overflow policy when full."""
-        with self._lock:
-            if wait and self._closing_code is None and not self._fits(size):
-                self._room_waiters += 1
-                try:
-                    room = self._room.wait_for(lambda: self._closing_code is not None or self._fits(size), timeout)
-                finally:
-                    self._room_waiters -= 1
-                if not room:
-                    raise TimeoutError(f"no room for {size} bytes in {self.peer}'s outbox within {timeout} s")
-            if self._closing_code is not None:
-                raise ConnectionClosed(self._closing_code, self._closing_reason)
-            if self._fits(size):
-                self._queued_bytes += size
-                return True
-            limit = self.limits.max_queue_bytes
-            if self.limits.overflow is OverflowPolicy.DROP:
-                self._loop.post(self._count_drop)
-                return False
-            reason = f"outbox over {limit} bytes: client too slow"
-            self._closing_code, self._closing_reason = POLICY_VIOLATION, reason
-        self._loop.post(partial(self._close_for_overflow, reason))
-        raise ConnectionClosed(POLICY_VIOLATION, reason)
-
-    def _release(self, size: int) -> None:
-        with self._lock:
-            self._queued_bytes -= size
-            if self._room_waiters:
-                self._room.notify_all()
-
-    def _reserve_or_evict(self, size: int, stall_timeout: float) -> bool:
-        """Producer side of :meth:`Server.broadcast_paced`: wait for room, or close this stuck client.
-
-        A client is stuck when its socket accepted no bytes for ``stall_timeout``
-        while the outbox was full; one that is merely slower than the producer
-        keeps making progress and is waited for.
-        """
-        while True:
-            try:
-                return self._reserve(size, wait=True, timeout=stall_timeout)
-            except ConnectionClosed:
-                return False
-            except TimeoutError:
-                if time.monotonic() - self._last_progress < stall_timeout:
-                    continue  # still draining: wait more
-            reason = f"outbox full and no bytes written for {stall_timeout} s: client stuck"
-            with self._lock:
-                if self._closing_code is not None:
-                    return False
-                self._closing_code, self._closing_reason = POLICY_VIOLATION, reason
-            self._loop.post(partial(self._close_for_overflow, reason))
-            return False
-
-    def _offer(self, out: OutMessage) -> None:
-        """IO-thread twin of :meth:`send` for broadcasts: reserve, then queue."""
-        try:
-            if self._reserve(out.size):
-                self._enqueue(out)
-        except ConnectionClosed:
-            pass
+    @property
+    def dropped_messages(self) -> int:
+        """Messages the ``drop`` policy discarded for this client."""
+        return self._outbox.dropped
 
     # ------------------------------------------------------------------
     # IO thread only from here on
@@ -511,7 +436,7 @@ class Connection:
         if self.state is not State.OPEN:
             return
         busy = self._inflight >= self.limits.max_inflight_messages
-        full = self._queued_bytes + self._inflight_bytes > self.limits.max_queue_bytes // 2
+        full = self._outbox.queued + self._inflight_bytes > self.limits.max_queue_bytes // 2
         self._set_reading(not (busy or full))
 
     def _handle_message(self, message: str | bytes) -> None:
@@ -536,9 +461,6 @@ class Connection:
 
     def _count_handler_error(self) -> None:
         self._stats.handler_errors += 1
-
-    def _count_drop(self) -> None:
-        self._stats.dropped_messages += 1
 
     def _on_close_frame(self, event: CloseConnection) -> None:
         assert self._ws is not None
@@ -565,10 +487,7 @@ class Connection:
     def _record_close(self, code: int, reason: str) -> None:
         if self._close_code is None:
             self._close_code, self._close_reason = code, reason
-        with self._lock:
-            if self._closing_code is None:
-                self._closing_code, self._closing_reason = code, reason
-            self._room.notify_all()
+        self._outbox.shut(code, reason)  # producers waiting for room get ConnectionClosed
 
     def _start_close(self, code: int, reason: str) -> None:
         """Queue our close frame behind everything already queued."""
@@ -583,7 +502,7 @@ class Connection:
 
     def _fail(self, code: int, reason: str) -> None:
         """Fail the connection (RFC 6455 7.1.7): drop unsent frames, send close, stop."""
-        self._drop_unsent()
+        self._outbox.drop_unsent()
         self._start_close(code, reason)
         self._close_after_flush()
 
@@ -607,7 +526,7 @@ class Connection:
         # The timeout bounds a *stalled* close, not a long flush: a client that
         # is still reading what was queued before the close frame gets its data.
         idle = time.monotonic() - self._last_progress
-        if idle < self.limits.close_timeout and self.state is State.CLOSING and self._outbox:
+        if idle < self.limits.close_timeout and self.state is State.CLOSING and self._outbox.frames:
             self._arm("close", self.limits.close_timeout - idle, self._on_close_timeout)
             return
         self._finish(self._close_code or ABNORMAL, self._close_reason or "close timeout")
@@ -630,7 +549,7 @@ class Connection:
             self._sock.close()
         except OSError:
             pass
-        self._drop_unsent(all_frames=True)
+        self._outbox.drop_unsent(all_frames=True)
         self._stats.closed += 1
         self._closed_event.set()
         if was_open and self.handler is not None:
@@ -639,24 +558,6 @@ class Connection:
             except Exception:
                 logger.exception("%s: on_close failed", self.peer)
         self._on_closed(self)
-
-    def _drop_unsent(self, all_frames: bool = False) -> None:
-        """Forget queued data frames (or every frame, with ``all_frames``).
-
-        A partly written head frame is kept so the stream never tears, and so
-        are protocol frames (handshake reply, pong, close).
-        """
-        freed = sum(entry[1] for entry in self._outbox)
-        if all_frames:
-            self._outbox.clear()
-            self._head_sent = 0
-        else:
-            head = [self._outbox.popleft()] if self._head_sent else []
-            kept = head + [entry for entry in self._outbox if entry[1] == 0]
-            freed -= sum(entry[1] for entry in head)
-            self._outbox = deque(kept)
-        if freed:
-            self._release(freed)
 
     # -- keepalive ------------------------------------------------------
 
@@ -696,24 +597,30 @@ class Connection:
 
     # -- writing --------------------------------------------------------
 
-    def _enqueue(self, out: OutMessage) -> None:
-        """Queue a data message (posted by :meth:`send`)."""
+    def _drain(self) -> None:
+        """Turn the messages producers put into frames (scheduled by the outbox, once per batch)."""
+        outbox = self._outbox
+        pending = outbox.take()
         if self.state is not State.OPEN or self._ws is None:
-            self._release(out.size)  # closing: the close frame is already queued
+            outbox.release(sum(out.size for out in pending))  # closing: the close frame is already queued
             return
         if self.deflate:
             # Compress here, in queue order: the deflate context is per connection.
-            event = TextMessage(data=out.payload.decode("utf-8")) if out.text else BytesMessage(data=out.payload)
-            frame: tuple[bytes, ...] = (self._ws.send(event),)
+            ws = self._ws
+            for out in pending:
+                event = TextMessage(data=out.payload.decode("utf-8")) if out.text else BytesMessage(data=out.payload)
+                data = ws.send(event)
+                outbox.append((data,), out.size, len(data))
         else:
-            frame = out.frame
-        self._outbox.append((frame, out.size, out.size if not self.deflate else len(frame[0])))
+            append = outbox.append
+            for out in pending:
+                append(out.frame, out.size, out.size)
         self._post_flush()
 
     def _append_raw(self, data: bytes | bytearray) -> None:
         """Queue protocol bytes (handshake reply, control frames); not counted against the limit."""
         if data:
-            self._outbox.append(((bytes(data),), 0, len(data)))
+            self._outbox.append((bytes(data),), 0, len(data))
             self._post_flush()
 
     def _post_flush(self) -> None:
@@ -727,8 +634,8 @@ class Connection:
         if self.state is State.CLOSED:
             return
         outbox = self._outbox
-        while outbox:
-            buffers, frames, offered, reserved = self._gather()
+        while outbox.frames:
+            buffers, frames, offered, reserved = outbox.gather()
             affinity.check_write(self._loop.thread_id, self.peer)
             try:
                 sent = self._sock.sendmsg(buffers)
@@ -739,64 +646,47 @@ class Connection:
                     logger.info("%s: write failed: %s", self.peer, exc)
                 self._abort(ABNORMAL, f"write failed: {exc.strerror or exc}")
                 return
-            if sent == offered:  # the common case: all of it went out, drop whole frames
-                for _ in range(frames):
-                    outbox.popleft()
-                self._head_sent = 0
-                self._wrote(sent, reserved)
-                continue
-            self._consume(sent)  # partial write: byte-exact bookkeeping, resume when writable
-            break
-        self._set_writing(bool(outbox))
-        if not outbox and self._shut_when_flushed and self.state is State.CLOSING:
+            outbox.written(sent, offered, frames, reserved)
+            if sent:
+                self._last_progress = time.monotonic()
+            if sent < offered:
+                break  # the socket is full: resume when writable
+        since = outbox.blocked_since
+        if since is not None and outbox.full and "stall" not in self._timers:
+            self._arm("stall", max(0.0, since + self.limits.stall_timeout - time.monotonic()), self._check_stall)
+        if not self._reading:
+            self._update_reading()
+        self._set_writing(bool(outbox.frames))
+        if not outbox.frames and self._shut_when_flushed and self.state is State.CLOSING:
             self._shutdown_write()
 
-    def _gather(self) -> tuple[list[memoryview | bytes], int, int, int]:
-        """Up to _IOV_MAX buffers from the head of the outbox: (buffers, frames, bytes, reserved)."""
-        buffers: list[memoryview | bytes] = []
-        frames = offered = reserved = 0
-        skip = self._head_sent
-        for frame, res, length in self._outbox:
-            if skip:  # the head frame was partly written
-                offered += length - skip
-                for buf in frame:
-                    if skip >= len(buf):
-                        skip -= len(buf)
-                        continue
-                    buffers.append(memoryview(buf)[skip:] if skip else buf)
-                    skip = 0
-            else:
-                buffers.extend(frame)
-                offered += length
-            frames += 1
-            reserved += res
-            if len(buffers) >= _IOV_MAX - 2:  # a frame has at most 2 buffers
-                break
-        return buffers, frames, offered, reserved
+    def _check_stall(self) -> None:
+        """Judge the client (IO thread): its queue is full and producers wait. Is its socket stuck?
 
-    def _consume(self, sent: int) -> None:
-        """Drop what a partial ``sendmsg`` wrote, frame by frame."""
-        freed = 0
-        remaining = sent
-        while self._outbox and remaining:
-            _, reserved, length = self._outbox[0]
-            left = length - self._head_sent
-            if remaining < left:
-                self._head_sent += remaining
-                break
-            remaining -= left
-            self._head_sent = 0
-            freed += reserved
-            self._outbox.popleft()
-        self._wrote(sent, freed)
+        Stalled means the socket has refused bytes for ``stall_timeout`` and
+        still cannot take any: a busy IO thread does not make a reading client
+        look stuck, because the socket is asked again here before judging.
+        """
+        outbox = self._outbox
+        outbox.judged()
+        if self.state is not State.OPEN or not outbox.full:
+            return
+        since = outbox.blocked_since
+        if since is None:
+            return  # not blocked: the IO thread is just behind; the next partial flush looks again
+        if self._socket_writable():
+            self._flush()  # it takes bytes again; the flush looks again if it fills up
+            return
+        waited = time.monotonic() - since
+        if waited < self.limits.stall_timeout:
+            self._arm("stall", self.limits.stall_timeout - waited, self._check_stall)
+            return
+        self._close_for_overflow(f"queue full and no bytes taken for {self.limits.stall_timeout} s: client stalled")
 
-    def _wrote(self, sent: int, freed: int) -> None:
-        if sent:
-            self._last_progress = time.monotonic()
-        if freed:
-            self._release(freed)
-            if not self._reading:
-                self._update_reading()
+    def _socket_writable(self) -> bool:
+        poller = select.poll()
+        poller.register(self._sock, select.POLLOUT)
+        return bool(poller.poll(0))
 
     def _shutdown_write(self) -> None:
         """Half-close and read until the client's EOF, so our last bytes are not lost to a reset."""

@@ -14,6 +14,7 @@ connection's wsproto state, in queue order.
 from __future__ import annotations
 
 import struct
+import threading
 
 OP_TEXT = 0x1
 OP_BINARY = 0x2
@@ -21,6 +22,7 @@ OP_BINARY = 0x2
 _JOIN_BELOW = 16 * 1024
 _LEN16 = struct.Struct("!BBH")
 _LEN64 = struct.Struct("!BBQ")
+_last = threading.local()  # per thread: the last str/bytes encoded, and its OutMessage
 
 
 def frame_header(opcode: int, length: int) -> bytes:
@@ -52,9 +54,25 @@ class OutMessage:
         self.frame: tuple[bytes, ...] = (self.header + payload,) if len(payload) <= _JOIN_BELOW else (self.header, payload)
 
     @classmethod
-    def of(cls, message: str | bytes | bytearray | memoryview) -> OutMessage:
+    def of(cls, message: str | bytes | bytearray | memoryview | OutMessage) -> OutMessage:
+        """The message, encoded. An OutMessage is returned as is.
+
+        The loop ``for conn in clients: conn.send(msg)`` encodes ``msg`` once:
+        each thread remembers the last ``str``/``bytes`` object it encoded
+        (immutable, so the same object means the same frame).
+        """
+        if type(message) is OutMessage:
+            return message
+        last = getattr(_last, "pair", None)
+        if last is not None and last[0] is message:
+            return last[1]  # type: ignore[no-any-return]
         if isinstance(message, str):
-            return cls(message.encode("utf-8"), True)
-        if isinstance(message, (bytes, bytearray, memoryview)):
-            return cls(bytes(message), False)
-        raise TypeError(f"a WebSocket message is str or bytes, not {type(message).__name__}")
+            out = cls(message.encode("utf-8"), True)
+        elif isinstance(message, bytes):
+            out = cls(message, False)
+        elif isinstance(message, (bytearray, memoryview)):
+            return cls(bytes(message), False)  # mutable: copied, never remembered
+        else:
+            raise TypeError(f"a WebSocket message is str or bytes, not {type(message).__name__}")
+        _last.pair = (message, out)
+        return out

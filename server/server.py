@@ -7,13 +7,24 @@ import socket
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
+from dataclasses import dataclass
 
 from .connection import GOING_AWAY, Connection, Limits, Router, State, Stats
+from .errors import ConnectionClosed
 from .frames import OutMessage
 from .loop import IOLoop
+from .outbox import Backlog
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BroadcastResult:
+    """What :meth:`Server.broadcast` did with one message."""
+
+    queued: int = 0  # connections the message was queued to
+    dropped: int = 0  # discarded by the ``drop`` policy (queue full)
+    closed: int = 0  # closing or closed already (or closed while this waited: stalled)
 
 
 class Server:
@@ -26,6 +37,8 @@ class Server:
     ``router`` is a :class:`Router`, or a callable that builds one from the
     server (so routes can reach :meth:`broadcast`). ``connection_class`` lets
     the repro inject its unsafe write disciplines; nothing else should change it.
+    ``max_backlog_bytes`` bounds, server-wide, what producers have sent and the
+    IO thread has not taken yet: past it, producers wait for the IO thread.
     """
 
     def __init__(
@@ -37,6 +50,7 @@ class Server:
         limits: Limits | None = None,
         backlog: int = 1024,
         connection_class: type[Connection] = Connection,
+        max_backlog_bytes: int = 64 * 1024 * 1024,
     ) -> None:
         self.host = host
         self.connection_class = connection_class
@@ -44,7 +58,9 @@ class Server:
         self.stats = Stats()
         self.loop = IOLoop()
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wsrace-worker")
-        self.connections: set[Connection] = set()  # IO thread only
+        self.send_backlog = Backlog(max_backlog_bytes)
+        self._connections: set[Connection] = set()  # IO thread adds and removes, under _conn_lock
+        self._conn_lock = threading.Lock()
         self._listener = socket.create_server((host, port), backlog=backlog, reuse_port=False)
         self._listener.setblocking(False)
         self.port: int = self._listener.getsockname()[1]
@@ -79,45 +95,48 @@ class Server:
 
     # -- any thread ------------------------------------------------------
 
-    def broadcast(self, message: str | bytes | OutMessage, targets: Iterable[Connection] | None = None) -> None:
-        """Send one message to many connections; encoded once, posted once.
+    @property
+    def connections(self) -> list[Connection]:
+        """A snapshot of every connection, in any state. Any thread."""
+        with self._conn_lock:
+            return list(self._connections)
 
-        ``targets`` defaults to every open connection; it is read on the IO
-        thread, so a set maintained by ``on_open``/``on_close`` is safe to pass.
+    def open_connections(self, path: str | None = None) -> list[Connection]:
+        """A snapshot of the open WebSocket connections (on ``path``, if given). Any thread."""
+        with self._conn_lock:
+            conns = list(self._connections)
+        return [c for c in conns if c.state is State.OPEN and (path is None or c.path == path)]
+
+    def broadcast(self, message: str | bytes | OutMessage, targets: Iterable[Connection] | None = None) -> BroadcastResult:
+        """Send one message to many connections: encoded once, the same frame bytes queued to each.
+
+        ``targets`` defaults to every open connection; it is iterated on the
+        calling thread, so pass a snapshot (:meth:`open_connections`) or a
+        collection you guard yourself. Flow control is :meth:`Connection.send`'s
+        for each target: the caller waits while a full client drains, and a
+        stalled one is closed (policy ``close``) or skipped (``drop``). Returns
+        how many targets got it, dropped it or were closed.
         """
-        out = message if isinstance(message, OutMessage) else OutMessage.of(message)
-        self.loop.post(partial(self._fan_out, out, targets))
-
-    def _fan_out(self, out: OutMessage, targets: Iterable[Connection] | None) -> None:
-        for conn in list(self.connections if targets is None else targets):
-            if conn.state is State.OPEN:
-                conn._offer(out)
+        out = OutMessage.of(message)
+        result = BroadcastResult()
+        for conn in self.open_connections() if targets is None else targets:
+            try:
+                if conn.send(out):
+                    result.queued += 1
+                else:
+                    result.dropped += 1
+            except ConnectionClosed:
+                result.closed += 1
+        return result
 
     def broadcast_paced(
-        self, message: str | bytes | OutMessage, targets: Iterable[Connection], stall_timeout: float = 0.25
-    ) -> None:
-        """Broadcast with flow control: wait for room in each client's outbox.
+        self, message: str | bytes | OutMessage, targets: Iterable[Connection], stall_timeout: float | None = None
+    ) -> BroadcastResult:
+        """Deprecated alias of :meth:`broadcast`, which now waits for room itself.
 
-        The calling producer slows down to what the clients can take, instead of
-        tripping the overflow policy. A client whose socket accepts no bytes for
-        ``stall_timeout`` while its outbox is full is stuck: it is closed with
-        1008, so one dead client stalls the producer at most that long, once.
-        ``targets`` must be a snapshot (a list) the caller owns: this runs on the
-        producer's thread. Encoded once, posted once.
+        ``stall_timeout`` is ignored: it is ``Limits.stall_timeout``.
         """
-        out = message if isinstance(message, OutMessage) else OutMessage.of(message)
-        size = out.size
-        reserved = []
-        for conn in targets:
-            if conn._try_reserve(size) or conn._reserve_or_evict(size, stall_timeout):
-                reserved.append(conn)
-        if reserved:
-            self.loop.post(partial(self._fan_out_reserved, out, reserved))
-
-    @staticmethod
-    def _fan_out_reserved(out: OutMessage, reserved: list[Connection]) -> None:
-        for conn in reserved:
-            conn._enqueue(out)
+        return self.broadcast(message, targets)
 
     def shutdown(self, timeout: float = 10.0) -> bool:
         """Stop accepting, close every connection with 1001 after its queued
@@ -132,7 +151,7 @@ class Server:
             done = threading.Event()
 
             def cut() -> None:
-                for conn in list(self.connections):
+                for conn in self.connections:
                     conn._finish(GOING_AWAY, "server shutdown timed out")
                 done.set()
 
@@ -161,7 +180,7 @@ class Server:
         self._accepting = False
         self.loop.remove(self._listener)
         self._listener.close()
-        for conn in list(self.connections):
+        for conn in self.connections:
             if conn.state is State.HANDSHAKE:
                 conn._finish(GOING_AWAY, "server shutting down")
             else:
@@ -179,14 +198,18 @@ class Server:
                 return
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.stats.accepted += 1
-            conn = self.connection_class(self.loop, sock, self.router, self.executor, self.limits, self.stats, self._on_closed)
-            self.connections.add(conn)
+            conn = self.connection_class(
+                self.loop, sock, self.router, self.executor, self.limits, self.stats, self._on_closed, self.send_backlog
+            )
+            with self._conn_lock:
+                self._connections.add(conn)
             conn.start()
 
     def _on_closed(self, conn: Connection) -> None:
-        self.connections.discard(conn)
+        with self._conn_lock:
+            self._connections.discard(conn)
         self._check_all_closed()
 
     def _check_all_closed(self) -> None:
-        if self._shutting_down and not self.connections:
+        if self._shutting_down and not self._connections:
             self._all_closed.set()

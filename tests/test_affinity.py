@@ -27,7 +27,7 @@ def test_off_thread_write_raises_naming_both_threads(server) -> None:
             except WriteAffinityError as exc:
                 errors.append(exc)
 
-        conn._outbox.append(((b"\x81\x00",), 0, 2))  # something to write
+        conn._outbox.append((b"\x81\x00",), 0, 2)  # something to write
         t = threading.Thread(target=rogue, name="rogue-worker")
         t.start()
         t.join()

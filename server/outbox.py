@@ -1,0 +1,316 @@
+"""One connection's outgoing queue and the flow control in front of it.
+
+Two halves share one lock:
+
+* **producers** (any thread) call :meth:`Outbox.put`: it reserves the
+  message's bytes and appends it to a pending queue; the first message of a
+  batch asks the IO thread (``schedule``) to take them all, so a burst of
+  sends costs one posted callable and one wake-up, not one per message;
+* the **IO thread** takes the pending messages (:meth:`take`), turns them into
+  frames (:meth:`append`), writes what :meth:`gather` offers and reports what
+  the socket accepted (:meth:`written`).
+
+The rules, modelled on asyncio's high-water flow control:
+
+* **Room**: a message is accepted while the queue holds fewer than ``limit``
+  bytes; it may overshoot the limit by its own size, so a message larger than
+  the limit is never refused for its size alone (timing cannot change that).
+* **Full**: a producer that finds no room waits for it (policy ``close``) or
+  its message is dropped and counted (policy ``drop``). A producer on the IO
+  thread never waits: its message is queued over the limit.
+* **The client is judged by its socket alone**, on the IO thread: it is
+  stalled when the socket has refused bytes for ``stall_timeout`` while the
+  queue is full (see :meth:`Connection._check_stall`). Bytes that producers
+  have posted but the IO thread has not processed yet make producers wait;
+  they never make a client look slow.
+
+The server-wide :class:`Backlog` bounds what all producers together have
+posted and the IO thread has not taken yet.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+from .errors import ConnectionClosed
+from .frames import OutMessage
+
+IOV_MAX = 512  # buffers per sendmsg call; Linux allows 1024
+
+
+class OverflowPolicy(enum.Enum):
+    """What happens when a client's queue is full.
+
+    ``CLOSE`` (default): producers wait while the client drains; a client
+    whose socket takes no bytes for ``Limits.stall_timeout`` while its queue
+    is full is closed with 1008 and waiting producers get
+    :class:`ConnectionClosed`. No message is silently lost.
+    ``DROP``: the new message is discarded and counted, and the producer never
+    waits — for feeds where only the latest value matters.
+    """
+
+    CLOSE = "close"
+    DROP = "drop"
+
+
+class Backlog:
+    """Bytes posted by producers and not yet taken by the IO thread, server-wide.
+
+    Over ``limit``, producers wait until the IO thread catches up: when the
+    server itself is the bottleneck it slows its producers down, and no client
+    pays for it. The IO thread never waits here.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._below = threading.Condition(self._lock)
+        self._waiters = 0
+        self.bytes = 0
+        self.peak = 0
+        self.waits = 0  # times a producer had to wait
+
+    def add(self, size: int, wait: bool, timeout: float | None = None) -> None:
+        with self._lock:
+            if wait and self.bytes >= self.limit:
+                self.waits += 1
+                self._waiters += 1
+                try:
+                    if not self._below.wait_for(lambda: self.bytes < self.limit, timeout):
+                        raise TimeoutError(f"the server's send backlog stayed over {self.limit} bytes for {timeout} s")
+                finally:
+                    self._waiters -= 1
+            self.bytes += size
+            if self.bytes > self.peak:
+                self.peak = self.bytes
+
+    def remove(self, size: int) -> None:
+        with self._lock:
+            self.bytes -= size
+            if self._waiters and self.bytes < self.limit:
+                self._below.notify_all()
+
+
+class Frame:
+    """One queued frame: its buffers, the bytes it reserved, and its length on the wire."""
+
+    __slots__ = ("buffers", "length", "reserved")
+
+    def __init__(self, buffers: tuple[bytes, ...], reserved: int, length: int) -> None:
+        self.buffers = buffers
+        self.reserved = reserved
+        self.length = length
+
+
+class Outbox:
+    """The queue between a connection's producers and its socket."""
+
+    def __init__(
+        self,
+        limit: int,
+        policy: OverflowPolicy,
+        schedule: Callable[[], None],
+        on_full: Callable[[], None],
+        on_drop: Callable[[], None],
+        backlog: Backlog,
+        in_io_thread: Callable[[], bool],
+    ) -> None:
+        self.limit = limit
+        self.policy = policy
+        self._schedule = schedule  # ask the IO thread to take() the pending messages
+        self._on_full = on_full  # ask the IO thread to judge the client (a producer is about to wait)
+        self._on_drop = on_drop  # count a dropped message (called with the lock held)
+        self._backlog = backlog
+        self._in_io_thread = in_io_thread
+
+        # Shared: guarded by _lock.
+        self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)
+        self._waiters = 0
+        self._queued = 0  # reserved: pending + frames not yet accepted by the socket
+        self._pending: deque[OutMessage] = deque()
+        self._scheduled = False
+        self._full_reported = False
+        self._closed: tuple[int, str] | None = None  # (code, reason) once closing
+        self.dropped = 0
+        self.waits = 0  # times a producer found the queue full and waited
+
+        # IO thread only.
+        self.frames: deque[Frame] = deque()
+        self._head_sent = 0  # bytes of frames[0] already written
+        self.blocked_since: float | None = None  # the socket last refused bytes while data waited
+
+    # -- any thread ------------------------------------------------------
+
+    @property
+    def queued(self) -> int:
+        """Bytes reserved by messages not yet accepted by the socket."""
+        return self._queued
+
+    @property
+    def full(self) -> bool:
+        return self._queued >= self.limit
+
+    def put(self, out: OutMessage, timeout: float | None = None, paced: bool = False) -> bool:
+        """Queue ``out``; False if the ``drop`` policy discarded it.
+
+        Waits while the queue is full (unless on the IO thread, or the policy
+        is ``drop`` and not ``paced``). ``paced`` waits without asking for the
+        client to be judged. Raises :class:`ConnectionClosed` once the
+        connection is closing, :class:`TimeoutError` after ``timeout``.
+        """
+        size = out.size
+        on_io = self._in_io_thread()
+        with self._lock:
+            if self._queued >= self.limit and not on_io and self._closed is None:
+                if self.policy is OverflowPolicy.DROP and not paced:
+                    self.dropped += 1
+                    self._on_drop()
+                    return False
+                self._wait_for_room(size, timeout, report=not paced)
+            if self._closed is not None:
+                raise ConnectionClosed(*self._closed)
+            self._queued += size
+        try:
+            self._backlog.add(size, wait=not on_io, timeout=timeout)
+        except TimeoutError:
+            self.release(size)
+            raise
+        with self._lock:
+            self._pending.append(out)
+            if self._scheduled:
+                return True
+            self._scheduled = True
+        self._schedule()
+        return True
+
+    def _wait_for_room(self, size: int, timeout: float | None, report: bool) -> None:
+        if report and not self._full_reported:
+            self._full_reported = True
+            self._on_full()
+        self.waits += 1
+        self._waiters += 1
+        try:
+            if not self._room.wait_for(lambda: self._closed is not None or self._queued < self.limit, timeout):
+                raise TimeoutError(f"no room for {size} bytes in the client's queue within {timeout} s")
+        finally:
+            self._waiters -= 1
+
+    def shut(self, code: int, reason: str) -> bool:
+        """Refuse every later :meth:`put` with ``ConnectionClosed(code)``; wake waiters. True the first time."""
+        with self._lock:
+            if self._closed is not None:
+                return False
+            self._closed = (code, reason)
+            self._room.notify_all()
+            return True
+
+    @property
+    def closed(self) -> tuple[int, str] | None:
+        """(code, reason) once the connection is closing."""
+        return self._closed
+
+    # -- IO thread only --------------------------------------------------
+
+    def take(self) -> deque[OutMessage]:
+        """The messages producers put since the last call, in order."""
+        with self._lock:
+            pending, self._pending = self._pending, deque()
+            self._scheduled = False
+        if pending:
+            self._backlog.remove(sum(out.size for out in pending))
+        return pending
+
+    def judged(self) -> None:
+        """The IO thread has looked at a full queue: the next producer to wait reports again."""
+        with self._lock:
+            self._full_reported = False
+
+    def append(self, buffers: tuple[bytes, ...], reserved: int, length: int) -> None:
+        self.frames.append(Frame(buffers, reserved, length))
+
+    def release(self, size: int) -> None:
+        """Give back ``size`` reserved bytes (sent, or dropped unsent)."""
+        with self._lock:
+            self._queued -= size
+            if self._waiters and self._queued < self.limit:
+                self._room.notify_all()
+
+    def gather(self) -> tuple[list[memoryview | bytes], int, int, int]:
+        """Up to IOV_MAX buffers from the head of the queue: (buffers, frames, bytes, reserved)."""
+        buffers: list[memoryview | bytes] = []
+        frames = offered = reserved = 0
+        skip = self._head_sent
+        for frame in self.frames:
+            if skip:  # the head frame was partly written
+                offered += frame.length - skip
+                for buf in frame.buffers:
+                    if skip >= len(buf):
+                        skip -= len(buf)
+                        continue
+                    buffers.append(memoryview(buf)[skip:] if skip else buf)
+                    skip = 0
+            else:
+                buffers.extend(frame.buffers)
+                offered += frame.length
+            frames += 1
+            reserved += frame.reserved
+            if len(buffers) >= IOV_MAX - 2:  # a frame has at most 2 buffers
+                break
+        return buffers, frames, offered, reserved
+
+    def written(self, sent: int, offered: int, frames: int, reserved: int) -> None:
+        """The socket accepted ``sent`` of the ``offered`` bytes that :meth:`gather` returned."""
+        queue = self.frames
+        if sent == offered:  # the common case: all of it went out, drop whole frames
+            for _ in range(frames):
+                queue.popleft()
+            self._head_sent = 0
+            freed = reserved
+        else:  # partial write: byte-exact bookkeeping, frame by frame
+            freed = 0
+            remaining = sent
+            while queue and remaining:
+                head = queue[0]
+                left = head.length - self._head_sent
+                if remaining < left:
+                    self._head_sent += remaining
+                    break
+                remaining -= left
+                self._head_sent = 0
+                freed += head.reserved
+                queue.popleft()
+        if sent:
+            self.blocked_since = None
+        if queue and sent < offered and self.blocked_since is None:
+            self.blocked_since = time.monotonic()  # the socket's buffer is full now
+        if freed:
+            self.release(freed)
+
+    @property
+    def head_started(self) -> bool:
+        """Part of the head frame is on the wire: it must be finished before anything else."""
+        return self._head_sent > 0
+
+    def drop_unsent(self, all_frames: bool = False) -> None:
+        """Forget queued data frames (or every frame, with ``all_frames``).
+
+        A partly written head frame is kept so the stream never tears, and so
+        are protocol frames (reserved 0: handshake reply, pong, close).
+        """
+        freed = sum(frame.reserved for frame in self.frames)
+        if all_frames:
+            self.frames.clear()
+            self._head_sent = 0
+            self.blocked_since = None
+        else:
+            head = [self.frames.popleft()] if self._head_sent else []
+            kept = head + [frame for frame in self.frames if frame.reserved == 0]
+            freed -= sum(frame.reserved for frame in head)
+            self.frames = deque(kept)
+        if freed:
+            self.release(freed)
