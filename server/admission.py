@@ -197,7 +197,7 @@ class Admission:
         self._per_ip: dict[str, int] = {}
         self._ip: dict[Connection, str] = {}
         self._handshaking: dict[Connection, float] = {}  # accept time; insertion order = age order
-        self._pruned_at = 0.0
+        self._pruned_at = -1  # stats.opened + stats.http_errors at the last prune
         self._backoff = 0.0
         self._paused: Timer | None = None
         self._sweep: Timer | None = None
@@ -299,11 +299,16 @@ class Admission:
     # -- handshake pressure ------------------------------------------------
 
     def _prune(self) -> None:
-        """Forget connections that finished their handshake (at most every 50 ms: it is O(n))."""
-        now = time.monotonic()
-        if now - self._pruned_at < 0.05:
+        """Forget connections that finished their handshake.
+
+        O(handshakes), so only when one may have finished since the last prune
+        (``stats.opened`` or ``stats.http_errors`` moved): a flood of silent
+        sockets refused at the limit costs no scan per refusal.
+        """
+        finished = self._stats.opened + self._stats.http_errors
+        if finished == self._pruned_at:
             return
-        self._pruned_at = now
+        self._pruned_at = finished
         for conn in [c for c in self._handshaking if not _in_handshake(c)]:
             del self._handshaking[conn]
 
@@ -318,7 +323,7 @@ class Admission:
 
     def _run_sweep(self) -> None:
         self._sweep = None
-        self._pruned_at = 0.0
+        self._pruned_at = -1
         self._prune()
         if not self._under_pressure():
             return  # the handshakes left keep their normal timeout
