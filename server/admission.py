@@ -325,8 +325,8 @@ class Admission:
         self._sweep = None
         self._pruned_at = -1
         self._prune()
-        if not self._under_pressure():
-            return  # the handshakes left keep their normal timeout
+        if not self._handshaking or not self._under_pressure():
+            return  # the handshakes left keep their normal timeout; opened() starts the sweep again
         cutoff = time.monotonic() - self.busy_timeout
         expired = []
         for conn, since in self._handshaking.items():
