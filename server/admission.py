@@ -32,13 +32,10 @@ import resource
 import socket
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
+from .connection import ABNORMAL, Connection, Limits, State, Stats
 from .handshake import HttpError, error_response
 from .loop import IOLoop, Timer
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .connection import Connection, Limits, Stats
 
 logger = logging.getLogger(__name__)
 
@@ -165,15 +162,11 @@ def _refuse(sock: socket.socket, response: bytes) -> None:
 # -- Connection hooks: the only places that reach into a Connection ------------
 
 def _in_handshake(conn: Connection) -> bool:
-    from .connection import State
-
     return conn.state is State.HANDSHAKE
 
 
 def _expire_handshake(conn: Connection) -> None:
     """Answer 408 to a connection still in its handshake and close it now (no lingering)."""
-    from .connection import ABNORMAL
-
     conn._reply_and_close(TIMEOUT_408, 408)  # cancels its own handshake timer, queues the reply
     conn._flush()  # a few bytes on a socket that has sent nothing yet: written at once
     conn._finish(ABNORMAL, "HTTP 408 (server busy)")
