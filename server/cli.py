@@ -9,6 +9,7 @@ import sys
 import threading
 
 from . import affinity
+from .admission import nofile_limit, raise_nofile_limit
 from .app import DemoApp
 from .connection import Limits, OverflowPolicy
 from .server import Server
@@ -33,6 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-deflate", action="store_true", help="refuse permessage-deflate")
     p.add_argument("--publishers", type=int, default=0, help="ticker threads publishing to /broadcast (default: %(default)s)")
     p.add_argument("--rate", type=float, default=10.0, help="messages per second per ticker (default: %(default)s)")
+    p.add_argument("--max-connections", type=int, default=None,
+                   help="connections held at once; past it new clients get HTTP 503 with Retry-After "
+                        "(default: the open-file limit minus headroom)")
+    p.add_argument("--max-connections-per-ip", type=int, default=None,
+                   help="connections from one address; past it HTTP 429 (default: no limit)")
+    p.add_argument("--max-handshakes", type=int, default=None,
+                   help="handshakes in progress at once; past it HTTP 503 (default: half of --max-connections)")
+    p.add_argument("--busy-handshake-timeout", type=float, default=Limits.busy_handshake_timeout,
+                   help="handshake timeout under pressure, instead of 10 s (default: %(default)s)")
     p.add_argument("--check-affinity", action="store_true",
                    help="raise on any socket write off the IO thread (also WSRACE_CHECK_AFFINITY=1)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="(default: %(default)s)")
@@ -45,6 +55,11 @@ def positive(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if not 0 <= args.port <= 65535:
         parser.error("--port must be 0..65535")
+    for name in ("max_connections", "max_connections_per_ip", "max_handshakes"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.busy_handshake_timeout <= 0:
+        parser.error("--busy-handshake-timeout must be > 0")
     if args.publishers < 0 or args.rate <= 0:
         parser.error("--publishers must be >= 0 and --rate > 0")
 
@@ -63,13 +78,21 @@ def main(argv: list[str] | None = None) -> int:
         ping_interval=args.ping_interval or None,
         ping_timeout=args.ping_timeout,
         deflate=not args.no_deflate,
+        max_connections=args.max_connections,
+        max_connections_per_ip=args.max_connections_per_ip,
+        max_handshakes=args.max_handshakes,
+        busy_handshake_timeout=args.busy_handshake_timeout,
     )
+    raise_nofile_limit()  # before the server sizes its default --max-connections from it
     try:
         server = Server(DemoApp, host=args.host, port=args.port, workers=args.workers, limits=limits)
     except OSError as exc:
         print(f"wsrace-server: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     server.start()
+    logger.info("admission: max %d connections (%s), %d handshakes at once; open-file limit %d",
+                server.admission.max_connections, "set" if args.max_connections else "from the open-file limit",
+                server.admission.max_handshakes, nofile_limit())
     if args.publishers:
         server.router.hub.start_tickers(args.publishers, args.rate)  # type: ignore[attr-defined]
     stop = threading.Event()

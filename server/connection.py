@@ -86,6 +86,11 @@ class Limits:
     close_timeout: float = 5.0
     max_inflight_messages: int = 16  # received, not yet handled: reading pauses at this many
     deflate: bool = True
+    # Server-wide admission limits (server/admission.py); None = derived/unlimited.
+    max_connections: int | None = None  # past it: HTTP 503 (default: from RLIMIT_NOFILE)
+    max_connections_per_ip: int | None = None  # past it: HTTP 429
+    max_handshakes: int | None = None  # in progress at once; past it: 503 (default: max_connections // 2)
+    busy_handshake_timeout: float = 2.0  # handshake timeout under pressure (flood of silent sockets)
 
 
 class Handler(Protocol):
@@ -136,6 +141,12 @@ class Stats:
         self.ping_timeouts = 0
         self.handler_errors = 0
         self.route_errors = 0  # route() raised something other than HttpError: answered 500
+        # admission (server/admission.py)
+        self.rejected_busy = 0  # answered 503: connection or handshake limit
+        self.rejected_per_ip = 0  # answered 429
+        self.accept_errors = 0  # accept() failed (EMFILE, ENFILE, ...)
+        self.accept_pauses = 0  # listener unwatched for a backoff after such a failure
+        self.busy_handshake_timeouts = 0  # 408 after busy_handshake_timeout under pressure
 
     def count_drop(self) -> None:
         """Any thread: one message discarded by the ``drop`` policy."""

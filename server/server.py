@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from .admission import Admission
 from .connection import GOING_AWAY, Connection, Limits, Router, State, Stats
 from .errors import ConnectionClosed
 from .frames import OutMessage
@@ -64,6 +65,7 @@ class Server:
         self._listener = socket.create_server((host, port), backlog=backlog, reuse_port=False)
         self._listener.setblocking(False)
         self.port: int = self._listener.getsockname()[1]
+        self.admission = Admission(self.loop, self._listener, self._on_accept, self.limits, self.stats)
         self._accepting = True
         self._shutting_down = False
         self._all_closed = threading.Event()
@@ -178,6 +180,7 @@ class Server:
     def _begin_shutdown(self) -> None:
         self._shutting_down = True
         self._accepting = False
+        self.admission.stop()  # [admission] no backoff timer re-watches the closed listener
         self.loop.remove(self._listener)
         self._listener.close()
         for conn in self.connections:
@@ -190,24 +193,30 @@ class Server:
     def _on_accept(self, mask: int) -> None:
         for _ in range(64):  # accept a burst, then let other sockets run
             try:
-                sock, _addr = self._listener.accept()
+                sock, addr = self._listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # e.g. EMFILE: log and keep serving the others
-                logger.warning("accept failed: %s", exc)
+            except OSError as exc:  # [admission] e.g. EMFILE: back off (no spin), log once per interval
+                if self.admission.accept_failed(exc):
+                    continue
                 return
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.stats.accepted += 1
+            self.admission.accepted()
+            if not self.admission.admit(sock, addr):  # [admission] answered 503/429 and closed
+                continue
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn = self.connection_class(
                 self.loop, sock, self.router, self.executor, self.limits, self.stats, self._on_closed, self.send_backlog
             )
             with self._conn_lock:
                 self._connections.add(conn)
+            self.admission.opened(conn, addr)  # [admission]
             conn.start()
 
     def _on_closed(self, conn: Connection) -> None:
         with self._conn_lock:
             self._connections.discard(conn)
+        self.admission.closed(conn)  # [admission]
         self._check_all_closed()
 
     def _check_all_closed(self) -> None:
