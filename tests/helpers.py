@@ -14,9 +14,10 @@ from server import DemoApp, Limits, Server, streamformat
 
 
 @contextlib.contextmanager
-def running_server(limits: Limits | None = None, workers: int = 8, router: object = DemoApp) -> Iterator[Server]:
+def running_server(limits: Limits | None = None, workers: int = 8, router: object = DemoApp, **server_args) -> Iterator[Server]:
     """A fixed server on 127.0.0.1 with a free port; shut down (and checked) afterwards."""
-    srv = Server(router, host="127.0.0.1", port=0, workers=workers, limits=limits or Limits(ping_interval=None))  # type: ignore[arg-type]
+    srv = Server(router, host="127.0.0.1", port=0, workers=workers, limits=limits or Limits(ping_interval=None),  # type: ignore[arg-type]
+                 **server_args)
     srv.start()
     try:
         yield srv

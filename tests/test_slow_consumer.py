@@ -1,4 +1,8 @@
-"""A client that stops reading is closed by policy; the others get everything; producers never block."""
+"""A client that stops reading is closed by policy; the others get everything; producers go on.
+
+The exact rules (room, waiting, stall judgement, drop counts) are tested in
+test_flow_control.py and test_outbox.py; these run the demo routes.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,9 @@ import time
 import pytest
 from websockets.sync.client import connect
 
-from server import Limits, OverflowPolicy
+from server import Limits
 
-from .helpers import StreamCheck, running_server, wait_until, ws_handshake
+from .helpers import StreamCheck, running_server, upgrade_request, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -21,13 +25,15 @@ LIMIT = 1024 * 1024
 
 
 def _stalled_subscriber(port: int, path: str) -> socket.socket:
-    sock, _ = ws_handshake(port, path)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    return sock  # never read again
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: the window stays small
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(upgrade_request(path))
+    return sock  # never read again, not even the 101
 
 
 def test_broadcast_closes_the_stalled_client_and_serves_the_rest() -> None:
-    with running_server(Limits(ping_interval=None, max_queue_bytes=LIMIT, close_timeout=1.0)) as srv:
+    with running_server(Limits(ping_interval=None, max_queue_bytes=LIMIT, close_timeout=1.0, stall_timeout=0.3)) as srv:
         hub = srv.router.hub
         received: list[bytes] = []
         with connect(f"{srv.url}/broadcast", max_size=None, compression=None) as healthy:
@@ -35,23 +41,22 @@ def test_broadcast_closes_the_stalled_client_and_serves_the_rest() -> None:
             assert wait_until(lambda: len(hub.subscribers) == 2, 5)
             reader = threading.Thread(target=lambda: received.extend(healthy.recv(timeout=20) for _ in range(MESSAGES)))
             reader.start()
-            longest = 0.0
+            outcomes = []
             for i in range(MESSAGES):
                 payload = i.to_bytes(4, "big") + bytes(SIZE - 4)
-                t0 = time.perf_counter()
-                hub.publish(payload)
-                longest = max(longest, time.perf_counter() - t0)
+                outcomes.append(hub.publish(payload))
                 time.sleep(0.001)  # a rate the healthy client keeps up with
             reader.join(30)
             stalled.close()
         assert [int.from_bytes(m[:4], "big") for m in received] == list(range(MESSAGES))
         assert wait_until(lambda: srv.stats.closed_by_policy == 1, 10), srv.stats.as_dict()
-        # publish() only posts: a blocked call would hang here for good, not take 1 s.
-        assert longest < 1.0, f"a publish() call took {longest:.3f} s"
+        # Every publish reached the healthy client; once the stalled one was closed, publishes say so.
+        assert all(o.queued >= 1 for o in outcomes)
+        assert outcomes[-1].queued == 1 and sum(o.closed for o in outcomes) >= 1
 
 
-def test_unpaced_stream_producers_never_block_on_a_stalled_client() -> None:
-    limits = Limits(ping_interval=None, max_queue_bytes=LIMIT, close_timeout=1.0)
+def test_unpaced_stream_producers_end_once_the_stalled_client_is_closed() -> None:
+    limits = Limits(ping_interval=None, max_queue_bytes=LIMIT, close_timeout=1.0, stall_timeout=0.3)
     with running_server(limits) as srv:
         stalled = _stalled_subscriber(srv.port, "/stream?producers=4&count=2000&size=16384&pace=0")
         with stalled:
@@ -63,17 +68,3 @@ def test_unpaced_stream_producers_never_block_on_a_stalled_client() -> None:
             for message in ws:
                 check.add(message)
         check.assert_complete()
-
-
-def test_drop_policy_discards_and_counts_instead_of_closing() -> None:
-    limits = Limits(ping_interval=None, max_queue_bytes=LIMIT, overflow=OverflowPolicy.DROP)
-    with running_server(limits) as srv:
-        hub = srv.router.hub
-        stalled = _stalled_subscriber(srv.port, "/broadcast")
-        with stalled:
-            assert wait_until(lambda: len(hub.subscribers) == 1, 5)
-            for _ in range(200):
-                hub.publish(bytes(SIZE))
-            assert wait_until(lambda: srv.stats.dropped_messages > 0, 10)
-            assert srv.stats.closed_by_policy == 0
-            assert len(hub.subscribers) == 1
