@@ -302,6 +302,9 @@ class _Session:
         framing = [a for a in ordered if a.cls in FRAMING]
         first = ordered[0] if ordered else None
         corrupted = any(a.cls != "loss" for a in ordered)
+        # Intact framing and not one reply that matches a message sent: not an echo endpoint, rather than torn.
+        stranger = bool(self.plan) and corrupted and not framing and summary.valid_messages == 0
+        corrupted = corrupted and not stranger
         code = summary.close_code
         result = Result(
             discipline=f"run {self.run}", expected=len(self.plan) or summary.received_messages,
@@ -317,6 +320,9 @@ class _Session:
             result.verdict = "PROTOCOL-ERROR"
             result.reason = (f"the server failed the connection with {code} ({PROTOCOL_ERROR_CODES[code]}"
                              f"{': ' + summary.close_reason if summary.close_reason else ''}), though every frame we sent was valid")
+        elif stranger:
+            result.verdict = "INCOMPLETE"
+            result.reason = f"none of the {summary.received_messages} message(s) the server sent is a reply to a message sent"
         elif anomalies or (ended not in ("close frame", "time limit")):
             result.verdict = "INCOMPLETE"
             why = ended if code is None or self.we_closed else f"the server closed with {code} " \
