@@ -30,7 +30,7 @@ test-fast: $(STAMP)
 	WSRACE_CHECK_AFFINITY=1 $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(PY) -m ruff check server repro tests $(wildcard bench)
+	$(PY) -m ruff check server repro tests $(wildcard bench) $(wildcard examples)
 	$(PY) -m mypy server repro
 
 mutation: $(STAMP)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import codecs
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # class -> (fatal?, what it means)
@@ -35,6 +36,8 @@ CLASSES: dict[str, tuple[bool, str]] = {
     "duplicate": (False, "a producer's message arrived twice"),
     "out-of-order": (False, "a producer's message arrived after a later one"),
     "loss": (False, "a producer's message never arrived"),
+    "echo-mismatch": (False, "an echo reply that is not byte-identical to any message sent: bytes of two messages mixed"),
+    "echo-duplicate": (False, "an echo reply arrived twice"),
 }
 FRAMING = {name for name, (fatal, _) in CLASSES.items() if fatal}
 
@@ -42,6 +45,10 @@ VALID_CLOSE_CODES = set(range(1000, 1004)) | set(range(1007, 1015)) | set(range(
 _DATA_OPCODES = {0x1, 0x2}
 _CONTROL_OPCODES = {0x8, 0x9, 0xA}
 _DEFLATE_TAIL = b"\x00\x00\xff\xff"
+
+# verify(opcode, message) -> None when the message is right, else (class, index of the first bad byte
+# in the message or -1, detail). Used by ``wsrace-check --mode echo`` (repro/check.py).
+MessageVerifier = Callable[[int, bytes], "tuple[str, int, str] | None"]
 
 
 def hexdump(data: bytes, start_offset: int, mark: int | None = None, width: int = 16) -> str:
@@ -112,16 +119,18 @@ class WireChecker:
         deflate: DeflateParams | None = None,
         stream: StreamSpec | None = None,
         max_frame: int = 64 * 1024 * 1024,
+        verify: MessageVerifier | None = None,
     ) -> None:
         self.deflate = deflate
         self.stream = stream
+        self.verify = verify
         self.max_frame = max_frame
         self.anomalies: dict[str, Anomaly] = {}
         self.failed = False  # framing lost: nothing after it can be trusted
         self.close_code: int | None = None
         self.close_reason = ""
         self.messages: list[bytes | str] = []  # kept only when keep_messages
-        self.keep_messages = stream is None
+        self.keep_messages = stream is None and verify is None
         self.received = 0
         self.valid = 0
         self.pings = 0
@@ -291,6 +300,8 @@ class WireChecker:
         self.received += 1
         if self.stream is not None and opcode == 0x2:
             self._check_stream_message(data, offset)
+        elif self.verify is not None:
+            self._verify_message(opcode or 0, data, offset)
         else:
             self.valid += 1
         if self.keep_messages:
@@ -356,6 +367,20 @@ class WireChecker:
             self._note("duplicate", offset, f"producer {producer} seq {seq} again")
             return
         self.valid += 1
+
+    def _verify_message(self, opcode: int, data: bytes, offset: int) -> None:
+        assert self.verify is not None
+        problem = self.verify(opcode, data)
+        if problem is None:
+            self.valid += 1
+            return
+        cls, where, detail = problem
+        if where >= 0 and self._msg_single and not self._msg_compressed:
+            at = offset + self._head_len + where
+            detail += f" (stream offset {at})"
+        else:
+            at = offset
+        self._note(cls, at, detail)
 
     @staticmethod
     def _first_foreign_byte(data: bytes, producer: int, seq: int) -> int | None:

@@ -3,6 +3,7 @@
     python -m repro                 # every discipline, default workload, table
     python -m repro --json          # the same as JSON
     python -m repro serve --mode direct --port 8766   # a live broken server
+    python -m repro check ws://127.0.0.1:5000/echo    # is *your* server affected? (also: wsrace-check)
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import sys
 import threading
 from dataclasses import fields
 
+from . import check_cli
 from .disciplines import DESCRIPTIONS, DISCIPLINES, UNSAFE, serve
-from .run import Result, Workload, run_discipline
+from .run import Result, Workload, format_results, run_discipline
 
 logger = logging.getLogger("repro")
 
@@ -61,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--publishers", type=int, default=0, help="ticker threads publishing to /broadcast")
     s.add_argument("--rate", type=float, default=10.0, help="messages per second per ticker")
     s.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    c = sub.add_parser("check", help="check any server's wire output (same as wsrace-check)", description=check_cli.__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    check_cli.add_arguments(c)
     return p
 
 
@@ -69,23 +74,7 @@ def format_table(results: list[Result], workload: Workload) -> str:
     knobs = ", ".join(f"{f.name}={getattr(workload, f.name)}" for f in fields(workload))
     out.append(f"workload: {workload.target}  ({knobs})")
     out.append("")
-    head = f"{'discipline':<23} {'expected':>8} {'intact':>8} {'close':>6}  {'verdict':<10} anomalies (first occurrence first)"
-    out.append(head)
-    out.append("-" * len(head))
-    for r in results:
-        anomalies = ", ".join(f"{k}={v}" for k, v in r.anomalies.items()) or "none"
-        close = str(r.close_code) if r.close_code is not None else "-"
-        out.append(f"{r.discipline:<23} {r.expected:>8} {r.valid:>8} {close:>6}  {r.verdict:<10} {anomalies}")
-    for r in results:
-        for label, fa in (("first anomaly", r.first_anomaly), ("then the framing broke", r.first_framing)):
-            if fa is None:
-                continue
-            out.append("")
-            out.append(f"{r.discipline}: {label}: {fa['class']} at byte {fa['offset']} of the stream")
-            out.append(f"  {fa['detail']}")
-            out.append(f"  ({fa['meaning']})")
-            if fa["hexdump"]:
-                out.extend("  " + line for line in str(fa["hexdump"]).splitlines())
+    out.extend(format_results(results))
     return "\n".join(out)
 
 
@@ -145,5 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     if ns.command == "serve":
         return run_serve(ns)
+    if ns.command == "check":
+        return check_cli.run(ns)
     logging.basicConfig(level=ns.log_level, format="%(levelname)s %(name)s: %(message)s")
     return run_report(ns)

@@ -14,6 +14,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .checker import DeflateParams, StreamSpec, Summary, WireChecker
@@ -35,13 +36,22 @@ class ClientOptions:
     time_limit: float = 10.0
 
 
-def _masked(opcode: int, payload: bytes) -> bytes:
+def masked_frame(opcode: int, payload: bytes) -> bytes:
+    """One complete, masked client frame (FIN set) of any length."""
     key = os.urandom(4)
-    masked = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-    return bytes((0x80 | opcode, 0x80 | len(payload))) + key + masked
+    n = len(payload)
+    if n < 126:
+        head = bytes((0x80 | opcode, 0x80 | n))
+    elif n < 65536:
+        head = bytes((0x80 | opcode, 0x80 | 126)) + struct.pack("!H", n)
+    else:
+        head = bytes((0x80 | opcode, 0x80 | 127)) + struct.pack("!Q", n)
+    mask = (key * (n // 4 + 1))[:n]
+    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(mask, "big")).to_bytes(n, "big")
+    return head + key + masked
 
 
-def _parse_extensions(value: str) -> DeflateParams | None:
+def parse_extensions(value: str) -> DeflateParams | None:
     for ext in value.split(","):
         parts = [p.strip() for p in ext.split(";")]
         if parts[0] != "permessage-deflate":
@@ -57,12 +67,15 @@ def _parse_extensions(value: str) -> DeflateParams | None:
     return None
 
 
-def upgrade_request(host: str, port: int, target: str, key: str, deflate: bool = False) -> bytes:
-    """A WebSocket upgrade request, written out by hand (no shared code with the server)."""
+def upgrade_request(
+    host: str, port: int, target: str, key: str, deflate: bool = False, headers: Sequence[tuple[str, str]] = ()
+) -> bytes:
+    """A WebSocket upgrade request, written out by hand (no shared code with the server); ``headers`` are added as given."""
     return (
         f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
         + ("Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n" if deflate else "")
+        + "".join(f"{name}: {value}\r\n" for name, value in headers)
         + "\r\n"
     ).encode()
 
@@ -104,7 +117,7 @@ def check_url(host: str, port: int, target: str, stream: StreamSpec | None, opti
     key = new_key()
     sock.sendall(upgrade_request(host, port, target, key, options.deflate))
     headers, rest = read_upgrade_reply(sock, key)
-    deflate = _parse_extensions(headers.get("sec-websocket-extensions", ""))
+    deflate = parse_extensions(headers.get("sec-websocket-extensions", ""))
     if deflate and not options.deflate:
         raise HandshakeFailed("server accepted permessage-deflate that was not offered")
 
@@ -117,7 +130,7 @@ def check_url(host: str, port: int, target: str, stream: StreamSpec | None, opti
             n += 1
             try:
                 with write_lock:
-                    sock.sendall(_masked(0x9, struct.pack("!I", n)))
+                    sock.sendall(masked_frame(0x9, struct.pack("!I", n)))
             except OSError:
                 return
 
@@ -151,7 +164,7 @@ def check_url(host: str, port: int, target: str, stream: StreamSpec | None, opti
             ended = "close frame"
             with write_lock:  # answer the close, as a well-behaved client does
                 try:
-                    sock.sendall(_masked(0x8, struct.pack("!H", checker.close_code or 1000)))
+                    sock.sendall(masked_frame(0x8, struct.pack("!H", checker.close_code or 1000)))
                 except OSError:
                     pass
     finally:
@@ -162,7 +175,7 @@ def check_url(host: str, port: int, target: str, stream: StreamSpec | None, opti
             # Fail the connection like a browser: close code 1002 back to the server.
             try:
                 with write_lock:
-                    sock.sendall(_masked(0x8, struct.pack("!H", 1002)))
+                    sock.sendall(masked_frame(0x8, struct.pack("!H", 1002)))
             except OSError:
                 pass
         sock.close()

@@ -57,6 +57,34 @@ class Result:
         return asdict(self)
 
 
+def describe_anomaly(a: Anomaly) -> dict[str, object]:
+    """An anomaly as the report and ``--json`` show it."""
+    return {"class": a.cls, "offset": a.offset, "detail": a.detail, "meaning": CLASSES[a.cls][1], "hexdump": a.dump}
+
+
+def format_results(results: list[Result], label: str = "discipline") -> list[str]:
+    """The verdict table, then each result's first anomaly (and where the framing broke) with its hex dump."""
+    out = []
+    head = f"{label:<23} {'expected':>8} {'intact':>8} {'close':>6}  {'verdict':<10} anomalies (first occurrence first)"
+    out.append(head)
+    out.append("-" * len(head))
+    for r in results:
+        anomalies = ", ".join(f"{k}={v}" for k, v in r.anomalies.items()) or "none"
+        close = str(r.close_code) if r.close_code is not None else "-"
+        out.append(f"{r.discipline:<23} {r.expected:>8} {r.valid:>8} {close:>6}  {r.verdict:<10} {anomalies}")
+    for r in results:
+        for label, fa in (("first anomaly", r.first_anomaly), ("then the framing broke", r.first_framing)):
+            if fa is None:
+                continue
+            out.append("")
+            out.append(f"{r.discipline}: {label}: {fa['class']} at byte {fa['offset']} of the stream")
+            out.append(f"  {fa['detail']}")
+            out.append(f"  ({fa['meaning']})")
+            if fa["hexdump"]:
+                out.extend("  " + line for line in str(fa["hexdump"]).splitlines())
+    return out
+
+
 @contextlib.contextmanager
 def switch_interval(seconds: float) -> Iterator[None]:
     old = sys.getswitchinterval()
@@ -82,10 +110,7 @@ def run_discipline(discipline: str, workload: Workload) -> Result:
     seconds = time.monotonic() - started
     first = summary.first()
     framing = [a for a in summary.anomalies.values() if a.cls in FRAMING]
-
-    def describe(a: Anomaly) -> dict[str, object]:
-        return {"class": a.cls, "offset": a.offset, "detail": a.detail, "meaning": CLASSES[a.cls][1], "hexdump": a.dump}
-
+    describe = describe_anomaly
     result = Result(
         discipline=discipline,
         expected=summary.expected_messages or 0,

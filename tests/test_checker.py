@@ -126,8 +126,32 @@ def test_duplicate_out_of_order_and_loss() -> None:
     assert summary.anomalies["duplicate"].offset == 3 * (2 + 64)
 
 
+def test_echo_verifier_locates_foreign_bytes_and_duplicates() -> None:
+    from repro.check_session import BINARY, TEXT, EchoVerifier, message_body
+
+    plan = [(TEXT, 3000), (BINARY, 70000), (BINARY, 200)]
+    bodies = [message_body(7, i, op, size) for i, (op, size) in enumerate(plan)]
+    assert bodies[0].decode("utf-8") and len(bodies[0]) == 3000 and len(bodies[1]) == 70000
+    torn = bytearray(bodies[1])
+    torn[5000:5006] = frame(0xA, b"\x00\x00\x00\x01")  # a pong written into the middle of a reply, length unchanged
+    first = frame(0x2, bodies[2]) + frame(0x1, bodies[0])  # replies may come in any order
+    stream = first + frame(0x2, bytes(torn)) + frame(0x2, bodies[2]) + frame(0x2, b"not a reply at all")
+    checker = WireChecker(verify=EchoVerifier(7, plan))
+    for i in range(0, len(stream), 4096):
+        checker.feed(stream[i : i + 4096])
+    summary = checker.summary()
+    assert summary.valid_messages == 2 and summary.received_messages == 5
+    mismatch = summary.anomalies["echo-mismatch"]
+    assert mismatch.count == 2
+    assert mismatch.offset == len(first) + 10 + 5000  # 64-bit length header, then the first foreign byte
+    assert "message 1" in mismatch.detail and "[8a] 04 00 00 00 01" in mismatch.dump
+    assert summary.anomalies["echo-duplicate"].count == 1
+    assert summary.corrupted
+
+
 def test_every_class_is_covered_by_a_test() -> None:
-    covered = set(FRAMING_CASES) | {"deflate-error", "mixed-payload", "duplicate", "out-of-order", "loss"}
+    covered = set(FRAMING_CASES) | {"deflate-error", "mixed-payload", "duplicate", "out-of-order", "loss", "echo-mismatch",
+                                    "echo-duplicate"}
     assert covered == set(CLASSES)
 
 
