@@ -2,24 +2,30 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
+RUNTIME := $(VENV)/.installed-runtime
+STAMP  := $(VENV)/.installed-test
 
 .PHONY: install repro serve test test-fast lint mutation bench bench-quick clean
 
-$(STAMP): setup.cfg pyproject.toml
+# What `make repro` and `make serve` need: the package and its three runtime dependencies.
+$(RUNTIME): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e .
+	touch $(RUNTIME)
+
+# Tests, lint, mutation and benchmarks also need the test extra (clients, Chromium driver, linters).
+$(STAMP): $(RUNTIME)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
 ## make repro: reproduce the bug with every write discipline and show the fix is clean
-repro: $(STAMP)
+repro: $(RUNTIME)
 	$(PY) -m repro
 
 ## make serve: run the fixed server on ws://127.0.0.1:8765 (open http://127.0.0.1:8765/)
-serve: $(STAMP)
+serve: $(RUNTIME)
 	$(PY) -m server
 
 ## make test: the whole suite (browser tests need Chromium; .ci/run installs it)

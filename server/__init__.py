@@ -1,21 +1,25 @@
 """wsrace's fixed WebSocket server: worker threads post, one IO thread writes.
 
-Quick use::
+Quick use (a complete app: ``examples/chat.py``)::
 
     from server import Server, DemoApp
     srv = Server(DemoApp, port=0).start()
-    ...                      # conn.send() from any thread, never blocks
+    ...                      # conn.send() from any thread; never touches a socket
     srv.shutdown()
 """
 
 from .app import DemoApp
-from .connection import Connection, ConnectionClosed, Handler, Limits, OverflowPolicy, Router
+from .connection import Connection, Handler, Limits, Router, Stats
+from .errors import ConnectionClosed, WsraceError
 from .frames import OutMessage
 from .handshake import HttpError, HttpRequest
+from .http import Response
 from .loop import IOLoop
-from .server import Server
+from .outbox import OverflowPolicy
+from .server import BroadcastResult, Server
 
 __all__ = [
+    "BroadcastResult",
     "Connection",
     "ConnectionClosed",
     "DemoApp",
@@ -26,6 +30,9 @@ __all__ = [
     "Limits",
     "OutMessage",
     "OverflowPolicy",
+    "Response",
     "Router",
     "Server",
+    "Stats",
+    "WsraceError",
 ]

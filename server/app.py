@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 from . import streamformat
 from .connection import NORMAL, Connection, ConnectionClosed, Handler
-from .handshake import HttpError, HttpRequest, http_response
+from .handshake import HttpError, HttpRequest
+from .http import Response
 from .server import BroadcastResult, Server
 
 logger = logging.getLogger(__name__)
@@ -254,12 +255,12 @@ class DemoApp:
         self._launcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsrace-launcher")
         self._launcher.submit(lambda: None).result()  # create its thread now, not on the IO thread
 
-    def route(self, request: HttpRequest) -> Handler | bytes:
+    def route(self, request: HttpRequest) -> Handler | Response:
         path = request.path
         if path == "/" or path == "/index.html":
             if request.method not in ("GET", "HEAD"):
                 raise HttpError(405, f"method {request.method} not allowed on {path}", [(b"Allow", b"GET, HEAD")])
-            return http_response(200, self._page, b"text/html; charset=utf-8")
+            return Response.html(self._page)
         if path == "/echo":
             return EchoHandler()
         if path == "/stream":

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
 
 from . import affinity
 from .admission import nofile_limit, raise_nofile_limit
@@ -95,17 +93,10 @@ def main(argv: list[str] | None = None) -> int:
                 server.admission.max_handshakes, nofile_limit())
     if args.publishers:
         server.router.hub.start_tickers(args.publishers, args.rate)  # type: ignore[attr-defined]
-    stop = threading.Event()
 
-    def on_signal(signum: int, frame: object) -> None:
-        logger.info("received %s: shutting down", signal.Signals(signum).name)
-        stop.set()
+    def announce(srv: Server) -> None:
+        # The one line tools and tests wait for.
+        print(f"listening on {srv.url} (page: {srv.page_url})", flush=True)
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    # The one line tools and tests wait for.
-    print(f"listening on {server.url}", flush=True)
-    while not stop.wait(0.5):
-        pass
-    clean = server.shutdown(timeout=10)
+    clean = server.serve_forever(ready=announce)
     return 0 if clean else 1

@@ -40,6 +40,7 @@ from .handshake import (
     negotiate_deflate,
     upgrade_response,
 )
+from .http import Response
 from .loop import IOLoop, Timer
 from .outbox import Backlog, Outbox, OverflowPolicy
 from .strand import Strand
@@ -113,8 +114,15 @@ class Handler(Protocol):
 
 
 class Router(Protocol):
-    def route(self, request: HttpRequest) -> Handler | bytes:
-        """A handler for a WebSocket route, or a complete HTTP response; may raise HttpError."""
+    def route(self, request: HttpRequest) -> Handler | Response | bytes:
+        """A handler for a WebSocket route, or an HTTP response; may raise HttpError.
+
+        Runs on the IO thread, once per request: it must be quick and must not
+        block (no database calls, no sleeps) — every other client waits while
+        it runs. Do slow checks in ``on_open`` by handing them to a worker, or
+        before the server sees the request. An exception other than
+        :class:`HttpError` is answered with 500, logged and counted.
+        """
 
 
 class State(enum.Enum):
@@ -356,11 +364,14 @@ class Connection:
     def _accept(self, request: HttpRequest) -> None:
         self.path, self.query = request.path, request.query
         target = self._router.route(request)
-        if isinstance(target, bytes):  # a plain HTTP page
+        if isinstance(target, Response):  # a plain HTTP route
+            self._reply_and_close(target.to_bytes(head_only=request.method == "HEAD"), target.status)
+            return
+        if isinstance(target, bytes):  # a complete response, built by the route itself
             self._reply_and_close(target, 200)
             return
         if not hasattr(target, "on_message"):
-            raise TypeError(f"route() returned {type(target).__name__}; expected a Handler or the bytes of an HTTP response")
+            raise TypeError(f"route() returned {type(target).__name__}; expected a Handler, a Response or bytes")
         key = check_upgrade(request)
         extension, ext_header = negotiate_deflate(request, self.limits.deflate, self.limits.max_message_bytes)
         self._cancel("handshake")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import threading
 from collections.abc import Callable, Iterable
@@ -13,6 +14,7 @@ from .admission import Admission
 from .connection import GOING_AWAY, Connection, Limits, Router, State, Stats
 from .errors import ConnectionClosed
 from .frames import OutMessage
+from .http import OriginCheck
 from .loop import IOLoop
 from .outbox import Backlog
 
@@ -40,6 +42,8 @@ class Server:
     the repro inject its unsafe write disciplines; nothing else should change it.
     ``max_backlog_bytes`` bounds, server-wide, what producers have sent and the
     IO thread has not taken yet: past it, producers wait for the IO thread.
+    ``origins``, if given, is the allow-list of ``Origin`` values for WebSocket
+    handshakes (``None`` in it admits clients that send none); others get 403.
     """
 
     def __init__(
@@ -52,6 +56,7 @@ class Server:
         backlog: int = 1024,
         connection_class: type[Connection] = Connection,
         max_backlog_bytes: int = 64 * 1024 * 1024,
+        origins: list[str | None] | None = None,
     ) -> None:
         self.host = host
         self.connection_class = connection_class
@@ -74,6 +79,8 @@ class Server:
             self.router: Router = router(self)  # type: ignore[operator]
         else:
             self.router = router  # type: ignore[assignment]
+        # What connections route through: the router, behind the Origin check if there is one.
+        self._route_via: Router = self.router if origins is None else OriginCheck(self.router, origins)
 
     @property
     def url(self) -> str:
@@ -92,8 +99,39 @@ class Server:
         self.loop.post(register)
         if not ready.wait(10):
             raise RuntimeError("the IO loop did not run a posted callable within 10 s; is its wake-up broken?")
-        logger.info("listening on %s", self.url)
+        logger.debug("listening on %s", self.url)
         return self
+
+    def serve_forever(self, ready: Callable[[Server], None] | None = None) -> bool:
+        """Start (if not started), serve until SIGINT or SIGTERM, then shut down gracefully.
+
+        Clients see 1001 after their queued messages. Call from the main
+        thread (signal handlers live there). ``ready`` runs once the server
+        accepts connections. Returns :meth:`shutdown`'s result.
+        """
+        stop = threading.Event()
+
+        def on_signal(signum: int, frame: object) -> None:
+            logger.info("received %s: shutting down", signal.Signals(signum).name)
+            stop.set()
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            if self.loop.thread is None:
+                self.start()
+            if ready is not None:
+                ready(self)
+            while not stop.wait(0.5):
+                pass
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return self.shutdown(timeout=10)
+
+    @property
+    def page_url(self) -> str:
+        """The ``http://`` address of the same port (for a route that serves a page)."""
+        return "http" + self.url[2:] + "/"
 
     # -- any thread ------------------------------------------------------
 
@@ -206,7 +244,7 @@ class Server:
                 continue
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn = self.connection_class(
-                self.loop, sock, self.router, self.executor, self.limits, self.stats, self._on_closed, self.send_backlog
+                self.loop, sock, self._route_via, self.executor, self.limits, self.stats, self._on_closed, self.send_backlog
             )
             with self._conn_lock:
                 self._connections.add(conn)

@@ -134,3 +134,17 @@ def test_one_connections_messages_are_handled_in_order(concurrent: bool) -> None
     else:
         assert max(overlap) == 1, "two of one connection's handlers ran at once"
         assert_same_messages(log, sent)
+
+
+@pytest.mark.parametrize("code,reason", [(999, ""), (1005, ""), (1006, ""), (1015, ""), (2999, ""), (5000, ""), (1000, "é" * 62)])
+def test_close_refuses_codes_and_reasons_a_close_frame_cannot_carry(server, code: int, reason: str) -> None:
+    with connect(f"{server.url}/echo") as ws:
+        ws.send("x")
+        ws.recv(timeout=5)
+        conn = server.connections[0]
+        with pytest.raises(ValueError):
+            conn.close(code, reason)
+        conn.close(4000, "é" * 61)  # 122 bytes: fits
+        with pytest.raises(WsConnectionClosed):
+            ws.recv(timeout=5)
+        assert ws.close_code == 4000
