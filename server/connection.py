@@ -231,6 +231,7 @@ class Connection:
         self._inflight_bytes = 0
         self._timers: dict[str, Timer] = {}
         self._ping_seq = 0
+        self._failing: tuple[int, str] | None = None  # a protocol error: closing once handlers are done
 
     # ------------------------------------------------------------------
     # Any thread
@@ -414,6 +415,8 @@ class Connection:
     def _process_events(self) -> None:
         assert self._ws is not None
         for event in self._ws.events():
+            if self._failing is not None:
+                return  # fail fast: nothing after a protocol error is processed
             if isinstance(event, CloseConnection):
                 self._on_close_frame(event)
                 return
@@ -429,7 +432,7 @@ class Connection:
     def _on_message_part(self, event: TextMessage | BytesMessage) -> None:
         self._partial_size += len(event.data)
         if self._partial_size > self.limits.max_message_bytes:
-            self._fail(MESSAGE_TOO_BIG, f"message over {self.limits.max_message_bytes} bytes")
+            self._on_protocol_error(MESSAGE_TOO_BIG, f"message over {self.limits.max_message_bytes} bytes")
             return
         self._partial.append(event.data)
         if not event.message_finished:
@@ -455,7 +458,7 @@ class Connection:
         stop reading, so TCP pushes back on a client that sends faster than it
         reads, instead of the outbox overflowing.
         """
-        if self.state is not State.OPEN:
+        if self.state is not State.OPEN or self._failing is not None:
             return
         busy = self._inflight >= self.limits.max_inflight_messages
         full = self._outbox.queued + self._inflight_bytes > self.limits.max_queue_bytes // 2
@@ -478,6 +481,10 @@ class Connection:
     def _message_done(self, message: str | bytes) -> None:
         self._inflight -= 1
         self._inflight_bytes -= len(message)
+        if self._failing is not None:
+            if not self._inflight:
+                self._close_failed()  # the replies were queued before this ran: the close goes out after them
+            return
         if not self._reading:
             self._update_reading()
 
@@ -500,9 +507,7 @@ class Connection:
             reason = event.reason or "protocol error"
             if event.code == MESSAGE_TOO_BIG:  # from BoundedPerMessageDeflate
                 reason = f"message inflates to over {self.limits.max_message_bytes} bytes"
-            self._stats.protocol_errors += 1
-            logger.info("%s: protocol error %s: %s", self.peer, event.code, reason)
-            self._fail(event.code, reason)
+            self._on_protocol_error(event.code, reason)
 
     # -- closing --------------------------------------------------------
 
@@ -521,6 +526,30 @@ class Connection:
         self._cancel("ping")
         self._cancel("pong")
         self._arm("close", self.limits.close_timeout, self._on_close_timeout)
+
+    def _on_protocol_error(self, code: int, reason: str) -> None:
+        """Fail the connection on the client's protocol error (RFC 6455 7.1.7), strictly.
+
+        Nothing received after the error is processed (reading stops now), but
+        the replies to messages received before it go out first: the close
+        frame waits until their handlers are done, at most ``close_timeout``.
+        """
+        self._stats.protocol_errors += 1
+        logger.info("%s: protocol error %s: %s", self.peer, code, reason)
+        self._failing = (code, reason)
+        self._set_reading(False)
+        self._cancel("ping")
+        if self._inflight:
+            self._arm("fail", self.limits.close_timeout, self._close_failed)
+        else:
+            self._close_failed()
+
+    def _close_failed(self) -> None:
+        if self._failing is None or self.state is not State.OPEN:
+            return
+        self._cancel("fail")
+        self._start_close(*self._failing)
+        self._close_after_flush()
 
     def _fail(self, code: int, reason: str) -> None:
         """Fail the connection (RFC 6455 7.1.7): drop unsent frames, send close, stop."""

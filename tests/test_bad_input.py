@@ -206,3 +206,26 @@ def test_a_bug_in_route_answers_500_at_once(bug: str, caplog: pytest.LogCaptureF
         assert srv.stats.route_errors == 1
         assert "routing /buggy failed" in caplog.text and "Traceback" in caplog.text
         assert echo_works(srv.port)
+
+
+@pytest.mark.parametrize("bad", [
+    client_frame(0x1, b"x", rsv=0b010),  # reserved bits (Autobahn 3.x)
+    client_frame(0x3, b""),  # reserved opcode (4.1.x)
+    client_frame(0xB, b""),  # reserved control opcode (4.2.x)
+    client_frame(0x0, b"x"),  # continuation with nothing to continue (5.x)
+])
+def test_replies_to_messages_before_a_protocol_error_go_out_before_the_close(server, monkeypatch, bad: bytes) -> None:
+    """Strict failing (Autobahn's OK, not NON-STRICT): the echo of 'Hello' comes first, then 1002; nothing after is read."""
+    from server.app import EchoHandler
+
+    def slow_echo(self, conn, message):
+        time.sleep(0.2)  # the handler is still busy when the bad frame arrives
+        conn.send(message)
+
+    monkeypatch.setattr(EchoHandler, "on_message", slow_echo)
+    sock, rest = ws_handshake(server.port, "/echo")
+    with sock:
+        sock.sendall(client_frame(0x1, b"Hello") + bad + client_frame(0x1, b"after the error"))
+        frames, _ = read_server_frames(sock, rest)
+    assert frames[0] == (0x1, b"Hello"), frames
+    assert close_code_of(frames) == 1002 and len(frames) == 2, frames
