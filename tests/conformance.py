@@ -53,8 +53,9 @@ ALLOW_LIST: dict[str, str] = {
 }
 
 # What CI runs (--ci): every case of groups 1-10, and a fixed sample of the compression groups:
-# every payload (12.1-12.5) and every negotiated parameter set (13.1 default offer, 13.2 server_no_context_
-# takeover, 13.3/13.4 server_max_window_bits 9/15, 13.5/13.6 both, 13.7 several offers), each at
+# every payload (12.1-12.5) and every negotiated parameter set (13.1 default offer,
+# 13.2 server_no_context_takeover, 13.3/13.4 server_max_window_bits 9/15, 13.5/13.6 both,
+# 13.7 several offers), each at
 # 16 B (.1), 4 KiB (.5), 32 KiB (.8) and 128 KiB (.10) in one frame, and 32 KiB auto-fragmented
 # into 256-byte frames (.13: one compressed message across continuation frames). 4 KiB already
 # crosses a 9-bit window, 128 KiB the default 32 KiB one; the other 13 sizes repeat these paths
