@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 RUNTIME := $(VENV)/.installed-runtime
 STAMP  := $(VENV)/.installed-test
 
-.PHONY: install repro serve test test-fast lint mutation bench bench-quick clean
+.PHONY: install repro serve test test-fast lint mutation conformance conformance-ci bench bench-quick clean
 
 # What `make repro` and `make serve` need: the package and its three runtime dependencies.
 $(RUNTIME): setup.cfg pyproject.toml
@@ -37,10 +37,18 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check server repro tests $(wildcard bench) $(wildcard examples)
-	$(PY) -m mypy server repro
+	$(PY) -m mypy server repro tests/conformance.py
 
 mutation: $(STAMP)
 	$(PY) -m tests.mutation
+
+## make conformance: every Autobahn case (1.* - 13.*, via kosoku) against /echo; reports in reports/conformance/
+conformance: $(STAMP)
+	$(PY) -m tests.conformance $(CONFORMANCE_ARGS)
+
+## make conformance-ci: groups 1-10 and a fixed sample of the compression groups 12/13 (what CI runs)
+conformance-ci: $(STAMP)
+	$(PY) -m tests.conformance --ci $(CONFORMANCE_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m bench
@@ -49,4 +57,4 @@ bench-quick: $(STAMP)
 	$(PY) -m bench --quick
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache reports

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from urllib.parse import parse_qsl, urlsplit
@@ -53,17 +54,83 @@ class HttpRequest:
         return "websocket" in self.header_tokens("upgrade")
 
 
+# RFC 9112 section 3: request-line = method SP request-target SP HTTP-version; method = token.
+_TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]*")
+_TARGET = re.compile(rb"[\x21-\x7e]*")  # what h11 accepts: visible ASCII
+_VERSION = re.compile(rb"HTTP/([0-9])\.([0-9])")
+_VERSION_PREFIX = re.compile(rb"(H(T(T(P(/([0-9](\.([0-9]\r?)?)?)?)?)?)?)?)?")  # any start of "HTTP/1.1\r"
+# Longer than any registered method (the longest, UPDATEREDIRECTREF, has 17 characters).
+MAX_METHOD_CHARS = 24
+
+
+def check_request_line(head: bytes) -> bool:
+    """Judge the start of a request as soon as its bytes arrive.
+
+    h11 parses the request line only once the whole head (up to the blank line) is
+    there, so a client that sends garbage would otherwise wait for the handshake
+    timeout. Returns ``True`` once the request line is complete and acceptable,
+    ``False`` while what came so far can still begin one; raises :class:`HttpError`
+    (400, 501 or 505, with a sentence) as soon as it cannot. Only bytes and regular
+    expressions on at most the request line: cheap to repeat on every read.
+    """
+    end = head.find(b"\n")
+    complete = end >= 0
+    line = head[:end].removesuffix(b"\r") if complete else head
+    method, sp, rest = line.partition(b" ")
+    if not _TOKEN.fullmatch(method) or (sp and not method):
+        raise HttpError(400, "not an HTTP request: the request line must start with a method token (like GET)")
+    if len(method) > MAX_METHOD_CHARS:
+        raise HttpError(501, f"not an HTTP request: a method of over {MAX_METHOD_CHARS} characters")
+    if not sp:
+        if complete:
+            raise HttpError(400, "not an HTTP request: the request line has no target and no HTTP version")
+        return False
+    target, sp, version = rest.partition(b" ")
+    if not _TARGET.fullmatch(target) or (sp and not target):
+        raise HttpError(400, "malformed request line: the target must be visible ASCII characters")
+    if not sp:
+        if complete:
+            raise HttpError(400, "malformed request line: no HTTP version (HTTP/0.9 is not supported)")
+        return False
+    if not complete:
+        if not _VERSION_PREFIX.fullmatch(version):
+            raise HttpError(400, "malformed request line: it must end with an HTTP version like HTTP/1.1")
+        return False
+    match = _VERSION.fullmatch(version)
+    if match is None:
+        raise HttpError(400, "malformed request line: it must end with an HTTP version like HTTP/1.1")
+    check_http_version(int(match[1]), int(match[2]))
+    return True
+
+
+def check_http_version(major: int, minor: int) -> None:
+    if (major, minor) < (1, 1):
+        raise HttpError(505, f"HTTP/{major}.{minor} is not supported: a WebSocket handshake needs HTTP/1.1 or later "
+                             "(RFC 6455 section 4.1)")
+
+
 class HandshakeParser:
-    """Collects one HTTP/1.1 request (h11 enforces size limits and syntax)."""
+    """Collects one HTTP/1.1 request (h11 enforces size limits and syntax).
+
+    The request line is checked as its bytes arrive (:func:`check_request_line`),
+    so garbage is answered at once rather than at the handshake timeout.
+    """
 
     def __init__(self, max_request_bytes: int = 16 * 1024) -> None:
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_request_bytes)
         self._max = max_request_bytes
         self._received = 0
+        self._line: bytearray | None = bytearray()  # the request line so far; None once it is judged good
 
     def feed(self, data: bytes) -> HttpRequest | None:
         """Feed received bytes (``b""`` at EOF). Raises :class:`HttpError` on bad input."""
         self._received += len(data)
+        if self._line is not None and data:
+            self._line += data[: self._max]
+            if check_request_line(bytes(self._line)):
+                self._line = None
+            elif len(self._line) > self._max:  # h11 answers 431 for the over-long head
+                self._line = None
         self._h11.receive_data(data)
         try:
             event = self._h11.next_event()
@@ -90,6 +157,8 @@ class HandshakeParser:
             if name == "sec-websocket-extensions":
                 extensions.extend(split_comma_header(raw_value))
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        major, _, minor = event.http_version.partition(b".")
+        check_http_version(int(major), int(minor))
         target = event.target.decode("latin-1")
         parts = urlsplit(target)
         # Drain the (empty) body so trailing_data holds only what follows.
