@@ -45,6 +45,11 @@ class HttpRequest:
     headers: dict[str, str]  # lower-case names; repeated headers joined with ", "
     trailing: bytes = b""  # bytes received after the request (early frames)
     extensions: list[str] = field(default_factory=list)
+    body: bytes = b""  # a plain HTTP request's body (Content-Length or chunked), at most max_body_bytes
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        """A header's value by case-insensitive name (repeated headers joined with ", ")."""
+        return self.headers.get(name.lower(), default)
 
     def header_tokens(self, name: str) -> list[str]:
         return [t.lower() for t in split_comma_header(self.headers.get(name, "").encode("latin-1"))]
@@ -116,10 +121,13 @@ class HandshakeParser:
     so garbage is answered at once rather than at the handshake timeout.
     """
 
-    def __init__(self, max_request_bytes: int = 16 * 1024) -> None:
+    def __init__(self, max_request_bytes: int = 16 * 1024, max_body_bytes: int = 1024 * 1024) -> None:
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_request_bytes)
         self._max = max_request_bytes
+        self._max_body = max_body_bytes
         self._received = 0
+        self._head: h11.Request | None = None
+        self._body = bytearray()
         self._line: bytearray | None = bytearray()  # the request line so far; None once it is judged good
 
     def feed(self, data: bytes) -> HttpRequest | None:
@@ -132,23 +140,31 @@ class HandshakeParser:
             elif len(self._line) > self._max:  # h11 answers 431 for the over-long head
                 self._line = None
         self._h11.receive_data(data)
-        try:
-            event = self._h11.next_event()
-        except h11.RemoteProtocolError as exc:
-            raise HttpError(exc.error_status_hint, f"malformed HTTP request: {exc}") from None
-        if event is h11.NEED_DATA:
-            return None
-        if isinstance(event, h11.ConnectionClosed):
-            raise HttpError(400, "connection closed before a complete request")
-        if not isinstance(event, h11.Request):  # pragma: no cover - h11 yields Request first
-            raise HttpError(400, f"unexpected HTTP event {type(event).__name__}")
-        request = self._to_request(event)
-        # h11 only limits incomplete requests; a large one arriving whole gets here.
-        if self._received - len(request.trailing) > self._max:
-            raise HttpError(431, f"request head over {self._max} bytes")
-        return request
+        while True:
+            try:
+                event = self._h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise HttpError(exc.error_status_hint, f"malformed HTTP request: {exc}") from None
+            if event is h11.NEED_DATA:
+                return None
+            if isinstance(event, h11.ConnectionClosed):
+                raise HttpError(400, "connection closed before a complete request")
+            if isinstance(event, h11.Request):
+                self._head = event
+            elif isinstance(event, h11.Data):
+                self._body += event.data
+                if len(self._body) > self._max_body:
+                    raise HttpError(413, f"request body over {self._max_body} bytes")
+            elif isinstance(event, h11.EndOfMessage) and self._head is not None:
+                request = self._to_request(self._head, bytes(self._body))
+                # h11 only limits incomplete requests; a large one arriving whole gets here.
+                if self._received - len(request.trailing) - len(request.body) > self._max:
+                    raise HttpError(431, f"request head over {self._max} bytes")
+                return request
+            else:  # pragma: no cover - h11 yields Request, Data..., EndOfMessage
+                raise HttpError(400, f"unexpected HTTP event {type(event).__name__}")
 
-    def _to_request(self, event: h11.Request) -> HttpRequest:
+    def _to_request(self, event: h11.Request, body: bytes) -> HttpRequest:
         headers: dict[str, str] = {}
         extensions: list[str] = []
         for raw_name, raw_value in event.headers:
@@ -161,16 +177,6 @@ class HandshakeParser:
         check_http_version(int(major), int(minor))
         target = event.target.decode("latin-1")
         parts = urlsplit(target)
-        # Drain the (empty) body so trailing_data holds only what follows.
-        while True:
-            try:
-                nxt = self._h11.next_event()
-            except h11.RemoteProtocolError as exc:
-                raise HttpError(400, f"malformed HTTP request: {exc}") from None
-            if nxt is h11.NEED_DATA or nxt is h11.PAUSED or isinstance(nxt, (h11.EndOfMessage, h11.ConnectionClosed)):
-                if isinstance(nxt, h11.EndOfMessage):
-                    continue
-                break
         return HttpRequest(
             method=event.method.decode("ascii"),
             target=target,
@@ -179,6 +185,7 @@ class HandshakeParser:
             headers=headers,
             trailing=self._h11.trailing_data[0],
             extensions=extensions,
+            body=body,
         )
 
 

@@ -56,3 +56,28 @@ def test_origin_allow_list() -> None:
     with running_server(origins=["https://ok.example"]) as srv, pytest.raises(InvalidStatus) as info:
         connect(f"{srv.url}/echo", open_timeout=5)  # no Origin and None not allowed
     assert info.value.response.status_code == 403
+
+
+class BodyApp(DemoApp):
+    def route(self, request: HttpRequest):  # type: ignore[no-untyped-def]
+        if request.path == "/upload":
+            return Response.json({"bytes": len(request.body), "type": request.header("Content-Type"),
+                                  "start": request.body[:5].decode()})
+        return super().route(request)
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+def test_request_bodies_reach_the_route(framing: str) -> None:
+    body = b"hello" + b"x" * 70000
+    if framing == "length":
+        request = b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    else:
+        chunks = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 4096]), body[i:i + 4096]) for i in range(0, len(body), 4096))
+        head = b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
+        request = head + chunks + b"0\r\n\r\n"
+    with running_server(router=BodyApp) as srv:
+        reply = http_exchange(srv.port, request)
+        assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
+        assert json.loads(reply.split(b"\r\n\r\n", 1)[1]) == {"bytes": len(body), "type": "text/plain", "start": "hello"}
+        too_big = b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n" + bytes(2000000)
+        assert http_exchange(srv.port, too_big).startswith(b"HTTP/1.1 413")
