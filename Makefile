@@ -36,8 +36,8 @@ test-fast: $(STAMP)
 	WSRACE_CHECK_AFFINITY=1 $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(PY) -m ruff check server repro tests $(wildcard bench) $(wildcard examples)
-	$(PY) -m mypy server repro tests/conformance.py
+	$(PY) -m ruff check server repro wsrace tests $(wildcard bench) $(wildcard examples)
+	$(PY) -m mypy server repro wsrace tests/conformance.py
 
 mutation: $(STAMP)
 	$(PY) -m tests.mutation

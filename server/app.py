@@ -28,7 +28,7 @@ MAX_TOTAL_BYTES = 8 * 1024**3  # per /stream connection
 
 
 def index_page() -> bytes:
-    return importlib.resources.files("server").joinpath("static/index.html").read_bytes()
+    return importlib.resources.files(__package__ or "server").joinpath("static/index.html").read_bytes()
 
 
 class EchoHandler:

@@ -1,0 +1,32 @@
+"""``wsrace`` imports the server API even when a project's own server.py shadows ``server``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.timeout(60)
+
+PROGRAM = """
+try:
+    from server import Server
+    print("server: ours")
+except ImportError as exc:
+    print("server: shadowed:", exc)
+from wsrace import DemoApp, Limits, Server
+srv = Server(DemoApp, port=0, limits=Limits(ping_interval=None)).start()
+print("wsrace:", srv.url)
+assert srv.shutdown()
+"""
+
+
+def test_wsrace_works_where_a_users_server_py_shadows_server(tmp_path: Path) -> None:
+    (tmp_path / "server.py").write_text("MINE = True\n")
+    (tmp_path / "app.py").write_text(PROGRAM)
+    out = subprocess.run([sys.executable, "app.py"], cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "server: shadowed: cannot import name 'Server'" in out.stdout
+    assert "wsrace: ws://127.0.0.1:" in out.stdout
