@@ -18,7 +18,8 @@ import time
 from dataclasses import dataclass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TESTS = ["tests/test_regression.py"]
+# Fast socket-free tests first: -x stops at the first failure.
+TESTS = ["tests/test_outbox.py", "tests/test_stall.py", "tests/test_flow_control.py", "tests/test_regression.py"]
 
 
 @dataclass(frozen=True)
@@ -35,19 +36,19 @@ class Mutant:
 MUTANTS = [
     Mutant(
         "direct-writes",
-        "Connection.send() writes from the calling thread (enqueue + flush) instead of posting to the IO thread",
+        "producers take their messages into frames and write them on their own thread instead of posting to the IO thread",
         "server/connection.py",
-        "self._loop.post(partial(self._enqueue, out))",
-        "self._enqueue(out)\n            self._flush()",
-        2,
+        "schedule=partial(loop.post, self._drain),",
+        "schedule=lambda: (self._drain(), self._flush()),",
+        1,
     ),
     Mutant(
         "direct-writes-no-affinity-check",
         "the same, with the write-affinity check off: only the clients' own checks can catch it",
         "server/connection.py",
-        "self._loop.post(partial(self._enqueue, out))",
-        "self._enqueue(out)\n            self._flush()",
-        2,
+        "schedule=partial(loop.post, self._drain),",
+        "schedule=lambda: (self._drain(), self._flush()),",
+        1,
         (("WSRACE_CHECK_AFFINITY", "0"),),
     ),
     Mutant(
@@ -64,6 +65,46 @@ MUTANTS = [
         "server/loop.py",
         'self._wake_w.send(b"\\0")',
         "pass",
+        1,
+    ),
+    Mutant(
+        "partial-write-resends-head",
+        "after a partial write, the rest of the head frame is offered from its first byte again",
+        "server/outbox.py",
+        "buffers.append(memoryview(buf)[skip:] if skip else buf)",
+        "buffers.append(buf)",
+        1,
+    ),
+    Mutant(
+        "partial-write-forgets-progress",
+        "a second partial write into the same frame overwrites the offset instead of adding to it",
+        "server/outbox.py",
+        "self._head_sent += remaining",
+        "self._head_sent = remaining",
+        1,
+    ),
+    Mutant(
+        "no-backpressure",
+        "a full queue never makes a producer wait (or drop): the queue grows without bound",
+        "server/outbox.py",
+        "if self._queued >= self.limit and not on_io and self._closed is None:",
+        "if False:",
+        1,
+    ),
+    Mutant(
+        "stall-judged-by-the-clock",
+        "a client is judged stalled by elapsed time alone, without asking its socket: a busy IO thread evicts readers",
+        "server/connection.py",
+        "if self._socket_writable():",
+        "if False:",
+        1,
+    ),
+    Mutant(
+        "unbounded-backlog",
+        "the server-wide backlog never makes producers wait",
+        "server/outbox.py",
+        "if wait and self.bytes >= self.limit:",
+        "if False:",
         1,
     ),
 ]
