@@ -77,7 +77,7 @@ def test_a_client_that_read_while_the_io_thread_was_busy_is_not_stalled(pair) ->
 
 
 def test_a_client_that_did_not_read_is_stalled(pair) -> None:
-    conn, client, stats = pair
+    conn, _, stats = pair
     conn._outbox.blocked_since -= 10
     conn._check_stall()
     assert stats.closed_by_policy == 1
@@ -85,6 +85,6 @@ def test_a_client_that_did_not_read_is_stalled(pair) -> None:
 
 
 def test_not_yet_stalled_arms_a_timer_instead(pair) -> None:
-    conn, client, stats = pair
+    conn, _, stats = pair
     conn._check_stall()  # refused just now: too early to judge
     assert stats.closed_by_policy == 0 and "stall" in conn._timers
