@@ -125,7 +125,8 @@ class RedisBroker:
     """Redis Streams through redis-py: one publisher thread and one reader thread per process."""
 
     def __init__(self, url: str, maxlen: int = DEFAULT_MAXLEN, max_queue: int = DEFAULT_PUBLISH_QUEUE,
-                 prefix: str = "wsrace", block_ms: int = 100, max_backoff: float = 2.0) -> None:
+                 prefix: str = "wsrace", block_ms: int = 100, max_backoff: float = 2.0,
+                 ready_timeout: float = 5.0) -> None:
         try:
             import redis
         except ImportError:
@@ -137,6 +138,7 @@ class RedisBroker:
         self.prefix = prefix
         self.block_ms = block_ms
         self.max_backoff = max_backoff
+        self.ready_timeout = ready_timeout
         self.publisher_id = uuid.uuid4().hex[:16]
         self._q = itertools.count()
         self._stats = Stats()
@@ -178,7 +180,7 @@ class RedisBroker:
             thread = threading.Thread(target=target, name=f"wsrace-broker-{name}", daemon=True)
             self._threads.append(thread)
             thread.start()
-        if not self._ready.wait(5):
+        if not self._ready.wait(self.ready_timeout):
             logger.warning("broker %s not reachable yet; the reader keeps trying (subscribers get messages once it is)",
                            self.url)
 

@@ -59,6 +59,7 @@ class Child:
         for line in proc.stdout:
             if line.startswith("listening on ") and not ready.is_set():
                 ready.set()  # the supervisor prints the one ready line for all
+                logger.info("process pid %d ready", proc.pid)
             else:
                 sys.stderr.write(f"[pid {proc.pid}] {line}")
 
@@ -154,21 +155,23 @@ def _status(code: int) -> str:
 
 
 def _stop_all(children: list[Child], signum: int) -> int:
-    live = [c.proc for c in children if c.proc is not None and c.proc.poll() is None]
-    for proc in live:
+    live = [(c.proc, c.ready.is_set()) for c in children if c.proc is not None and c.proc.poll() is None]
+    for proc, _ in live:
         try:
             os.kill(proc.pid, signum)
         except ProcessLookupError:
             pass
     deadline = time.monotonic() + STOP_TIMEOUT
     status = 0
-    for proc in live:
+    for proc, was_ready in live:
         try:
             code = proc.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             logger.error("process pid %d did not stop in %.0f s: killing it", proc.pid, STOP_TIMEOUT)
             proc.kill()
             code = proc.wait()
+        if code == -signum and not was_ready:
+            continue  # still starting (no clients yet), so its signal handlers were not installed yet
         if code != 0:
             logger.error("process pid %d exited with %s", proc.pid, _status(code))
             status = 1
