@@ -385,3 +385,24 @@ def test_signal_with_two_processes_closes_every_client_1001_and_exits_0(redis_se
     assert not [pid for pid in children if os.path.exists(f"/proc/{pid}")], "a child outlived the supervisor"
     assert "Traceback" not in inst.log(), inst.log()
     assert inst.extra_stdout.read() == "", "children must not print the ready line again"
+
+
+def test_topics_in_process_with_the_memory_broker() -> None:
+    """/broadcast?topic=NAME: a topic's messages reach its subscribers only; the default topic stays as it was;
+    Server.publish returns the local fan-out's result; a bad topic name is a 400."""
+    from .helpers import http_exchange, running_server, upgrade_request
+
+    with running_server() as srv:
+        with connect(f"{srv.url}/broadcast?topic=news") as news, connect(f"{srv.url}/broadcast") as default:
+            assert wait_until(lambda: len(srv.subscribers("news")) == 1 and len(srv.router.hub.subscribers) == 1, 5)
+            news.send("for news")
+            assert news.recv(timeout=5) == "for news"
+            default.send("for everyone")
+            assert default.recv(timeout=5) == "for everyone"
+            result = srv.publish(b"api", topic="news")
+            assert result is not None and result.queued == 1
+            assert news.recv(timeout=5) == b"api"
+            with pytest.raises(TimeoutError):
+                default.recv(timeout=0.3)
+        reply = http_exchange(srv.port, upgrade_request("/broadcast?topic=a%20b"))
+        assert reply.startswith(b"HTTP/1.1 400"), reply[:100]
