@@ -44,7 +44,8 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def open_connections(port: int, n: int, rcvbuf: int | None = None, batch: int = 200) -> list[tuple[socket.socket, bytes]]:
+def open_connections(port: int, n: int, rcvbuf: int | None = None, batch: int = 200,
+                     path: str = "/bench") -> list[tuple[socket.socket, bytes]]:
     """Open ``n`` WebSockets, ``batch`` handshakes in flight at a time; return each with the bytes after its 101."""
     opened: list[tuple[socket.socket, bytes]] = []
     for start in range(0, n, batch):
@@ -56,7 +57,7 @@ def open_connections(port: int, n: int, rcvbuf: int | None = None, batch: int = 
             s.settimeout(30)
             s.connect(("127.0.0.1", port))
             key = new_key()
-            s.sendall(upgrade_request("127.0.0.1", port, "/bench", key))
+            s.sendall(upgrade_request("127.0.0.1", port, path, key))
             group.append((s, key))
         for s, key in group:
             _, rest = read_upgrade_reply(s, key)
@@ -141,9 +142,10 @@ def main() -> None:
     p.add_argument("--slow", type=int, default=0, help="extra connections that never read (4 KiB receive buffer)")
     p.add_argument("--latency", action="store_true")
     p.add_argument("--idle-timeout", type=float, default=10.0)
+    p.add_argument("--path", default="/bench", help="request path (bench.scaleout: /broadcast)")
     args = p.parse_args()
     raise_fd_limit()
-    opened = open_connections(args.port, args.connections)
+    opened = open_connections(args.port, args.connections, path=args.path)
     socks = [sock for sock, _ in opened]
     slow = [sock for sock, _ in open_connections(args.port, args.slow, rcvbuf=4096)] if args.slow else []
     print(json.dumps({"connected": len(socks), "slow": len(slow)}), flush=True)

@@ -1,4 +1,4 @@
-"""The demo application: ``/``, ``/echo``, ``/stream`` and ``/broadcast``.
+"""The demo application: ``/``, ``/echo``, ``/stream`` and ``/broadcast[?topic=NAME]``.
 
 Each route is one small handler class, one instance per connection (as in
 Boost.Beast's examples). Handlers run application code on worker threads and
@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import importlib.resources
 import logging
+import re
 import threading
 import time
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from . import streamformat
+from .broker import PublishQueueFull
 from .connection import NORMAL, Connection, ConnectionClosed, Handler
 from .handshake import HttpError, HttpRequest
 from .http import Response
-from .server import BroadcastResult, Server
+from .server import TRY_AGAIN_LATER, BroadcastResult, Server
 
 logger = logging.getLogger(__name__)
 
@@ -178,29 +180,39 @@ class StreamHandler:
 
 
 class BroadcastHub:
-    """Subscribers of ``/broadcast`` and optional ticker threads publishing to them."""
+    """``/broadcast``: subscribers per topic, publishes through the server's broker, optional tickers.
+
+    With ``--broker redis://…`` every process and host sharing the Redis is
+    one broadcast domain: a message published on any of them reaches every
+    subscriber of its topic.
+    """
 
     def __init__(self, server: Server) -> None:
         self.server = server
-        # Copy-on-write: replaced (never mutated) under _lock, so publishers read it without one.
-        self.subscribers: frozenset[Connection] = frozenset()
-        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._tickers: list[threading.Thread] = []
         self.published = 0
+        self.refused = 0  # publishes refused: broker unreachable and the local queue full
 
-    def subscribe(self, conn: Connection) -> None:
-        with self._lock:
-            self.subscribers = self.subscribers | {conn}
+    @property
+    def subscribers(self) -> frozenset[Connection]:
+        """This process's subscribers of the default topic."""
+        return self.server.subscribers("")
 
-    def unsubscribe(self, conn: Connection) -> None:
-        with self._lock:
-            self.subscribers = self.subscribers - {conn}
+    def subscribe(self, conn: Connection, topic: str = "") -> None:
+        self.server.subscribe(conn, topic)
 
-    def publish(self, message: str | bytes) -> BroadcastResult:
-        """Encode once, queue the same frame bytes to every subscriber. Any thread."""
+    def unsubscribe(self, conn: Connection, topic: str = "") -> None:
+        self.server.unsubscribe(conn, topic)
+
+    def publish(self, message: str | bytes, topic: str = "") -> BroadcastResult | None:
+        """Publish to ``topic``'s subscribers in every process on the broker. Any thread.
+
+        In-process broker: encoded once, queued to every local subscriber, and
+        the :class:`BroadcastResult` returned. Raises :class:`PublishQueueFull`.
+        """
         self.published += 1
-        return self.server.broadcast(message, self.subscribers)
+        return self.server.publish(message, topic)
 
     def start_tickers(self, publishers: int, rate: float) -> None:
         """``publishers`` threads, each publishing ``rate`` messages per second."""
@@ -213,8 +225,15 @@ class BroadcastHub:
         period = 1.0 / rate
         seq = 0
         next_at = time.monotonic()
+        last_warning = 0.0
         while not self._stop.is_set():
-            self.publish(f'{{"publisher": {n}, "seq": {seq}, "t": {time.time():.6f}}}')
+            try:
+                self.publish(f'{{"publisher": {n}, "seq": {seq}, "t": {time.time():.6f}}}')
+            except PublishQueueFull as exc:
+                self.refused += 1
+                if time.monotonic() - last_warning > 5:
+                    last_warning = time.monotonic()
+                    logger.warning("ticker %d: %s (%d refused so far)", n, exc, self.refused)
             seq += 1
             next_at += period
             delay = next_at - time.monotonic()
@@ -229,18 +248,28 @@ class BroadcastHub:
             thread.join(5)
 
 
+TOPIC_RE = re.compile(r"[A-Za-z0-9_.:-]{0,64}")
+
+
 class BroadcastHandler:
-    def __init__(self, hub: BroadcastHub) -> None:
+    """One ``/broadcast?topic=NAME`` client: subscribed to its topic; what it sends is published there."""
+
+    def __init__(self, hub: BroadcastHub, topic: str = "") -> None:
         self.hub = hub
+        self.topic = topic
 
     def on_open(self, conn: Connection) -> None:
-        self.hub.subscribe(conn)
+        self.hub.subscribe(conn, self.topic)
 
     def on_message(self, conn: Connection, message: str | bytes) -> None:
-        self.hub.publish(message)
+        try:
+            self.hub.publish(message, self.topic)
+        except PublishQueueFull:
+            self.hub.refused += 1
+            conn.close(TRY_AGAIN_LATER, "try again later: broker unreachable, publish queue full")
 
     def on_close(self, conn: Connection) -> None:
-        self.hub.unsubscribe(conn)
+        self.hub.unsubscribe(conn, self.topic)
 
 
 class DemoApp:
@@ -270,7 +299,10 @@ class DemoApp:
             self._streams.append(handler)
             return handler
         if path == "/broadcast":
-            return BroadcastHandler(self.hub)
+            topic = request.query.get("topic", "")
+            if not TOPIC_RE.fullmatch(topic):
+                raise HttpError(400, "/broadcast topic must be at most 64 characters of A-Z a-z 0-9 _ . : -")
+            return BroadcastHandler(self.hub, topic)
         raise HttpError(404, f"no route for {path}; try /, /echo, /stream or /broadcast")
 
     def close(self) -> None:

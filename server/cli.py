@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from . import affinity
 from .admission import nofile_limit, raise_nofile_limit
 from .app import DemoApp
+from .broker import DEFAULT_MAXLEN, DEFAULT_PUBLISH_QUEUE, Broker, BrokerError, make_broker
 from .connection import Limits, OverflowPolicy
 from .server import Server
 
@@ -49,6 +51,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="handshakes in progress at once; past it HTTP 503 (default: half of --max-connections)")
     p.add_argument("--busy-handshake-timeout", type=float, default=Limits.busy_handshake_timeout,
                    help="handshake timeout under pressure, instead of 10 s (default: %(default)s)")
+    p.add_argument("--broker", default="memory://",
+                   help="where /broadcast and Server.publish() messages go: memory:// (this process only) or "
+                        "redis://HOST:PORT/DB (Redis Streams: every process and host on it is one broadcast domain; "
+                        "needs pip install 'wsrace[redis]') (default: %(default)s)")
+    p.add_argument("--stream-maxlen", type=int, default=DEFAULT_MAXLEN,
+                   help="Redis: entries kept per topic stream (XADD MAXLEN ~ N); a reader further behind than this "
+                        "misses messages and closes its subscribers with 1013 (default: %(default)s)")
+    p.add_argument("--publish-queue", type=int, default=DEFAULT_PUBLISH_QUEUE,
+                   help="Redis: publishes held while the broker is unreachable; past it publishing fails "
+                        "(a /broadcast client is closed with 1013) (default: %(default)s)")
+    p.add_argument("--processes", default="1",
+                   help="server processes on one port (SO_REUSEPORT), each with its own IO thread; 'auto': one per "
+                        "core. More than 1 needs a shared --broker (default: %(default)s)")
+    p.add_argument("--reuse-port", action="store_true",
+                   help="listen with SO_REUSEPORT (set by --processes for its children)")
     p.add_argument("--check-affinity", action="store_true",
                    help="raise on any socket write off the IO thread (also WSRACE_CHECK_AFFINITY=1)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="(default: %(default)s)")
@@ -70,13 +87,47 @@ def positive(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error("--busy-handshake-timeout must be > 0")
     if args.publishers < 0 or args.rate <= 0:
         parser.error("--publishers must be >= 0 and --rate > 0")
+    if args.stream_maxlen < 1 or args.publish_queue < 1:
+        parser.error("--stream-maxlen and --publish-queue must be at least 1")
+
+
+def process_count(parser: argparse.ArgumentParser, value: str) -> int:
+    if value == "auto":
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        n = int(value)
+    except ValueError:
+        parser.error(f"--processes must be a number or 'auto', not {value!r}")
+    if n < 1:
+        parser.error("--processes must be at least 1")
+    return n
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     positive(parser, args)
+    processes = process_count(parser, args.processes)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if processes > 1:
+        if args.broker.split(":", 1)[0].lower() == "memory":
+            print(f"wsrace-server: --processes {processes} needs a shared broker: with {args.broker} each process "
+                  "would broadcast only to its own clients (split brain); pass --broker redis://HOST:PORT/DB",
+                  file=sys.stderr)
+            return 2
+        try:
+            make_broker(args.broker, args.stream_maxlen, args.publish_queue)  # fail here, not in N children
+        except BrokerError as exc:
+            print(f"wsrace-server: {exc}", file=sys.stderr)
+            return 2
+        from .supervisor import supervise
+
+        return supervise(sys.argv[1:] if argv is None else argv, args.host, args.port, processes)
+    try:
+        broker: Broker = make_broker(args.broker, args.stream_maxlen, args.publish_queue)
+    except BrokerError as exc:
+        print(f"wsrace-server: {exc}", file=sys.stderr)
+        return 2
     if args.check_affinity:
         affinity.set_enabled(True)
     limits = Limits(
@@ -95,11 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     raise_nofile_limit()  # before the server sizes its default --max-connections from it
     try:
         server = Server(DemoApp, host=args.host, port=args.port, workers=args.workers, limits=limits,
-                        max_backlog_bytes=args.max_backlog_bytes)
+                        max_backlog_bytes=args.max_backlog_bytes, broker=broker, reuse_port=args.reuse_port)
     except OSError as exc:
         print(f"wsrace-server: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     server.start()
+    logger.info("broker: %s", args.broker)
     logger.info("admission: max %d connections (%s), %d handshakes at once; open-file limit %d",
                 server.admission.max_connections, "set" if args.max_connections else "from the open-file limit",
                 server.admission.max_handshakes, nofile_limit())

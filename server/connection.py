@@ -155,6 +155,14 @@ class Stats:
         self.accept_errors = 0  # accept() failed (EMFILE, ENFILE, ...)
         self.accept_pauses = 0  # listener unwatched for a backoff after such a failure
         self.busy_handshake_timeouts = 0  # 408 after busy_handshake_timeout under pressure
+        # broker (server/broker.py; written by its threads)
+        self.broker_reconnects = 0  # publisher or reader reconnected after losing the broker
+        self.broker_publishes_queued = 0  # publishes made while the broker was unreachable (sent when it is back)
+        self.broker_publishes_failed = 0  # refused (local publish queue full) or unsent at shutdown
+        self.broker_gaps = 0  # a reader found entries it never saw were gone (trimmed, or the stream vanished)
+        self.broker_messages_missed = 0  # messages known lost in those gaps (a vanished stream counts 0: unknown)
+        self.broker_subscribers_closed = 0  # subscribers closed with 1013 because of a gap
+        self.broker_duplicates = 0  # second copies left by a retried publish, dropped by the reader
 
     def count_drop(self) -> None:
         """Any thread: one message discarded by the ``drop`` policy."""

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .admission import Admission
+from .broker import Broker, MemoryBroker
 from .connection import GOING_AWAY, Connection, Limits, Router, State, Stats
 from .errors import ConnectionClosed
 from .frames import OutMessage
@@ -19,6 +20,9 @@ from .loop import IOLoop
 from .outbox import Backlog
 
 logger = logging.getLogger(__name__)
+
+TRY_AGAIN_LATER = 1013
+MAX_REASON = 100  # characters; a close reason holds at most 123 bytes
 
 
 @dataclass
@@ -44,6 +48,9 @@ class Server:
     IO thread has not taken yet: past it, producers wait for the IO thread.
     ``origins``, if given, is the allow-list of ``Origin`` values for WebSocket
     handshakes (``None`` in it admits clients that send none); others get 403.
+    ``broker`` carries :meth:`publish` to the subscribers of every process
+    sharing it (default: :class:`~server.broker.MemoryBroker`, this process
+    only); ``reuse_port`` lets several processes listen on one port.
     """
 
     def __init__(
@@ -57,6 +64,8 @@ class Server:
         connection_class: type[Connection] = Connection,
         max_backlog_bytes: int = 64 * 1024 * 1024,
         origins: list[str | None] | None = None,
+        broker: Broker | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.host = host
         self.connection_class = connection_class
@@ -67,7 +76,7 @@ class Server:
         self.send_backlog = Backlog(max_backlog_bytes)
         self._connections: set[Connection] = set()  # IO thread adds and removes, under _conn_lock
         self._conn_lock = threading.Lock()
-        self._listener = socket.create_server((host, port), backlog=backlog, reuse_port=False)
+        self._listener = socket.create_server((host, port), backlog=backlog, reuse_port=reuse_port)
         self._listener.setblocking(False)
         self.port: int = self._listener.getsockname()[1]
         self.admission = Admission(self.loop, self._listener, self._on_accept, self.limits, self.stats)
@@ -75,6 +84,9 @@ class Server:
         self._shutting_down = False
         self._all_closed = threading.Event()
         self._stopped = threading.Event()
+        self.broker: Broker = broker if broker is not None else MemoryBroker()
+        self._topics: dict[str, frozenset[Connection]] = {}  # replaced, never mutated, under _topics_lock
+        self._topics_lock = threading.Lock()
         if isinstance(router, type) or not hasattr(router, "route"):
             self.router: Router = router(self)  # type: ignore[operator]
         else:
@@ -99,6 +111,7 @@ class Server:
         self.loop.post(register)
         if not ready.wait(10):
             raise RuntimeError("the IO loop did not run a posted callable within 10 s; is its wake-up broken?")
+        self.broker.start(self._deliver, self._on_missed, self.stats)
         logger.debug("listening on %s", self.url)
         return self
 
@@ -169,6 +182,61 @@ class Server:
                 result.closed += 1
         return result
 
+    # -- topics and the broker (any thread) -------------------------------
+
+    def subscribe(self, conn: Connection, topic: str = "") -> None:
+        """``conn`` receives what :meth:`publish` sends to ``topic``, from any process on the broker."""
+        with self._topics_lock:
+            members = self._topics.get(topic, frozenset())
+            self._topics[topic] = members | {conn}
+            first = not members
+        if first:
+            self.broker.subscribe(topic)
+
+    def unsubscribe(self, conn: Connection, topic: str = "") -> None:
+        with self._topics_lock:
+            members = self._topics.get(topic, frozenset()) - {conn}
+            if members:
+                self._topics[topic] = members
+            else:
+                self._topics.pop(topic, None)
+            last = not members
+        if last:
+            self.broker.unsubscribe(topic)
+
+    def subscribers(self, topic: str = "") -> frozenset[Connection]:
+        """This process's subscribers of ``topic`` (a snapshot)."""
+        return self._topics.get(topic, frozenset())
+
+    def publish(self, message: str | bytes, topic: str = "") -> BroadcastResult | None:
+        """Send ``message`` to the subscribers of ``topic`` in every process on the broker.
+
+        With the in-process broker this is :meth:`broadcast` to this process's
+        subscribers, on the calling thread, and returns its result. With Redis
+        it queues the message for this process's publisher thread and returns
+        None; the reader thread of each process then fans it out locally.
+        One thread's publishes reach every subscriber in the order made.
+        Raises :class:`~server.broker.PublishQueueFull` when the broker is
+        unreachable and the local publish queue is full.
+        """
+        result = self.broker.publish(topic, message)
+        return result if isinstance(result, BroadcastResult) else None
+
+    def _deliver(self, topic: str, message: str | bytes) -> BroadcastResult:
+        # The broker's delivery: local fan-out, encoded once (the reader thread may wait here
+        # while a full subscriber drains, at most stall_timeout for a stalled one).
+        return self.broadcast(message, self.subscribers(topic))
+
+    def _on_missed(self, topic: str, reason: str, count: int) -> None:
+        targets = self.subscribers(topic)
+        for conn in targets:
+            try:
+                conn.close(TRY_AGAIN_LATER, reason[:MAX_REASON])
+            except ValueError:
+                conn.close(TRY_AGAIN_LATER, "messages were missed")
+        self.stats.broker_subscribers_closed += len(targets)
+        logger.warning("topic %r: %d subscribers closed with 1013 (%s)", topic, len(targets), reason)
+
     def broadcast_paced(
         self, message: str | bytes | OutMessage, targets: Iterable[Connection], stall_timeout: float | None = None
     ) -> BroadcastResult:
@@ -200,6 +268,7 @@ class Server:
         close = getattr(self.router, "close", None)
         if close is not None:
             close()
+        self.broker.close()
         self.executor.shutdown(wait=True, cancel_futures=True)
         self.loop.stop()
         thread = self.loop.thread

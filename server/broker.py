@@ -1,0 +1,400 @@
+"""Brokers: how a published message reaches the subscribers of every process.
+
+``memory://`` (the default) delivers in-process, on the publisher's thread:
+one process is one broadcast domain, as before brokers existed.
+
+``redis://host:port/db`` joins processes and hosts through Redis Streams (one
+stream per topic, ``XADD … MAXLEN ~ N``). Per process:
+
+* **one publisher thread** sends publishes in the order they were made, from
+  a bounded local queue: while Redis is down they wait there and go out in
+  order when it is back; when the queue is full, :meth:`Broker.publish`
+  raises :class:`PublishQueueFull` (nothing is dropped silently);
+* **one reader thread** does ``XREAD BLOCK`` from its last ID and hands each
+  message to the server's local fan-out; after a broken connection it
+  reconnects with backoff and resumes from that ID.
+
+Every entry carries ``n``, a per-topic counter incremented atomically with the
+``XADD`` (one Lua script), so a reader knows when entries it never saw were
+trimmed away or the stream vanished (Redis restarted without it): it reports
+a *gap* (``on_missed``), and the server closes that topic's subscribers with
+1013. ``p``/``q`` (publisher id, publisher sequence) let a reader drop the
+duplicate a retried pipeline may leave behind.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from .connection import Stats
+from .errors import WsraceError
+
+logger = logging.getLogger(__name__)
+
+Message = str | bytes
+Deliver = Callable[[str, Message], object]  # (topic, message) -> the local fan-out's result
+Missed = Callable[[str, str, int], None]  # (topic, reason, how many messages are known to be lost; 0: unknown)
+
+DEFAULT_MAXLEN = 10_000
+DEFAULT_PUBLISH_QUEUE = 10_000
+REDIS_EXTRA = "pip install 'wsrace[redis]'"
+
+
+class BrokerError(WsraceError):
+    """A broker could not be set up, or was used after :meth:`Broker.close`."""
+
+
+class PublishQueueFull(BrokerError):
+    """The broker is unreachable and the local publish queue is full: the message was NOT published."""
+
+
+class Broker(Protocol):
+    """What :class:`~server.server.Server` needs from a broker."""
+
+    def start(self, deliver: Deliver, missed: Missed, stats: Stats) -> None:
+        """Begin delivering: ``deliver(topic, message)`` for each message of a subscribed topic."""
+
+    def publish(self, topic: str, message: Message) -> object:
+        """Publish to every process's subscribers of ``topic``. Any thread; never blocks on the network.
+
+        Raises :class:`PublishQueueFull` when the message cannot be accepted.
+        """
+
+    def subscribe(self, topic: str) -> None:
+        """This process has subscribers of ``topic`` (any thread, never blocks)."""
+
+    def unsubscribe(self, topic: str) -> None:
+        """This process no longer has subscribers of ``topic``."""
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Send what is queued (at most ``timeout`` s), stop the threads."""
+
+
+class MemoryBroker:
+    """In-process: ``publish`` fans out at once on the caller's thread (the embedded default)."""
+
+    url = "memory://"
+
+    def __init__(self) -> None:
+        self._deliver: Deliver | None = None
+
+    def start(self, deliver: Deliver, missed: Missed, stats: Stats) -> None:
+        self._deliver = deliver
+
+    def publish(self, topic: str, message: Message) -> object:
+        if self._deliver is None:
+            raise BrokerError("broker not started (Server.start() starts it)")
+        return self._deliver(topic, message)
+
+    def subscribe(self, topic: str) -> None:
+        pass
+
+    def unsubscribe(self, topic: str) -> None:
+        pass
+
+    def close(self, timeout: float = 2.0) -> None:
+        pass
+
+
+# KEYS: stream, counter. ARGV: maxlen, publisher id, publisher seq, type (t|b), data.
+_XADD_LUA = """
+local n = redis.call('INCR', KEYS[2])
+return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'n', n, 'p', ARGV[2], 'q', ARGV[3], 't', ARGV[4], 'd', ARGV[5])
+"""
+
+
+class _Topic:
+    """The reader's position in one topic's stream."""
+
+    __slots__ = ("last_id", "last_n", "publishers")
+
+    def __init__(self, last_id: str, last_n: int) -> None:
+        self.last_id = last_id
+        self.last_n = last_n
+        self.publishers: dict[str, int] = {}  # publisher id -> last publisher seq delivered (dedupe)
+
+
+class RedisBroker:
+    """Redis Streams through redis-py: one publisher thread and one reader thread per process."""
+
+    def __init__(self, url: str, maxlen: int = DEFAULT_MAXLEN, max_queue: int = DEFAULT_PUBLISH_QUEUE,
+                 prefix: str = "wsrace", block_ms: int = 100, max_backoff: float = 2.0,
+                 ready_timeout: float = 5.0) -> None:
+        try:
+            import redis
+        except ImportError:
+            raise BrokerError(f"--broker {url} needs redis-py, an optional extra: {REDIS_EXTRA}") from None
+        self._redis = redis
+        self.url = url
+        self.maxlen = maxlen
+        self.max_queue = max_queue
+        self.prefix = prefix
+        self.block_ms = block_ms
+        self.max_backoff = max_backoff
+        self.ready_timeout = ready_timeout
+        self.publisher_id = uuid.uuid4().hex[:16]
+        self._q = itertools.count()
+        self._stats = Stats()
+        self._deliver: Deliver | None = None
+        self._missed: Missed | None = None
+        self._cond = threading.Condition()
+        self._queue: deque[tuple[str, bytes, bytes, int]] = deque()  # (topic, type, data, publisher seq)
+        self._publisher_up = False  # last attempt to reach Redis from the publisher succeeded
+        self._wanted: dict[str, int] = {"": 1}  # topics with local subscribers (the default one always)
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+        self._flush_deadline = 0.0
+        self._client_args: dict[str, Any] = {
+            "socket_timeout": 5.0 + block_ms / 1000,
+            "socket_connect_timeout": 2.0,
+            "retry": redis.retry.Retry(redis.backoff.NoBackoff(), 0),  # we retry ourselves, with backoff
+        }
+        self._connect()  # validate the URL now (no network yet)
+
+    def _connect(self) -> Any:
+        try:
+            return self._redis.Redis.from_url(self.url, **self._client_args)
+        except ValueError as exc:
+            raise BrokerError(f"bad --broker URL {self.url!r}: {exc}") from None
+
+    def stream_key(self, topic: str) -> str:
+        return f"{self.prefix}:stream:{topic}"
+
+    def counter_key(self, topic: str) -> str:
+        return f"{self.prefix}:seq:{topic}"
+
+    # -- any thread ------------------------------------------------------
+
+    def start(self, deliver: Deliver, missed: Missed, stats: Stats) -> None:
+        self._deliver, self._missed, self._stats = deliver, missed, stats
+        for name, target in (("publisher", self._publish_loop), ("reader", self._read_loop)):
+            thread = threading.Thread(target=target, name=f"wsrace-broker-{name}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
+        if not self._ready.wait(self.ready_timeout):
+            logger.warning("broker %s not reachable yet; the reader keeps trying (subscribers get messages once it is)",
+                           self.url)
+
+    def publish(self, topic: str, message: Message) -> object:
+        kind, data = (b"t", message.encode("utf-8")) if isinstance(message, str) else (b"b", bytes(message))
+        with self._cond:
+            if self._closed:
+                raise BrokerError("broker closed")
+            if len(self._queue) >= self.max_queue:
+                self._stats.broker_publishes_failed += 1
+                raise PublishQueueFull(f"broker {self.url} unreachable and {len(self._queue)} publishes already "
+                                       "queued: not published, try again later")
+            if not self._publisher_up:
+                self._stats.broker_publishes_queued += 1
+            self._queue.append((topic, kind, data, next(self._q)))
+            self._cond.notify()
+        return None
+
+    @property
+    def queued(self) -> int:
+        """Publishes waiting to be sent to Redis."""
+        return len(self._queue)
+
+    def subscribe(self, topic: str) -> None:
+        with self._cond:
+            self._wanted[topic] = self._wanted.get(topic, 0) + 1
+
+    def unsubscribe(self, topic: str) -> None:
+        with self._cond:
+            left = self._wanted.get(topic, 0) - 1
+            if left > 0 or topic == "":
+                self._wanted[topic] = max(left, 1 if topic == "" else 0)
+            else:
+                self._wanted.pop(topic, None)
+
+    def close(self, timeout: float = 2.0) -> None:
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._flush_deadline = time.monotonic() + timeout
+            self._cond.notify_all()
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout + 6)
+        left = len(self._queue)
+        if left:
+            self._stats.broker_publishes_failed += left
+            logger.error("broker %s: %d publishes could not be sent before shutdown", self.url, left)
+
+    # -- publisher thread ------------------------------------------------
+
+    def _publish_loop(self) -> None:
+        client: Any = None
+        script: Any = None
+        backoff = 0.05
+        down_since: float | None = None
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                if self._closed and time.monotonic() > self._flush_deadline:
+                    return
+                batch = list(itertools.islice(self._queue, 0, 256))
+            try:
+                if client is None:
+                    client = self._connect()
+                    script = client.register_script(_XADD_LUA)
+                pipe = client.pipeline(transaction=False)
+                for topic, kind, data, q in batch:
+                    script(keys=[self.stream_key(topic), self.counter_key(topic)],
+                           args=[self.maxlen, self.publisher_id, q, kind, data], client=pipe)
+                pipe.execute()
+            except self._redis.RedisError as exc:  # connection lost, timeout, or Redis refusing (e.g. OOM)
+                with self._cond:
+                    self._publisher_up = False
+                if down_since is None:
+                    down_since = time.monotonic()
+                    logger.warning("broker %s: publish failed (%s); %d publishes wait in the local queue, retrying",
+                                   self.url, exc, len(batch))
+                client = None
+                time.sleep(backoff)
+                backoff = min(backoff * 2, self.max_backoff)
+                continue
+            with self._cond:
+                for _ in batch:
+                    self._queue.popleft()
+                self._publisher_up = True
+            if down_since is not None:
+                self._stats.broker_reconnects += 1
+                logger.warning("broker %s: publisher reconnected after %.1f s", self.url, time.monotonic() - down_since)
+                down_since = None
+            backoff = 0.05
+
+    # -- reader thread ---------------------------------------------------
+
+    def _read_loop(self) -> None:
+        topics: dict[str, _Topic] = {}
+        client: Any = None
+        run_id: str | None = None
+        backoff = 0.05
+        down_since: float | None = None
+        while not self._stop.is_set():
+            try:
+                if client is None:
+                    client = self._connect()
+                    new_run_id = str(client.info("server").get("run_id"))
+                    if run_id is not None and new_run_id != run_id:
+                        self._check_survived(client, topics)
+                    run_id = new_run_id
+                    if down_since is not None:
+                        self._stats.broker_reconnects += 1
+                        logger.warning("broker %s: reader reconnected after %.1f s; resuming from its last IDs",
+                                       self.url, time.monotonic() - down_since)
+                        down_since = None
+                self._sync_topics(client, topics)
+                self._ready.set()
+                reply = client.xread({self.stream_key(t): s.last_id for t, s in topics.items()},
+                                     count=512, block=self.block_ms)
+                backoff = 0.05
+            except self._redis.RedisError as exc:
+                if down_since is None:
+                    down_since = time.monotonic()
+                    logger.warning("broker %s: reader lost its connection (%s); reconnecting with backoff", self.url, exc)
+                client = None
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, self.max_backoff)
+                continue
+            for key, entries in reply or ():
+                topic = _topic_of(key, self.prefix)
+                state = topics.get(topic)
+                if state is not None:
+                    self._handle(topic, state, entries)
+
+    def _sync_topics(self, client: Any, topics: dict[str, _Topic]) -> None:
+        with self._cond:
+            wanted = set(self._wanted)
+        for topic in list(topics):
+            if topic not in wanted:
+                del topics[topic]
+        for topic in wanted - set(topics):
+            # Start after the newest entry; read atomically with the counter, so none slips between.
+            pipe = client.pipeline(transaction=True)
+            pipe.xrevrange(self.stream_key(topic), "+", "-", count=1)
+            pipe.get(self.counter_key(topic))
+            newest, counter = pipe.execute()
+            if newest:
+                entry_id, fields = newest[0]
+                topics[topic] = _Topic(_s(entry_id), int(fields[b"n"]))
+            else:
+                topics[topic] = _Topic("0-0", int(counter or 0))
+
+    def _check_survived(self, client: Any, topics: dict[str, _Topic]) -> None:
+        """Redis restarted: a stream that no longer holds our last entry vanished with what we had not read."""
+        for topic, state in topics.items():
+            if state.last_id == "0-0" and state.last_n == 0:
+                continue
+            held = client.xrange(self.stream_key(topic), state.last_id, state.last_id, count=1) if state.last_id != "0-0" else []
+            if held and int(held[0][1][b"n"]) == state.last_n:
+                logger.warning("broker %s: Redis restarted; stream %r survived, resuming", self.url, topic)
+                continue
+            self._gap(topic, "stream lost in a Redis restart", 0)
+            state.last_id, state.last_n = "0-0", 0
+            state.publishers.clear()
+
+    def _handle(self, topic: str, state: _Topic, entries: list[tuple[Any, dict[bytes, bytes]]]) -> None:
+        for entry_id, fields in entries:
+            n = int(fields[b"n"])
+            if n != state.last_n + 1:
+                if n <= state.last_n:
+                    self._gap(topic, "stream reset", 0)
+                    state.publishers.clear()
+                else:
+                    self._gap(topic, f"{n - state.last_n - 1} trimmed", n - state.last_n - 1)
+            state.last_id, state.last_n = _s(entry_id), n
+            publisher, q = _s(fields[b"p"]), int(fields[b"q"])
+            if q <= state.publishers.get(publisher, -1):
+                self._stats.broker_duplicates += 1  # a retried pipeline's second copy
+                continue
+            state.publishers[publisher] = q
+            data = fields[b"d"]
+            message: Message = data.decode("utf-8") if fields[b"t"] == b"t" else data
+            assert self._deliver is not None
+            try:
+                self._deliver(topic, message)
+            except Exception:
+                logger.exception("broker %s: local fan-out of topic %r failed", self.url, topic)
+
+    def _gap(self, topic: str, what: str, count: int) -> None:
+        self._stats.broker_gaps += 1
+        self._stats.broker_messages_missed += count
+        logger.error("broker %s: topic %r: messages missed (%s); closing its subscribers with 1013", self.url, topic, what)
+        assert self._missed is not None
+        try:
+            self._missed(topic, f"messages were missed ({what}); reconnect", count)
+        except Exception:
+            logger.exception("broker %s: on_missed failed", self.url)
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _topic_of(key: bytes | str, prefix: str) -> str:
+    return _s(key)[len(prefix) + len(":stream:"):]
+
+
+def make_broker(url: str, maxlen: int = DEFAULT_MAXLEN, max_queue: int = DEFAULT_PUBLISH_QUEUE) -> Broker:
+    """``memory://`` or ``redis://host:port/db`` (``rediss://`` for TLS). Raises :class:`BrokerError`."""
+    scheme = url.split(":", 1)[0].lower()
+    if scheme == "memory":
+        return MemoryBroker()
+    if scheme in ("redis", "rediss", "unix"):
+        return RedisBroker(url, maxlen=maxlen, max_queue=max_queue)
+    raise BrokerError(f"unknown broker {url!r}: use memory:// or redis://HOST:PORT/DB")

@@ -1,0 +1,178 @@
+"""``--processes N``: N server processes on one port, kept running, stopped together.
+
+The supervisor reserves the port (a bound, non-listening ``SO_REUSEPORT``
+socket, so ``--port 0`` gets one port for all), then starts N children
+(``python -m server … --processes 1 --port P --reuse-port``), each a complete
+server with its own IO thread; the kernel spreads new connections across
+their listeners. It prints the one ready line once every child is ready. A
+child that exits on its own is restarted after a backoff (0.5 s doubling to
+10 s; reset once a child has run 30 s), logged. SIGINT/SIGTERM are sent on
+to every child (each closes its clients with 1001); the supervisor exits 0
+when every child exited 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+logger = logging.getLogger("server.supervisor")
+
+MIN_BACKOFF = 0.5
+MAX_BACKOFF = 10.0
+STABLE_AFTER = 30.0  # a child that ran this long restarts after MIN_BACKOFF again
+READY_TIMEOUT = 30.0
+STOP_TIMEOUT = 25.0
+
+
+class Child:
+    """One server process and the thread that reads its stdout."""
+
+    def __init__(self, index: int, argv: list[str]) -> None:
+        self.index = index
+        self.argv = argv
+        self.proc: subprocess.Popen[str] | None = None
+        self.ready = threading.Event()
+        self.started_at = 0.0
+        self.backoff = MIN_BACKOFF
+        self.restart_at: float | None = None
+
+    def start(self) -> None:
+        self.ready = threading.Event()
+        # A session of its own: a terminal's Ctrl-C reaches the supervisor only, which sends it on once.
+        self.proc = subprocess.Popen([sys.executable, "-m", "server", *self.argv], stdout=subprocess.PIPE,
+                                     text=True, start_new_session=True)
+        self.started_at = time.monotonic()
+        threading.Thread(target=self._read_stdout, args=(self.proc, self.ready), daemon=True,
+                         name=f"wsrace-supervisor-{self.index}").start()
+        logger.info("process %d started (pid %d)", self.index, self.proc.pid)
+
+    @staticmethod
+    def _read_stdout(proc: subprocess.Popen[str], ready: threading.Event) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("listening on ") and not ready.is_set():
+                ready.set()  # the supervisor prints the one ready line for all
+                logger.info("process pid %d ready", proc.pid)
+            else:
+                sys.stderr.write(f"[pid {proc.pid}] {line}")
+
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    """Bind (without listening) with SO_REUSEPORT: holds the port, takes no connections."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def child_argv(argv: list[str], port: int, index: int) -> list[str]:
+    """The CLI arguments with the ones the supervisor decides appended (argparse: the last one wins)."""
+    extra = ["--processes", "1", "--port", str(port), "--reuse-port"]
+    if index > 0:
+        extra += ["--publishers", "0"]  # tickers run in the first process only
+    return [*argv, *extra]
+
+
+def supervise(argv: list[str], host: str, port: int, processes: int) -> int:
+    """Run ``processes`` children serving ``host:port``; returns the exit status."""
+    try:
+        reserved = reserve_port(host, port)
+    except OSError as exc:
+        print(f"wsrace-server: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    port = reserved.getsockname()[1]
+    children = [Child(i, child_argv(argv, port, i)) for i in range(processes)]
+    stop = threading.Event()
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        received.append(signum)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for child in children:
+            child.start()
+        deadline = time.monotonic() + READY_TIMEOUT
+        for child in children:
+            while not child.ready.wait(0.1):
+                assert child.proc is not None
+                if stop.is_set() or child.proc.poll() is not None or time.monotonic() > deadline:
+                    why = "interrupted" if stop.is_set() else (
+                        f"exited with {child.proc.returncode}" if child.proc.poll() is not None else "not ready in time")
+                    print(f"wsrace-server: process {child.index} {why}; stopping", file=sys.stderr)
+                    _stop_all(children, signal.SIGTERM)
+                    return 2 if not stop.is_set() else 0
+        shown = f"[{host}]" if ":" in host else host
+        print(f"listening on ws://{shown}:{port}", flush=True)
+        logger.info("%d processes serving ws://%s:%d (SO_REUSEPORT)", processes, shown, port)
+        while not stop.wait(0.2):
+            _keep_running(children)
+        signum = received[0] if received else signal.SIGTERM
+        logger.info("received %s: stopping %d processes", signal.Signals(signum).name, processes)
+        return _stop_all(children, signum)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        reserved.close()
+
+
+def _keep_running(children: list[Child]) -> None:
+    now = time.monotonic()
+    for child in children:
+        proc = child.proc
+        if child.restart_at is not None:
+            if now >= child.restart_at:
+                child.restart_at = None
+                child.start()
+            continue
+        if proc is None or proc.poll() is None:
+            continue
+        if now - child.started_at > STABLE_AFTER:
+            child.backoff = MIN_BACKOFF
+        logger.error("process %d (pid %d) exited with %s; restarting in %.1f s",
+                     child.index, proc.pid, _status(proc.returncode), child.backoff)
+        child.restart_at = now + child.backoff
+        child.backoff = min(child.backoff * 2, MAX_BACKOFF)
+
+
+def _status(code: int) -> str:
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"code {code}"
+
+
+def _stop_all(children: list[Child], signum: int) -> int:
+    live = [(c.proc, c.ready.is_set()) for c in children if c.proc is not None and c.proc.poll() is None]
+    for proc, _ in live:
+        try:
+            os.kill(proc.pid, signum)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + STOP_TIMEOUT
+    status = 0
+    for proc, was_ready in live:
+        try:
+            code = proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            logger.error("process pid %d did not stop in %.0f s: killing it", proc.pid, STOP_TIMEOUT)
+            proc.kill()
+            code = proc.wait()
+        if code == -signum and not was_ready:
+            continue  # still starting (no clients yet), so its signal handlers were not installed yet
+        if code != 0:
+            logger.error("process pid %d exited with %s", proc.pid, _status(code))
+            status = 1
+    return status
