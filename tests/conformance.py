@@ -36,20 +36,9 @@ REPORT_DIR = Path("reports/conformance")
 
 # The one allow-list: case id -> why its NON-STRICT / UNCLEAN / UNIMPLEMENTED verdict is accepted for now.
 # Shrink it as causes are fixed; a listed case that passes is reported as "allow-list entry no longer needed".
-_ITEM3 = "until replies before a protocol error are flushed (issue 11 item 3)"
 ALLOW_LIST: dict[str, str] = {
-    # The server fails the connection on a protocol error while the echo of the valid message
-    # just before it is still on a worker; _fail drops unsent data frames, so the echo is lost.
-    "3.2": _ITEM3,
-    "3.3": _ITEM3,
-    "3.4": _ITEM3,
-    "4.1.3": _ITEM3,
-    "4.1.4": _ITEM3,
-    "4.1.5": _ITEM3,
-    "4.2.3": _ITEM3,
-    "4.2.4": _ITEM3,
-    "4.2.5": _ITEM3,
-    "5.15": _ITEM3,
+    # Empty: the ten NON-STRICT cases (3.2-3.4, 4.1.3-4.1.5, 4.2.3-4.2.5, 5.15) became OK once replies
+    # to messages received before a protocol error were flushed before the close frame (issue 11 item 3).
 }
 
 # What CI runs (--ci): every case of groups 1-10, and a fixed sample of the compression groups:
