@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .checker import DeflateParams, StreamSpec, Summary, WireChecker
+from .checker import DeflateParams, MessageVerifier, StreamSpec, Summary, WireChecker
 
 logger = logging.getLogger(__name__)
 
@@ -106,8 +106,12 @@ def new_key() -> str:
     return base64.b64encode(os.urandom(16)).decode()
 
 
-def check_url(host: str, port: int, target: str, stream: StreamSpec | None, options: ClientOptions) -> tuple[Summary, str]:
-    """Connect, read until close/EOF/failure/time limit; return the summary and how it ended."""
+def check_url(host: str, port: int, target: str, stream: StreamSpec | None, options: ClientOptions,
+              verify: MessageVerifier | None = None) -> tuple[Summary, str]:
+    """Connect, read until close/EOF/failure/time limit; return the summary and how it ended.
+
+    ``verify`` sees every complete message that ``stream`` does not check (see :class:`WireChecker`).
+    """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     if options.rcvbuf:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, options.rcvbuf)
@@ -121,7 +125,7 @@ def check_url(host: str, port: int, target: str, stream: StreamSpec | None, opti
     if deflate and not options.deflate:
         raise HandshakeFailed("server accepted permessage-deflate that was not offered")
 
-    checker = WireChecker(deflate=deflate, stream=stream)
+    checker = WireChecker(deflate=deflate, stream=stream, verify=verify)
     stop = threading.Event()
 
     def pinger() -> None:
