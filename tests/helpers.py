@@ -132,8 +132,12 @@ def client_frame(opcode: int, payload: bytes, fin: bool = True, rsv: int = 0, ma
 def read_server_frames(
     sock: socket.socket, buf: bytes = b"", timeout: float = 10.0, max_frames: int = 0
 ) -> tuple[list[tuple[int, bytes]], bool]:
-    """Read unmasked server frames until a close frame, EOF or ``max_frames``: ([(opcode, payload)], saw_eof)."""
-    sock.settimeout(timeout)
+    """Read unmasked server frames until a close frame, EOF or ``max_frames``: ([(opcode, payload)], saw_eof).
+
+    ``timeout`` bounds the whole read. Running out of it is not EOF: it raises :class:`TimeoutError`
+    saying what did arrive (a server that never closes, or keeps sending pings, fails here).
+    """
+    deadline = time.monotonic() + timeout
     frames: list[tuple[int, bytes]] = []
     while True:
         while len(buf) >= 2:
@@ -152,10 +156,19 @@ def read_server_frames(
             buf = buf[pos + n :]
             if opcode == 0x8 or len(frames) == max_frames:
                 return frames, False
+        left = deadline - time.monotonic()
         try:
+            if left <= 0:
+                raise TimeoutError
+            sock.settimeout(left)
             data = sock.recv(65536)
-        except (ConnectionResetError, TimeoutError):
+        except ConnectionResetError:
             data = b""
+        except TimeoutError:
+            opcodes = dict(Counter(op for op, _ in frames))
+            wanted = f", nor {max_frames} frame(s)" if max_frames else ""
+            raise TimeoutError(f"neither a close frame nor EOF{wanted} within {timeout} s: "
+                               f"{len(frames)} frames arrived (opcode: count {opcodes}), {len(buf)} bytes pending") from None
         if not data:
             return frames, True
         buf += data
