@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from .checker import FRAMING, Anomaly, WireChecker
-from .client import HandshakeFailed, masked_frame, new_key, parse_extensions, read_upgrade_reply, upgrade_request
+from .client import HandshakeFailed, masked_frame, new_key, open_socket, parse_extensions, read_upgrade_reply, upgrade_request
 from .run import Result, describe_anomaly
 
 logger = logging.getLogger(__name__)
@@ -164,15 +164,12 @@ class ConnectError(Exception):
 
 def _open(target: Target, options: CheckOptions) -> tuple[socket.socket, bytes, dict[str, str]]:
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)[0]
-        sock = socket.socket(family, kind, proto)
-    except OSError as exc:
+        sock = open_socket(target.host, target.port, options.rcvbuf)
+    except socket.gaierror as exc:
         raise ConnectError(f"cannot resolve {target.host}: {exc}") from None
+    except OSError as exc:
+        raise ConnectError(f"cannot connect ({target.url}): {exc}") from None
     try:
-        if options.rcvbuf:  # before connect, so the advertised window stays small
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, options.rcvbuf)
-        sock.settimeout(5)
-        sock.connect(address)
         key = new_key()
         sock.sendall(upgrade_request(target.host, target.port, target.path, key, options.deflate, options.headers))
         headers, rest = read_upgrade_reply(sock, key)

@@ -106,17 +106,28 @@ def new_key() -> str:
     return base64.b64encode(os.urandom(16)).decode()
 
 
+def open_socket(host: str, port: int, rcvbuf: int | None, timeout: float = 5.0) -> socket.socket:
+    """A connected TCP socket; a small ``rcvbuf`` is set before connect, so the advertised window stays small."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        if rcvbuf:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.settimeout(timeout)
+        sock.connect(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def check_url(host: str, port: int, target: str, stream: StreamSpec | None, options: ClientOptions,
               verify: MessageVerifier | None = None) -> tuple[Summary, str]:
     """Connect, read until close/EOF/failure/time limit; return the summary and how it ended.
 
     ``verify`` sees every complete message that ``stream`` does not check (see :class:`WireChecker`).
     """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    if options.rcvbuf:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, options.rcvbuf)
-    sock.settimeout(5)
-    sock.connect((host, port))
+    sock = open_socket(host, port, options.rcvbuf)
     write_lock = threading.Lock()  # the client has two writers (pinger, reader); it serialises them
     key = new_key()
     sock.sendall(upgrade_request(host, port, target, key, options.deflate))

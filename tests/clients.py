@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .helpers import StreamCheck
+from .helpers import StreamCheck, raw_connect
 
 RCVBUF = 8192
 # No client waits longer than this for its next message: a stalled server fails the test fast.
@@ -27,14 +27,6 @@ class Outcome:
     @property
     def protocol_error(self) -> bool:
         return bool(self.error) or self.close_code in (1002, 1007)
-
-
-def _small_rcvbuf_socket(port: int) -> socket.socket:
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)  # before connect: a small window
-    sock.settimeout(IDLE_TIMEOUT)
-    sock.connect(("127.0.0.1", port))
-    return sock
 
 
 def _pinger(ping: Callable[[], object], stop: threading.Event, period: float = 0.001) -> threading.Thread:
@@ -54,7 +46,7 @@ def with_websockets(port: int, target: str, check: StreamCheck, deflate: bool, s
     from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidHandshake
     from websockets.sync.client import connect
 
-    sock = _small_rcvbuf_socket(port) if small else None
+    sock = raw_connect(port, IDLE_TIMEOUT, rcvbuf=RCVBUF) if small else None
     stop = threading.Event()
     try:
         with connect(f"ws://127.0.0.1:{port}{target}", sock=sock, max_size=None, open_timeout=10,
@@ -136,7 +128,7 @@ def with_wsproto(port: int, target: str, check: StreamCheck, deflate: bool, smal
     )
     from wsproto.extensions import PerMessageDeflate
 
-    sock = _small_rcvbuf_socket(port) if small else socket.create_connection(("127.0.0.1", port), timeout=IDLE_TIMEOUT)
+    sock = raw_connect(port, IDLE_TIMEOUT, rcvbuf=RCVBUF if small else None)
     ws = WSConnection(ConnectionType.CLIENT)
     sock.sendall(ws.send(Request(host="127.0.0.1", target=target, extensions=[PerMessageDeflate()] if deflate else [])))
     parts: list[bytes | str] = []

@@ -57,8 +57,28 @@ class StreamCheck:
         assert all(self.next_seq.get(p) == self.count for p in range(self.producers)), self.next_seq
 
 
-def raw_connect(port: int, timeout: float = 5.0) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+def raw_connect(port: int, timeout: float = 5.0, rcvbuf: int | None = None) -> socket.socket:
+    """A TCP connection to 127.0.0.1; ``rcvbuf``: a small SO_RCVBUF, set before connect.
+
+    After connect it would be too late: the window is advertised in the handshake and the
+    kernel may not shrink it, so the server's writes would not block as the test means them to.
+    """
+    sock = socket.socket()
+    try:
+        if rcvbuf:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.settimeout(timeout)
+        sock.connect(("127.0.0.1", port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def stalled_client(port: int, path: str, rcvbuf: int = 4096) -> socket.socket:
+    """A client that asks for a WebSocket on ``path`` through a small window and never reads again, not even the 101."""
+    sock = raw_connect(port, rcvbuf=rcvbuf)
+    sock.sendall(upgrade_request(path))
     return sock
 
 

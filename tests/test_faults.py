@@ -21,7 +21,7 @@ from server import Limits
 from server.app import EchoHandler
 from server.connection import Connection
 
-from .helpers import client_frame, echo_works, read_server_frames, running_server, wait_until, ws_handshake
+from .helpers import client_frame, echo_works, read_server_frames, running_server, stalled_client, wait_until, ws_handshake
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -65,8 +65,7 @@ def test_faults_do_not_disturb_healthy_clients(monkeypatch) -> None:
         threads = [threading.Thread(target=healthy, args=(i,)) for i in range(CLIENTS - 2)]
         threads += [threading.Thread(target=resetter) for _ in range(2)]
         # A client that never reads a 40 MB unpaced stream: closed with 1008 by policy.
-        stalled, _ = ws_handshake(srv.port, f"/stream?producers=8&count=5000&size={SIZE}&pace=0")
-        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled = stalled_client(srv.port, f"/stream?producers=8&count=5000&size={SIZE}&pace=0")
         # A client that sends garbage mid-session, and one whose message crashes a worker.
         garbage, g_rest = ws_handshake(srv.port, "/echo")
         crasher, c_rest = ws_handshake(srv.port, "/echo")

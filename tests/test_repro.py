@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -20,7 +19,7 @@ from repro.client import ClientOptions, check_url
 from repro.disciplines import serve
 from repro.run import Workload, run_discipline
 
-from .helpers import client_frame, read_server_frames, wait_until, ws_handshake
+from .helpers import client_frame, raw_connect, read_server_frames, wait_until, ws_handshake
 
 pytestmark = pytest.mark.timeout(120)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -99,9 +98,7 @@ def test_websockets_client_also_fails_against_direct() -> None:
     w = Workload()
     with serve("direct", sndbuf=w.sndbuf) as served:
         errors: list[BaseException] = []
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)  # before connect, so the window stays small
-        sock.connect(("127.0.0.1", served.port))
+        sock = raw_connect(served.port, rcvbuf=8192)  # a small window, so the server's writes block mid-frame
         try:
             with connect(f"ws://127.0.0.1:{served.port}{w.target}", sock=sock, max_size=None, compression=None) as ws:
                 stop = threading.Event()
