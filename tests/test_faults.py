@@ -11,7 +11,6 @@ from __future__ import annotations
 import socket
 import struct
 import threading
-import time
 
 import pytest
 
@@ -94,6 +93,8 @@ def test_faults_do_not_disturb_healthy_clients(monkeypatch) -> None:
         assert [c.close_code for c in conns if c._outbox.waits] == [1008]
         assert echo_works(srv.port)
         assert srv.stats.handler_errors == 1 and srv.stats.protocol_errors >= 1
-    time.sleep(0.2)
-    left = [t.name for t in threading.enumerate() if t.ident not in before and t.is_alive()]
-    assert not left, f"threads left after shutdown: {left}"
+
+    def left() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.ident not in before and t.is_alive()]
+
+    assert wait_until(lambda: not left(), 5), f"threads left after shutdown: {left()}"
