@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import logging
 import random
 import re
@@ -22,7 +23,16 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from .checker import FRAMING, Anomaly, WireChecker
-from .client import HandshakeFailed, masked_frame, new_key, open_socket, parse_extensions, read_upgrade_reply, upgrade_request
+from .client import (
+    HandshakeFailed,
+    masked_frame,
+    new_key,
+    open_socket,
+    parse_extensions,
+    read_upgrade_reply,
+    start_pinger,
+    upgrade_request,
+)
 from .run import Result, describe_anomaly
 
 logger = logging.getLogger(__name__)
@@ -219,13 +229,6 @@ class _Session:
             if o.ping_every and self.sent % o.ping_every == 0 and not self._write(masked_frame(0x9, struct.pack("!I", index))):
                 return
 
-    def _pinger(self) -> None:
-        n = 0
-        while not self.stop.wait(self.options.ping_interval):
-            n += 1
-            if not self._write(masked_frame(0x9, struct.pack("!II", 0xFFFFFFFF, n))):
-                return
-
     def run_once(self, time_limit: float) -> Result:
         started = time.monotonic()
         self.sock, rest, headers = _open(self.target, self.options)
@@ -234,10 +237,12 @@ class _Session:
         threads = []
         if self.plan:
             threads.append(threading.Thread(target=self._sender, name=f"wsrace-check-sender-{self.run}", daemon=True))
-        if self.options.ping_interval:
-            threads.append(threading.Thread(target=self._pinger, name=f"wsrace-check-pinger-{self.run}", daemon=True))
         for t in threads:
             t.start()
+        if self.options.ping_interval:
+            pings = itertools.count(1)
+            threads.append(start_pinger(lambda: self._write(masked_frame(0x9, struct.pack("!II", 0xFFFFFFFF, next(pings)))),
+                                        self.stop, self.options.ping_interval, f"wsrace-check-pinger-{self.run}"))
         try:
             ended = self._read(rest, started + time_limit)
         finally:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import logging
 import os
 import socket
 import struct
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .checker import DeflateParams, MessageVerifier, StreamSpec, Summary, WireChecker
@@ -106,6 +107,23 @@ def new_key() -> str:
     return base64.b64encode(os.urandom(16)).decode()
 
 
+def start_pinger(ping: Callable[[], object], stop: threading.Event, interval: float, name: str = "pinger") -> threading.Thread:
+    """A daemon thread that calls ``ping()`` every ``interval`` s until ``stop`` is set or ``ping()``
+    returns False or raises (the connection is gone; whoever reads reports how it ended)."""
+
+    def run() -> None:
+        while not stop.wait(interval):
+            try:
+                if ping() is False:
+                    return
+            except Exception:
+                return
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
 def open_socket(host: str, port: int, rcvbuf: int | None, timeout: float = 5.0) -> socket.socket:
     """A connected TCP socket; a small ``rcvbuf`` is set before connect, so the advertised window stays small."""
     family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
@@ -139,20 +157,13 @@ def check_url(host: str, port: int, target: str, stream: StreamSpec | None, opti
     checker = WireChecker(deflate=deflate, stream=stream, verify=verify)
     stop = threading.Event()
 
-    def pinger() -> None:
-        n = 0
-        while not stop.wait(options.ping_interval):
-            n += 1
-            try:
-                with write_lock:
-                    sock.sendall(masked_frame(0x9, struct.pack("!I", n)))
-            except OSError:
-                return
+    pings = itertools.count(1)
 
-    pinger_thread = None
-    if options.ping_interval:
-        pinger_thread = threading.Thread(target=pinger, name="checker-pinger", daemon=True)
-        pinger_thread.start()
+    def ping() -> None:
+        with write_lock:
+            sock.sendall(masked_frame(0x9, struct.pack("!I", next(pings))))
+
+    pinger_thread = start_pinger(ping, stop, options.ping_interval, "checker-pinger") if options.ping_interval else None
 
     ended = "time limit"
     deadline = time.monotonic() + options.time_limit

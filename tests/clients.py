@@ -8,11 +8,11 @@ code, or the client's own protocol-error text.
 from __future__ import annotations
 
 import socket
-import threading
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
-from .helpers import StreamCheck, raw_connect
+from .helpers import StreamCheck, pinging, raw_connect
 
 RCVBUF = 8192
 # No client waits longer than this for its next message: a stalled server fails the test fast.
@@ -29,29 +29,14 @@ class Outcome:
         return bool(self.error) or self.close_code in (1002, 1007)
 
 
-def _pinger(ping: Callable[[], object], stop: threading.Event, period: float = 0.001) -> threading.Thread:
-    def run() -> None:
-        while not stop.wait(period):
-            try:
-                ping()
-            except Exception:
-                return
-
-    t = threading.Thread(target=run, name="test-pinger", daemon=True)
-    t.start()
-    return t
-
-
 def with_websockets(port: int, target: str, check: StreamCheck, deflate: bool, small: bool) -> Outcome:
     from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidHandshake
     from websockets.sync.client import connect
 
     sock = raw_connect(port, IDLE_TIMEOUT, rcvbuf=RCVBUF) if small else None
-    stop = threading.Event()
     try:
         with connect(f"ws://127.0.0.1:{port}{target}", sock=sock, max_size=None, open_timeout=10,
-                     compression="deflate" if deflate else None) as ws:
-            pinger = _pinger(ws.ping, stop) if small else None
+                     compression="deflate" if deflate else None) as ws, (pinging(ws.ping) if small else nullcontext()):
             try:
                 while True:
                     try:
@@ -61,10 +46,6 @@ def with_websockets(port: int, target: str, check: StreamCheck, deflate: bool, s
                     check.add(message)
             except ConnectionClosedOK:
                 return Outcome(ws.close_code)
-            finally:
-                stop.set()
-                if pinger:
-                    pinger.join()
     except ConnectionClosed as exc:
         return Outcome(exc.rcvd.code if exc.rcvd else None, f"{exc} ({exc.__cause__})")
     except InvalidHandshake as exc:
@@ -77,15 +58,14 @@ def with_websocket_client(port: int, target: str, check: StreamCheck, deflate: b
     assert not deflate, "websocket-client does not implement permessage-deflate"
     ws = websocket.WebSocket(sockopt=((socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF),) if small else ())
     ws.connect(f"ws://127.0.0.1:{port}{target}", timeout=IDLE_TIMEOUT)
-    stop = threading.Event()
-    pinger = _pinger(ws.ping, stop) if small else None
     try:
-        while True:
-            opcode, data = ws.recv_data(control_frame=False)
-            if opcode == websocket.ABNF.OPCODE_CLOSE:
-                code = int.from_bytes(data[:2], "big") if len(data) >= 2 else 1005
-                return Outcome(code)
-            check.add(data if opcode == websocket.ABNF.OPCODE_BINARY else data.decode())
+        with pinging(ws.ping) if small else nullcontext():
+            while True:
+                opcode, data = ws.recv_data(control_frame=False)
+                if opcode == websocket.ABNF.OPCODE_CLOSE:
+                    code = int.from_bytes(data[:2], "big") if len(data) >= 2 else 1005
+                    return Outcome(code)
+                check.add(data if opcode == websocket.ABNF.OPCODE_BINARY else data.decode())
     except (websocket.WebSocketProtocolException, websocket.WebSocketPayloadException, UnicodeDecodeError) as exc:
         return Outcome(None, f"{type(exc).__name__}: {exc}")
     except websocket.WebSocketConnectionClosedException as exc:
@@ -93,9 +73,6 @@ def with_websocket_client(port: int, target: str, check: StreamCheck, deflate: b
     except websocket.WebSocketTimeoutException:
         return Outcome(None, f"no message for {IDLE_TIMEOUT} s after {check.received}")
     finally:
-        stop.set()
-        if pinger:
-            pinger.join()
         ws.close()
 
 

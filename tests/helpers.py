@@ -7,9 +7,10 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from repro.client import start_pinger
 from server import DemoApp, Limits, Server, streamformat
 
 
@@ -112,6 +113,18 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.01) -> bool
             return True
         time.sleep(interval)
     return predicate()
+
+
+@contextlib.contextmanager
+def pinging(ping: Callable[[], object], interval: float = 0.001) -> Iterator[None]:
+    """Call ``ping()`` every ``interval`` s on a thread for the block (repro's pinger; it stops when ``ping`` raises)."""
+    stop = threading.Event()
+    thread = start_pinger(ping, stop, interval, "test-pinger")
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(5)
 
 
 def server_threads() -> list[str]:
