@@ -145,20 +145,24 @@ def ws_handshake(port: int, path: str = "/echo", extra: str = "", timeout: float
     return sock, rest
 
 
-def client_frame(opcode: int, payload: bytes, fin: bool = True, rsv: int = 0, masked: bool = True) -> bytes:
-    """A client frame built by hand, so tests can break the rules on purpose."""
+def client_frame(opcode: int, payload: bytes = b"", fin: bool = True, rsv: int = 0, masked: bool = True,
+                 key: bytes = b"\x01\x02\x03\x04", length_form: str = "min") -> bytes:
+    """A frame built by hand, so tests can break the rules on purpose (the one builder in tests/).
+
+    Masked with ``key`` as a client must; ``masked=False`` gives a server frame (or a client's broken one).
+    ``length_form`` "16" or "64" forces that length encoding even where a shorter one fits.
+    """
     first = (0x80 if fin else 0) | (rsv << 4) | opcode
     n = len(payload)
     mask_bit = 0x80 if masked else 0
-    if n < 126:
-        head = bytes((first, mask_bit | n))
-    elif n < 65536:
+    if length_form == "16" or (length_form == "min" and 126 <= n < 65536):
         head = bytes((first, mask_bit | 126)) + n.to_bytes(2, "big")
-    else:
+    elif length_form == "64" or (length_form == "min" and n >= 65536):
         head = bytes((first, mask_bit | 127)) + n.to_bytes(8, "big")
+    else:
+        head = bytes((first, mask_bit | n))
     if not masked:
         return head + payload
-    key = b"\x01\x02\x03\x04"
     return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 
