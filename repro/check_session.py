@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import logging
 import random
 import re
@@ -22,7 +23,16 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from .checker import FRAMING, Anomaly, WireChecker
-from .client import HandshakeFailed, masked_frame, new_key, parse_extensions, read_upgrade_reply, upgrade_request
+from .client import (
+    HandshakeFailed,
+    masked_frame,
+    new_key,
+    open_socket,
+    parse_extensions,
+    read_upgrade_reply,
+    start_pinger,
+    upgrade_request,
+)
 from .run import Result, describe_anomaly
 
 logger = logging.getLogger(__name__)
@@ -164,15 +174,12 @@ class ConnectError(Exception):
 
 def _open(target: Target, options: CheckOptions) -> tuple[socket.socket, bytes, dict[str, str]]:
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)[0]
-        sock = socket.socket(family, kind, proto)
-    except OSError as exc:
+        sock = open_socket(target.host, target.port, options.rcvbuf)
+    except socket.gaierror as exc:
         raise ConnectError(f"cannot resolve {target.host}: {exc}") from None
+    except OSError as exc:
+        raise ConnectError(f"cannot connect ({target.url}): {exc}") from None
     try:
-        if options.rcvbuf:  # before connect, so the advertised window stays small
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, options.rcvbuf)
-        sock.settimeout(5)
-        sock.connect(address)
         key = new_key()
         sock.sendall(upgrade_request(target.host, target.port, target.path, key, options.deflate, options.headers))
         headers, rest = read_upgrade_reply(sock, key)
@@ -222,13 +229,6 @@ class _Session:
             if o.ping_every and self.sent % o.ping_every == 0 and not self._write(masked_frame(0x9, struct.pack("!I", index))):
                 return
 
-    def _pinger(self) -> None:
-        n = 0
-        while not self.stop.wait(self.options.ping_interval):
-            n += 1
-            if not self._write(masked_frame(0x9, struct.pack("!II", 0xFFFFFFFF, n))):
-                return
-
     def run_once(self, time_limit: float) -> Result:
         started = time.monotonic()
         self.sock, rest, headers = _open(self.target, self.options)
@@ -237,10 +237,12 @@ class _Session:
         threads = []
         if self.plan:
             threads.append(threading.Thread(target=self._sender, name=f"wsrace-check-sender-{self.run}", daemon=True))
-        if self.options.ping_interval:
-            threads.append(threading.Thread(target=self._pinger, name=f"wsrace-check-pinger-{self.run}", daemon=True))
         for t in threads:
             t.start()
+        if self.options.ping_interval:
+            pings = itertools.count(1)
+            threads.append(start_pinger(lambda: self._write(masked_frame(0x9, struct.pack("!II", 0xFFFFFFFF, next(pings)))),
+                                        self.stop, self.options.ping_interval, f"wsrace-check-pinger-{self.run}"))
         try:
             ended = self._read(rest, started + time_limit)
         finally:

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import logging
 import os
 import socket
 import struct
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .checker import DeflateParams, StreamSpec, Summary, WireChecker
+from .checker import DeflateParams, MessageVerifier, StreamSpec, Summary, WireChecker
 
 logger = logging.getLogger(__name__)
 
@@ -106,13 +107,45 @@ def new_key() -> str:
     return base64.b64encode(os.urandom(16)).decode()
 
 
-def check_url(host: str, port: int, target: str, stream: StreamSpec | None, options: ClientOptions) -> tuple[Summary, str]:
-    """Connect, read until close/EOF/failure/time limit; return the summary and how it ended."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    if options.rcvbuf:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, options.rcvbuf)
-    sock.settimeout(5)
-    sock.connect((host, port))
+def start_pinger(ping: Callable[[], object], stop: threading.Event, interval: float, name: str = "pinger") -> threading.Thread:
+    """A daemon thread that calls ``ping()`` every ``interval`` s until ``stop`` is set or ``ping()``
+    returns False or raises (the connection is gone; whoever reads reports how it ended)."""
+
+    def run() -> None:
+        while not stop.wait(interval):
+            try:
+                if ping() is False:
+                    return
+            except Exception:
+                return
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+def open_socket(host: str, port: int, rcvbuf: int | None, timeout: float = 5.0) -> socket.socket:
+    """A connected TCP socket; a small ``rcvbuf`` is set before connect, so the advertised window stays small."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        if rcvbuf:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.settimeout(timeout)
+        sock.connect(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def check_url(host: str, port: int, target: str, stream: StreamSpec | None, options: ClientOptions,
+              verify: MessageVerifier | None = None) -> tuple[Summary, str]:
+    """Connect, read until close/EOF/failure/time limit; return the summary and how it ended.
+
+    ``verify`` sees every complete message that ``stream`` does not check (see :class:`WireChecker`).
+    """
+    sock = open_socket(host, port, options.rcvbuf)
     write_lock = threading.Lock()  # the client has two writers (pinger, reader); it serialises them
     key = new_key()
     sock.sendall(upgrade_request(host, port, target, key, options.deflate))
@@ -121,23 +154,16 @@ def check_url(host: str, port: int, target: str, stream: StreamSpec | None, opti
     if deflate and not options.deflate:
         raise HandshakeFailed("server accepted permessage-deflate that was not offered")
 
-    checker = WireChecker(deflate=deflate, stream=stream)
+    checker = WireChecker(deflate=deflate, stream=stream, verify=verify)
     stop = threading.Event()
 
-    def pinger() -> None:
-        n = 0
-        while not stop.wait(options.ping_interval):
-            n += 1
-            try:
-                with write_lock:
-                    sock.sendall(masked_frame(0x9, struct.pack("!I", n)))
-            except OSError:
-                return
+    pings = itertools.count(1)
 
-    pinger_thread = None
-    if options.ping_interval:
-        pinger_thread = threading.Thread(target=pinger, name="checker-pinger", daemon=True)
-        pinger_thread.start()
+    def ping() -> None:
+        with write_lock:
+            sock.sendall(masked_frame(0x9, struct.pack("!I", next(pings))))
+
+    pinger_thread = start_pinger(ping, stop, options.ping_interval, "checker-pinger") if options.ping_interval else None
 
     ended = "time limit"
     deadline = time.monotonic() + options.time_limit

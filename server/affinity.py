@@ -23,10 +23,6 @@ def set_enabled(enabled: bool) -> None:
     _enabled = enabled
 
 
-def is_enabled() -> bool:
-    return _enabled
-
-
 def check_write(io_thread_id: int | None, peer: str) -> None:
     """Raise :class:`WriteAffinityError` if the caller is not the IO thread.
 

@@ -147,6 +147,8 @@ class Stats:
         self.protocol_errors = 0
         self.handshake_timeouts = 0
         self.ping_timeouts = 0
+        self.keepalive_pings = 0  # keepalive pings sent
+        self.keepalive_pongs = 0  # pongs received (answers to keepalive pings)
         self.handler_errors = 0
         self.route_errors = 0  # route() raised something other than HttpError: answered 500
         # admission (server/admission.py)
@@ -436,6 +438,7 @@ class Connection:
                 self._append_raw(self._ws.send(event.response()))
             elif isinstance(event, Pong):
                 self._cancel("pong")
+                self._stats.keepalive_pongs += 1
 
     def _on_message_part(self, event: TextMessage | BytesMessage) -> None:
         self._partial_size += len(event.data)
@@ -629,6 +632,7 @@ class Connection:
             return
         self._ping_seq += 1
         self._append_raw(self._ws.send(Ping(payload=struct.pack("!I", self._ping_seq))))
+        self._stats.keepalive_pings += 1
         if "pong" not in self._timers:
             self._arm("pong", self.limits.ping_timeout, self._on_pong_timeout)
         self._schedule_ping()

@@ -8,11 +8,11 @@ code, or the client's own protocol-error text.
 from __future__ import annotations
 
 import socket
-import threading
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
-from .helpers import StreamCheck
+from .helpers import StreamCheck, pinging, raw_connect
 
 RCVBUF = 8192
 # No client waits longer than this for its next message: a stalled server fails the test fast.
@@ -29,37 +29,14 @@ class Outcome:
         return bool(self.error) or self.close_code in (1002, 1007)
 
 
-def _small_rcvbuf_socket(port: int) -> socket.socket:
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)  # before connect: a small window
-    sock.settimeout(IDLE_TIMEOUT)
-    sock.connect(("127.0.0.1", port))
-    return sock
-
-
-def _pinger(ping: Callable[[], object], stop: threading.Event, period: float = 0.001) -> threading.Thread:
-    def run() -> None:
-        while not stop.wait(period):
-            try:
-                ping()
-            except Exception:
-                return
-
-    t = threading.Thread(target=run, name="test-pinger", daemon=True)
-    t.start()
-    return t
-
-
 def with_websockets(port: int, target: str, check: StreamCheck, deflate: bool, small: bool) -> Outcome:
     from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidHandshake
     from websockets.sync.client import connect
 
-    sock = _small_rcvbuf_socket(port) if small else None
-    stop = threading.Event()
+    sock = raw_connect(port, IDLE_TIMEOUT, rcvbuf=RCVBUF) if small else None
     try:
         with connect(f"ws://127.0.0.1:{port}{target}", sock=sock, max_size=None, open_timeout=10,
-                     compression="deflate" if deflate else None) as ws:
-            pinger = _pinger(ws.ping, stop) if small else None
+                     compression="deflate" if deflate else None) as ws, (pinging(ws.ping) if small else nullcontext()):
             try:
                 while True:
                     try:
@@ -69,10 +46,6 @@ def with_websockets(port: int, target: str, check: StreamCheck, deflate: bool, s
                     check.add(message)
             except ConnectionClosedOK:
                 return Outcome(ws.close_code)
-            finally:
-                stop.set()
-                if pinger:
-                    pinger.join()
     except ConnectionClosed as exc:
         return Outcome(exc.rcvd.code if exc.rcvd else None, f"{exc} ({exc.__cause__})")
     except InvalidHandshake as exc:
@@ -85,15 +58,14 @@ def with_websocket_client(port: int, target: str, check: StreamCheck, deflate: b
     assert not deflate, "websocket-client does not implement permessage-deflate"
     ws = websocket.WebSocket(sockopt=((socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF),) if small else ())
     ws.connect(f"ws://127.0.0.1:{port}{target}", timeout=IDLE_TIMEOUT)
-    stop = threading.Event()
-    pinger = _pinger(ws.ping, stop) if small else None
     try:
-        while True:
-            opcode, data = ws.recv_data(control_frame=False)
-            if opcode == websocket.ABNF.OPCODE_CLOSE:
-                code = int.from_bytes(data[:2], "big") if len(data) >= 2 else 1005
-                return Outcome(code)
-            check.add(data if opcode == websocket.ABNF.OPCODE_BINARY else data.decode())
+        with pinging(ws.ping) if small else nullcontext():
+            while True:
+                opcode, data = ws.recv_data(control_frame=False)
+                if opcode == websocket.ABNF.OPCODE_CLOSE:
+                    code = int.from_bytes(data[:2], "big") if len(data) >= 2 else 1005
+                    return Outcome(code)
+                check.add(data if opcode == websocket.ABNF.OPCODE_BINARY else data.decode())
     except (websocket.WebSocketProtocolException, websocket.WebSocketPayloadException, UnicodeDecodeError) as exc:
         return Outcome(None, f"{type(exc).__name__}: {exc}")
     except websocket.WebSocketConnectionClosedException as exc:
@@ -101,9 +73,6 @@ def with_websocket_client(port: int, target: str, check: StreamCheck, deflate: b
     except websocket.WebSocketTimeoutException:
         return Outcome(None, f"no message for {IDLE_TIMEOUT} s after {check.received}")
     finally:
-        stop.set()
-        if pinger:
-            pinger.join()
         ws.close()
 
 
@@ -136,7 +105,7 @@ def with_wsproto(port: int, target: str, check: StreamCheck, deflate: bool, smal
     )
     from wsproto.extensions import PerMessageDeflate
 
-    sock = _small_rcvbuf_socket(port) if small else socket.create_connection(("127.0.0.1", port), timeout=IDLE_TIMEOUT)
+    sock = raw_connect(port, IDLE_TIMEOUT, rcvbuf=RCVBUF if small else None)
     ws = WSConnection(ConnectionType.CLIENT)
     sock.sendall(ws.send(Request(host="127.0.0.1", target=target, extensions=[PerMessageDeflate()] if deflate else [])))
     parts: list[bytes | str] = []
@@ -175,23 +144,21 @@ def with_wsproto(port: int, target: str, check: StreamCheck, deflate: bool, smal
 
 
 def with_checker(port: int, target: str, check: StreamCheck, deflate: bool, small: bool) -> Outcome:
-    """The repro's strict checker (its own framing code)."""
-    from repro.checker import StreamSpec
+    """The repro's strict checker (its own framing code); each message it accepts goes through ``check``, as for the others."""
     from repro.client import ClientOptions, check_url
 
-    summary, _ = check_url("127.0.0.1", port, target, StreamSpec(check.producers, check.count),
+    def verify(opcode: int, data: bytes) -> None:
+        check.add(data.decode("utf-8", "replace") if opcode == 0x1 else data)  # the checker has validated UTF-8
+        return None
+
+    summary, ended = check_url("127.0.0.1", port, target, None,
                                ClientOptions(rcvbuf=RCVBUF if small else None, ping_interval=0.001 if small else None,
-                                             deflate=deflate, time_limit=60))
-    if not summary.close_code and not summary.anomalies:
-        check.errors.append("no close frame within the time limit")
-    check.received = summary.received_messages
-    bad = {k: v.count for k, v in summary.anomalies.items()}
-    if bad:
-        check.errors.append(f"checker anomalies: {bad}")
-    else:
-        check.next_seq = {p: check.count for p in range(check.producers)}
-    framing = [a for a in summary.anomalies.values() if a.cls not in ("mixed-payload", "duplicate", "out-of-order", "loss")]
-    return Outcome(summary.close_code, f"{framing[0].cls}: {framing[0].detail}" if framing else "")
+                                             deflate=deflate, time_limit=60), verify=verify)
+    assert summary.received_messages == check.received, (summary.received_messages, check.received)
+    first = summary.first()  # no stream spec: every anomaly is a framing one
+    if first is None and summary.close_code is None:
+        return Outcome(None, f"no close frame: {ended}")
+    return Outcome(summary.close_code, f"{first.cls}: {first.detail}" if first else "")
 
 
 CLIENTS: dict[str, tuple[Callable[[int, str, StreamCheck, bool, bool], Outcome], bool]] = {

@@ -7,9 +7,10 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from repro.client import start_pinger
 from server import DemoApp, Limits, Server, streamformat
 
 
@@ -57,8 +58,28 @@ class StreamCheck:
         assert all(self.next_seq.get(p) == self.count for p in range(self.producers)), self.next_seq
 
 
-def raw_connect(port: int, timeout: float = 5.0) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+def raw_connect(port: int, timeout: float = 5.0, rcvbuf: int | None = None) -> socket.socket:
+    """A TCP connection to 127.0.0.1; ``rcvbuf``: a small SO_RCVBUF, set before connect.
+
+    After connect it would be too late: the window is advertised in the handshake and the
+    kernel may not shrink it, so the server's writes would not block as the test means them to.
+    """
+    sock = socket.socket()
+    try:
+        if rcvbuf:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.settimeout(timeout)
+        sock.connect(("127.0.0.1", port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def stalled_client(port: int, path: str, rcvbuf: int = 4096) -> socket.socket:
+    """A client that asks for a WebSocket on ``path`` through a small window and never reads again, not even the 101."""
+    sock = raw_connect(port, rcvbuf=rcvbuf)
+    sock.sendall(upgrade_request(path))
     return sock
 
 
@@ -94,6 +115,18 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.01) -> bool
     return predicate()
 
 
+@contextlib.contextmanager
+def pinging(ping: Callable[[], object], interval: float = 0.001) -> Iterator[None]:
+    """Call ``ping()`` every ``interval`` s on a thread for the block (repro's pinger; it stops when ``ping`` raises)."""
+    stop = threading.Event()
+    thread = start_pinger(ping, stop, interval, "test-pinger")
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(5)
+
+
 def server_threads() -> list[str]:
     return sorted(t.name for t in threading.enumerate() if t.name.startswith("wsrace"))
 
@@ -112,28 +145,36 @@ def ws_handshake(port: int, path: str = "/echo", extra: str = "", timeout: float
     return sock, rest
 
 
-def client_frame(opcode: int, payload: bytes, fin: bool = True, rsv: int = 0, masked: bool = True) -> bytes:
-    """A client frame built by hand, so tests can break the rules on purpose."""
+def client_frame(opcode: int, payload: bytes = b"", fin: bool = True, rsv: int = 0, masked: bool = True,
+                 key: bytes = b"\x01\x02\x03\x04", length_form: str = "min") -> bytes:
+    """A frame built by hand, so tests can break the rules on purpose (the one builder in tests/).
+
+    Masked with ``key`` as a client must; ``masked=False`` gives a server frame (or a client's broken one).
+    ``length_form`` "16" or "64" forces that length encoding even where a shorter one fits.
+    """
     first = (0x80 if fin else 0) | (rsv << 4) | opcode
     n = len(payload)
     mask_bit = 0x80 if masked else 0
-    if n < 126:
-        head = bytes((first, mask_bit | n))
-    elif n < 65536:
+    if length_form == "16" or (length_form == "min" and 126 <= n < 65536):
         head = bytes((first, mask_bit | 126)) + n.to_bytes(2, "big")
-    else:
+    elif length_form == "64" or (length_form == "min" and n >= 65536):
         head = bytes((first, mask_bit | 127)) + n.to_bytes(8, "big")
+    else:
+        head = bytes((first, mask_bit | n))
     if not masked:
         return head + payload
-    key = b"\x01\x02\x03\x04"
     return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 
 def read_server_frames(
     sock: socket.socket, buf: bytes = b"", timeout: float = 10.0, max_frames: int = 0
 ) -> tuple[list[tuple[int, bytes]], bool]:
-    """Read unmasked server frames until a close frame, EOF or ``max_frames``: ([(opcode, payload)], saw_eof)."""
-    sock.settimeout(timeout)
+    """Read unmasked server frames until a close frame, EOF or ``max_frames``: ([(opcode, payload)], saw_eof).
+
+    ``timeout`` bounds the whole read. Running out of it is not EOF: it raises :class:`TimeoutError`
+    saying what did arrive (a server that never closes, or keeps sending pings, fails here).
+    """
+    deadline = time.monotonic() + timeout
     frames: list[tuple[int, bytes]] = []
     while True:
         while len(buf) >= 2:
@@ -152,10 +193,19 @@ def read_server_frames(
             buf = buf[pos + n :]
             if opcode == 0x8 or len(frames) == max_frames:
                 return frames, False
+        left = deadline - time.monotonic()
         try:
+            if left <= 0:
+                raise TimeoutError
+            sock.settimeout(left)
             data = sock.recv(65536)
-        except (ConnectionResetError, TimeoutError):
+        except ConnectionResetError:
             data = b""
+        except TimeoutError:
+            opcodes = dict(Counter(op for op, _ in frames))
+            wanted = f", nor {max_frames} frame(s)" if max_frames else ""
+            raise TimeoutError(f"neither a close frame nor EOF{wanted} within {timeout} s: "
+                               f"{len(frames)} frames arrived (opcode: count {opcodes}), {len(buf)} bytes pending") from None
         if not data:
             return frames, True
         buf += data

@@ -20,6 +20,9 @@ def test_off_thread_write_raises_naming_both_threads(server) -> None:
         assert wait_until(lambda: len(server.connections) == 1, 5)
         conn = next(iter(server.connections))
         errors: list[BaseException] = []
+        idle = threading.Event()  # the IO thread has finished writing the 101 (else it may write our frame too)
+        server.loop.post(idle.set)
+        assert idle.wait(5)
 
         def rogue() -> None:
             try:

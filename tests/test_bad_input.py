@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import struct
-import time
 
 import pytest
 
@@ -19,6 +18,7 @@ from .helpers import (
     read_server_frames,
     running_server,
     upgrade_request,
+    wait_until,
     ws_handshake,
 )
 
@@ -80,13 +80,10 @@ def test_index_page_is_served(server) -> None:
 
 def test_silent_client_gets_408_after_handshake_timeout() -> None:
     with running_server(Limits(ping_interval=None, handshake_timeout=0.3)) as srv:
-        with raw_connect(srv.port) as sock:
-            sock.settimeout(5)
-            started = time.monotonic()
+        with raw_connect(srv.port, timeout=5) as sock:  # bounded: a missing answer fails the recv
             data = sock.recv(4096)
             assert status_of(data) == 408
-            assert time.monotonic() - started < 4
-        assert srv.stats.handshake_timeouts == 1
+        assert srv.stats.handshake_timeouts == 1  # the handshake timer answered, not something else
         assert echo_works(srv.port)
 
 
@@ -199,10 +196,10 @@ def test_a_bug_in_route_answers_500_at_once(bug: str, caplog: pytest.LogCaptureF
             return super().route(request)
 
     with running_server(Limits(ping_interval=None, handshake_timeout=10), router=BuggyApp) as srv:
-        started = time.monotonic()
+        # Bounded by the client's 8 s, under the 10 s handshake timeout: only an answer at once arrives in time.
         response = http_exchange(srv.port, upgrade_request("/buggy"), timeout=8)
         assert status_of(response) == 500, response[:200]
-        assert time.monotonic() - started < 5, "answered by the handshake timeout, not at once"
+        assert srv.stats.handshake_timeouts == 0, "answered by the handshake timeout, not at once"
         assert srv.stats.route_errors == 1
         assert "routing /buggy failed" in caplog.text and "Traceback" in caplog.text
         assert echo_works(srv.port)
@@ -219,7 +216,8 @@ def test_replies_to_messages_before_a_protocol_error_go_out_before_the_close(ser
     from server.app import EchoHandler
 
     def slow_echo(self, conn, message):
-        time.sleep(0.2)  # the handler is still busy when the bad frame arrives
+        # Still busy when the bad frame arrives: the reply is sent only once the server has seen the error.
+        assert wait_until(lambda: server.stats.protocol_errors == 1, 5), "the bad frame was never seen"
         conn.send(message)
 
     monkeypatch.setattr(EchoHandler, "on_message", slow_echo)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import struct
 import zlib
 
@@ -10,23 +11,12 @@ import pytest
 from repro.checker import CLASSES, DeflateParams, StreamSpec, WireChecker
 from server import streamformat
 
+from .helpers import client_frame
+
 pytestmark = pytest.mark.timeout(30)
 
 
-def frame(opcode: int, payload: bytes = b"", fin: bool = True, rsv: int = 0, mask: bool = False, length_form: str = "min") -> bytes:
-    """A server frame built by hand; ``length_form`` can force a non-minimal length encoding."""
-    first = (0x80 if fin else 0) | (rsv << 4) | opcode
-    n = len(payload)
-    m = 0x80 if mask else 0
-    if length_form == "16" or (length_form == "min" and 126 <= n < 65536):
-        head = bytes((first, m | 126)) + struct.pack("!H", n)
-    elif length_form == "64" or (length_form == "min" and n >= 65536):
-        head = bytes((first, m | 127)) + struct.pack("!Q", n)
-    else:
-        head = bytes((first, m | n))
-    if mask:
-        head += b"\x00\x00\x00\x00"  # zero key: payload unchanged
-    return head + payload
+frame = functools.partial(client_frame, masked=False)  # server frames: unmasked
 
 
 def close(code: int, reason: bytes = b"") -> bytes:
@@ -50,7 +40,7 @@ PREFIX = frame(0x1, b"hello") + frame(0x2, b"\x00\x01")  # 7 + 4 = 11 bytes of v
 AT = len(PREFIX)
 
 FRAMING_CASES = {
-    "masked-frame": frame(0x2, b"abc", mask=True),
+    "masked-frame": frame(0x2, b"abc", masked=True, key=bytes(4)),  # zero key: payload unchanged
     "reserved-bits": frame(0x2, b"abc", rsv=0b100),
     "unknown-opcode": frame(0x3, b"abc"),
     "non-minimal-length": frame(0x2, b"abc", length_form="16"),

@@ -29,12 +29,15 @@ def test_client_that_never_answers_pings_is_closed_with_1011() -> None:
 
 
 def test_client_that_answers_pings_stays_connected() -> None:
+    rounds = 10
     with running_server(Limits(ping_interval=0.05, ping_timeout=0.2)) as srv:
-        with connect(f"{srv.url}/echo") as ws:
-            for i in range(10):  # about 1 s: many ping/pong rounds
-                ws.send(str(i))
-                assert ws.recv(timeout=5) == str(i)
-                threading.Event().wait(0.1)
+        with connect(f"{srv.url}/echo") as ws:  # websockets answers every ping on its own thread
+            # Counted, not timed: keepalive must really ping, and the client's pongs must reach it.
+            assert wait_until(lambda: srv.stats.keepalive_pongs >= rounds, 10), srv.stats.as_dict()
+            ws.send("still here")
+            assert ws.recv(timeout=5) == "still here"
+            assert len(srv.open_connections()) == 1
+        assert srv.stats.keepalive_pings >= rounds
         assert srv.stats.ping_timeouts == 0
 
 

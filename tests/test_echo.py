@@ -6,11 +6,12 @@ import os
 import random
 import threading
 from collections import Counter
+from contextlib import nullcontext
 
 import pytest
 from websockets.sync.client import connect
 
-from .helpers import assert_same_messages
+from .helpers import assert_same_messages, pinging
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -41,12 +42,6 @@ def _echo_run(url: str, messages: list[str | bytes], ping_every: int, ping_threa
     outstanding = [0]
     room = threading.Condition()
     with connect(url, max_size=None, compression=None) as ws:
-        stop = threading.Event()
-
-        def pinger() -> None:
-            while not stop.wait(0.0005):
-                ws.ping()
-
         def reader() -> None:
             for _ in range(len(messages)):
                 reply = ws.recv(timeout=60)
@@ -57,20 +52,15 @@ def _echo_run(url: str, messages: list[str | bytes], ping_every: int, ping_threa
 
         r = threading.Thread(target=reader)
         r.start()
-        p = threading.Thread(target=pinger) if ping_thread else None
-        if p:
-            p.start()
-        for i, m in enumerate(messages):
-            with room:
-                assert room.wait_for(lambda: outstanding[0] < WINDOW, 60), "replies stopped coming"
-                outstanding[0] += len(m)
-            ws.send(m)
-            if ping_every and i % ping_every == 0:
-                ws.ping(str(i))
-        r.join(90)
-        stop.set()
-        if p:
-            p.join()
+        with pinging(ws.ping, 0.0005) if ping_thread else nullcontext():
+            for i, m in enumerate(messages):
+                with room:
+                    assert room.wait_for(lambda: outstanding[0] < WINDOW, 60), "replies stopped coming"
+                    outstanding[0] += len(m)
+                ws.send(m)
+                if ping_every and i % ping_every == 0:
+                    ws.ping(str(i))
+            r.join(90)
         assert not r.is_alive(), f"only {sum(received.values())} of {len(messages)} replies arrived"
     return received
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import socket
 import struct
 import threading
-import time
 
 import pytest
 
@@ -21,7 +20,7 @@ from server import Limits
 from server.app import EchoHandler
 from server.connection import Connection
 
-from .helpers import client_frame, echo_works, read_server_frames, running_server, wait_until, ws_handshake
+from .helpers import client_frame, echo_works, read_server_frames, running_server, stalled_client, wait_until, ws_handshake
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -65,8 +64,7 @@ def test_faults_do_not_disturb_healthy_clients(monkeypatch) -> None:
         threads = [threading.Thread(target=healthy, args=(i,)) for i in range(CLIENTS - 2)]
         threads += [threading.Thread(target=resetter) for _ in range(2)]
         # A client that never reads a 40 MB unpaced stream: closed with 1008 by policy.
-        stalled, _ = ws_handshake(srv.port, f"/stream?producers=8&count=5000&size={SIZE}&pace=0")
-        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled = stalled_client(srv.port, f"/stream?producers=8&count=5000&size={SIZE}&pace=0")
         # A client that sends garbage mid-session, and one whose message crashes a worker.
         garbage, g_rest = ws_handshake(srv.port, "/echo")
         crasher, c_rest = ws_handshake(srv.port, "/echo")
@@ -95,6 +93,8 @@ def test_faults_do_not_disturb_healthy_clients(monkeypatch) -> None:
         assert [c.close_code for c in conns if c._outbox.waits] == [1008]
         assert echo_works(srv.port)
         assert srv.stats.handler_errors == 1 and srv.stats.protocol_errors >= 1
-    time.sleep(0.2)
-    left = [t.name for t in threading.enumerate() if t.ident not in before and t.is_alive()]
-    assert not left, f"threads left after shutdown: {left}"
+
+    def left() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.ident not in before and t.is_alive()]
+
+    assert wait_until(lambda: not left(), 5), f"threads left after shutdown: {left()}"

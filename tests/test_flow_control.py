@@ -8,7 +8,6 @@ producers do; only a client whose socket stops taking bytes is.
 
 from __future__ import annotations
 
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,7 +18,7 @@ from repro.checker import StreamSpec
 from repro.client import ClientOptions, check_url
 from server import Limits, OverflowPolicy, Server, streamformat
 
-from .helpers import running_server, upgrade_request, wait_until
+from .helpers import running_server, stalled_client, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -73,11 +72,7 @@ def fan_out(limits: Limits, clients: int, producers: int, count: int, size: int,
             t.start()
         dead = []
         for _ in range(stalled):
-            sock = socket.socket()
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: the window stays small
-            sock.connect(("127.0.0.1", srv.port))
-            sock.sendall(upgrade_request("/fanout"))
-            dead.append(sock)  # never read again
+            dead.append(stalled_client(srv.port, "/fanout"))
         assert wait_until(lambda: len(app.conns) == clients + stalled, 10), len(app.conns)
         conns = list(app.conns)
         threads = [threading.Thread(target=_produce, args=(srv, conns, p, count, size, send)) for p in range(producers)]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
@@ -53,7 +52,11 @@ def test_posts_from_many_threads_run_once_in_order_on_io_thread(loop: IOLoop) ->
     for w in workers:
         w.join()
     assert done.wait(30), f"only {counter[0]} of {expected} callbacks ran"
-    time.sleep(0.05)  # nothing may run twice after the last one
+    # Nothing may run twice: wait two turns of the loop, not a while. The first marker runs after every
+    # callback posted before it (one FIFO); the one it posts runs after anything queued meanwhile.
+    drained = threading.Event()
+    loop.post(lambda: loop.post(drained.set))
+    assert drained.wait(5), "the loop stopped running posted callbacks"
     assert counter[0] == expected
     assert not wrong_thread
     for t in range(threads):

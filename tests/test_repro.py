@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -20,7 +18,7 @@ from repro.client import ClientOptions, check_url
 from repro.disciplines import serve
 from repro.run import Workload, run_discipline
 
-from .helpers import client_frame, read_server_frames, wait_until, ws_handshake
+from .helpers import client_frame, pinging, raw_connect, read_server_frames, wait_until, ws_handshake
 
 pytestmark = pytest.mark.timeout(120)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -99,29 +97,13 @@ def test_websockets_client_also_fails_against_direct() -> None:
     w = Workload()
     with serve("direct", sndbuf=w.sndbuf) as served:
         errors: list[BaseException] = []
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)  # before connect, so the window stays small
-        sock.connect(("127.0.0.1", served.port))
+        sock = raw_connect(served.port, rcvbuf=8192)  # a small window, so the server's writes block mid-frame
         try:
-            with connect(f"ws://127.0.0.1:{served.port}{w.target}", sock=sock, max_size=None, compression=None) as ws:
-                stop = threading.Event()
-
-                def pinger() -> None:
-                    while not stop.wait(0.0005):
-                        try:
-                            ws.ping()
-                        except Exception:
-                            return
-
-                t = threading.Thread(target=pinger)
-                t.start()
-                try:
-                    deadline = time.monotonic() + 20
-                    while time.monotonic() < deadline:
-                        ws.recv(timeout=10)  # websockets checks framing only: mixed payloads pass silently
-                finally:
-                    stop.set()
-                    t.join()
+            with connect(f"ws://127.0.0.1:{served.port}{w.target}", sock=sock, max_size=None, compression=None) as ws, \
+                    pinging(ws.ping, 0.0005):
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline:
+                    ws.recv(timeout=10)  # websockets checks framing only: mixed payloads pass silently
         except (ConnectionClosedError, ProtocolError) as exc:
             errors.append(exc)
         assert errors, "websockets accepted a torn stream"

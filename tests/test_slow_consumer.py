@@ -6,7 +6,6 @@ test_flow_control.py and test_outbox.py; these run the demo routes.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
@@ -15,7 +14,7 @@ from websockets.sync.client import connect
 
 from server import Limits
 
-from .helpers import StreamCheck, running_server, upgrade_request, wait_until
+from .helpers import StreamCheck, running_server, stalled_client, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -24,20 +23,12 @@ SIZE = 32 * 1024
 LIMIT = 1024 * 1024
 
 
-def _stalled_subscriber(port: int, path: str) -> socket.socket:
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: the window stays small
-    sock.connect(("127.0.0.1", port))
-    sock.sendall(upgrade_request(path))
-    return sock  # never read again, not even the 101
-
-
 def test_broadcast_closes_the_stalled_client_and_serves_the_rest() -> None:
     with running_server(Limits(ping_interval=None, max_queue_bytes=LIMIT, close_timeout=1.0, stall_timeout=0.3)) as srv:
         hub = srv.router.hub
         received: list[bytes] = []
         with connect(f"{srv.url}/broadcast", max_size=None, compression=None) as healthy:
-            stalled = _stalled_subscriber(srv.port, "/broadcast")
+            stalled = stalled_client(srv.port, "/broadcast")
             assert wait_until(lambda: len(hub.subscribers) == 2, 5)
             reader = threading.Thread(target=lambda: received.extend(healthy.recv(timeout=20) for _ in range(MESSAGES)))
             reader.start()
@@ -58,7 +49,7 @@ def test_broadcast_closes_the_stalled_client_and_serves_the_rest() -> None:
 def test_unpaced_stream_producers_end_once_the_stalled_client_is_closed() -> None:
     limits = Limits(ping_interval=None, max_queue_bytes=LIMIT, close_timeout=1.0, stall_timeout=0.3)
     with running_server(limits) as srv:
-        stalled = _stalled_subscriber(srv.port, "/stream?producers=4&count=2000&size=16384&pace=0")
+        stalled = stalled_client(srv.port, "/stream?producers=4&count=2000&size=16384&pace=0")
         with stalled:
             # All 4 producers end (on ConnectionClosed) although nobody reads.
             assert wait_until(lambda: srv.stats.closed_by_policy == 1, 10), srv.stats.as_dict()
