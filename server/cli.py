@@ -123,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         from .supervisor import supervise
 
         return supervise(sys.argv[1:] if argv is None else argv, args.host, args.port, processes)
+    from .supervisor import watch_supervisor
+
+    watch_supervisor()  # a child of --processes: leave with the supervisor
     try:
         broker: Broker = make_broker(args.broker, args.stream_maxlen, args.publish_queue)
     except BrokerError as exc:

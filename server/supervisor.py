@@ -27,6 +27,7 @@ logger = logging.getLogger("server.supervisor")
 MIN_BACKOFF = 0.5
 MAX_BACKOFF = 10.0
 STABLE_AFTER = 30.0  # a child that ran this long restarts after MIN_BACKOFF again
+SUPERVISOR_ENV = "WSRACE_SUPERVISOR_PID"
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 25.0
 
@@ -46,8 +47,10 @@ class Child:
     def start(self) -> None:
         self.ready = threading.Event()
         # A session of its own: a terminal's Ctrl-C reaches the supervisor only, which sends it on once.
+        # WSRACE_SUPERVISOR_PID: the child shuts down gracefully if this process vanishes (even by SIGKILL).
+        env = {**os.environ, SUPERVISOR_ENV: str(os.getpid())}
         self.proc = subprocess.Popen([sys.executable, "-m", "server", *self.argv], stdout=subprocess.PIPE,
-                                     text=True, start_new_session=True)
+                                     text=True, start_new_session=True, env=env)
         self.started_at = time.monotonic()
         threading.Thread(target=self._read_stdout, args=(self.proc, self.ready), daemon=True,
                          name=f"wsrace-supervisor-{self.index}").start()
@@ -176,3 +179,23 @@ def _stop_all(children: list[Child], signum: int) -> int:
             logger.error("process pid %d exited with %s", proc.pid, _status(code))
             status = 1
     return status
+
+
+def watch_supervisor(interval: float = 0.5) -> None:
+    """In a child: if the supervisor that started it is gone, shut down as on SIGTERM (clients see 1001).
+
+    A supervisor killed with SIGKILL cannot stop its children, and children in
+    sessions of their own get no signal from a terminal: without this they
+    would keep the port and their clients as orphans.
+    """
+    expected = os.environ.get(SUPERVISOR_ENV)
+    if not expected:
+        return
+
+    def watch() -> None:
+        while os.getppid() == int(expected):
+            time.sleep(interval)
+        logger.warning("supervisor (pid %s) is gone: shutting down", expected)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="wsrace-supervisor-watch", daemon=True).start()

@@ -406,3 +406,28 @@ def test_topics_in_process_with_the_memory_broker() -> None:
                 default.recv(timeout=0.3)
         reply = http_exchange(srv.port, upgrade_request("/broadcast?topic=a%20b"))
         assert reply.startswith(b"HTTP/1.1 400"), reply[:100]
+
+
+def test_children_leave_when_the_supervisor_is_killed(redis_server, instances) -> None:
+    """A supervisor killed with SIGKILL cannot stop its children: they notice and shut down (no orphans on the port)."""
+    inst = Instance("--broker", redis_server.url, "--processes", "2")
+    instances.append(inst)
+    assert wait_until(lambda: len(inst.children()) == 2, 10), inst.log()
+    children = inst.children()
+    inst.proc.kill()
+    inst.proc.wait(10)
+
+    def gone(pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().split()[2] == "Z"  # a zombie has exited (its new parent reaps it)
+        except FileNotFoundError:
+            return True
+
+    try:
+        assert wait_until(lambda: all(gone(pid) for pid in children), 15), f"orphans left: {children}"
+    finally:
+        for pid in children:  # started by this test: never leave them behind, even when it fails
+            if not gone(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert "supervisor (pid" in inst.log() and "is gone: shutting down" in inst.log(), inst.log()
