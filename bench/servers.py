@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from server.errors import ConnectionClosed
 from server.handshake import HandshakeParser, HttpRequest, check_upgrade, upgrade_response
 
 KINDS = ["ours-loop", "ours-broadcast", "sws-lock", "websockets-asyncio", "websockets-sync", "raw", "direct"]
@@ -114,8 +115,6 @@ class Ours(Base):
         return len(self.server.open_connections())
 
     def send_all(self, payload: bytes) -> None:
-        from server import ConnectionClosed
-
         if self.mode == "broadcast":
             self.server.broadcast(payload, self.server.open_connections())  # encoded once; waits for room itself
             return

@@ -623,9 +623,7 @@ class Connection:
                 data = ws.send(event)
                 outbox.append((data,), out.size, len(data))
         else:
-            append = outbox.append
-            for out in pending:
-                append(out.frame, out.size, out.size)
+            outbox.extend(pending)  # each message is its own frame: shared by every client, nothing copied
         self._post_flush()
 
     def _append_raw(self, data: bytes | bytearray) -> None:
