@@ -42,7 +42,7 @@ import itertools
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator
 
 from .errors import ConnectionClosed
 from .frames import OutMessage
@@ -362,50 +362,48 @@ class Outbox:
             self.release(freed)
 
 
-def put_shared(out: OutMessage, outboxes: Sequence[Outbox], start: int = 0) -> tuple[int, int, int]:
-    """Queue ``out`` to ``outboxes[start:]`` under one acquisition of their shared lock, while each has room.
+def put_shared(out: OutMessage, outboxes: Iterator[Outbox]) -> tuple[Outbox | None, int, int]:
+    """Queue ``out`` to the next outboxes under one acquisition of their shared lock, while each has room.
 
     The fast path of a broadcast: the same :class:`OutMessage` goes into each
     pending queue, with the reservation and backlog accounting of
-    :meth:`Outbox.put`. It stops at the first outbox that would need
-    :meth:`Outbox.put`'s slow path — a full queue, a backlog over its limit,
-    an outbox on another lock — so the caller sends to that one with
-    :meth:`Outbox.put` (which waits, drops or judges as the policy says) and
-    calls this again after it. Closing outboxes are skipped and counted.
-    Returns ``(next index, queued, closed)``.
+    :meth:`Outbox.put`. It stops at the first outbox that needs
+    :meth:`Outbox.put`'s slow path — a full queue, the backlog at its limit,
+    an outbox on another lock — and returns it, so the caller sends to that
+    one with :meth:`Outbox.put` (which waits, drops or judges as the policy
+    says) and calls this again with the same iterator for the rest. Closing
+    outboxes are skipped and counted. Returns ``(that outbox or None when the
+    iterator is exhausted, queued, closed)``.
     """
-    end = len(outboxes)
-    if start >= end:
-        return end, 0, 0
-    first = outboxes[start]
+    first = next(outboxes, None)
+    if first is None:
+        return None, 0, 0
     lock, backlog = first._lock, first._backlog
     size = out.size
     schedules: list[Callable[[], None]] = []
-    i, queued, closed = start, 0, 0
+    blocked: Outbox | None = None
+    queued = closed = 0
     with lock:
-        added = 0
-        limit = backlog.limit - backlog.bytes
-        while i < end:
-            outbox = outboxes[i]
+        room = backlog.limit - backlog.bytes  # the backlog's: Outbox.put waits at its limit
+        for outbox in itertools.chain((first,), outboxes):
+            if outbox._lock is not lock:
+                blocked = outbox
+                break
             if outbox._closed is not None:
-                if outbox._lock is not lock:
-                    break
                 closed += 1
-                i += 1
                 continue
-            if outbox._queued >= outbox.limit or added >= limit or outbox._lock is not lock:
+            if outbox._queued >= outbox.limit or queued * size >= room:
+                blocked = outbox
                 break
             outbox._queued += size
             outbox._pending.append(out)
             outbox._pending_bytes += size
-            added += size
+            queued += 1
             if not outbox._scheduled:
                 outbox._scheduled = True
                 schedules.append(outbox._schedule)
-            i += 1
-        queued = (i - start) - closed
-        if added:
-            backlog._add(added)
+        if queued:
+            backlog._add(queued * size)
     for schedule in schedules:
         schedule()
-    return i, queued, closed
+    return blocked, queued, closed
