@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="every workload once at small size (smoke check)")
     p.add_argument("--runs", type=int, default=None, help="runs per server per workload (default: 3, quick: 1)")
     p.add_argument("--workloads", default="A,B,C,D,E,E2")
+    p.add_argument("--servers", default=None, help="only these kinds, comma-separated (default: each workload's list)")
     p.add_argument("--output", default=None, help="default: bench/results.json (quick: bench/results-quick.json)")
     ns = p.parse_args(argv)
     if ns.output is None:
@@ -137,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         if w.name == "E2" and a_summary and a_summary.get("ours-loop", {}).get("msg_per_s", {}).get("median"):
             w.rate = a_summary["ours-loop"]["msg_per_s"]["median"] / 2
             w.title = f"latency at half of ours' send() loop peak in A ({w.rate:,.0f} deliveries/s), 4 producers -> 20 clients"
+        if ns.servers:
+            w.servers = [k for k in w.servers if k in ns.servers.split(",")]
         per_kind: dict[str, list[dict]] = {k: [] for k in w.servers}
         for i in range(runs):
             for kind in w.servers:  # alternate servers run by run: A B C A B C ...
