@@ -153,10 +153,10 @@ class Outbox:
 
         # Shared: guarded by _lock (the backlog's: one lock for the server).
         self._lock = backlog.lock
-        self._room = threading.Condition(self._lock)
+        self._room: threading.Condition | None = None  # made by the first producer to wait (memory per client)
         self._waiters = 0
         self._queued = 0  # reserved: pending + frames not yet accepted by the socket
-        self._pending: deque[OutMessage] = deque()
+        self._pending: list[OutMessage] = []
         self._pending_bytes = 0  # of _pending, counted in the backlog
         self._scheduled = False
         self._full_reported = False
@@ -226,6 +226,8 @@ class Outbox:
         self.waits += 1
         self._waiters += 1
         try:
+            if self._room is None:
+                self._room = threading.Condition(self._lock)
             if not self._room.wait_for(lambda: self._closed is not None or self._queued < self.limit, timeout):
                 raise TimeoutError(f"no room for {size} bytes in the client's queue within {timeout} s")
         finally:
@@ -237,7 +239,8 @@ class Outbox:
             if self._closed is not None:
                 return False
             self._closed = (code, reason)
-            self._room.notify_all()
+            if self._room is not None:
+                self._room.notify_all()
             return True
 
     @property
@@ -247,10 +250,10 @@ class Outbox:
 
     # -- IO thread only --------------------------------------------------
 
-    def take(self) -> deque[OutMessage]:
+    def take(self) -> list[OutMessage]:
         """The messages producers put since the last call, in order."""
         with self._lock:
-            pending, self._pending = self._pending, deque()
+            pending, self._pending = self._pending, []
             self._scheduled = False
             if self._pending_bytes:
                 self._backlog._remove(self._pending_bytes)
@@ -265,7 +268,7 @@ class Outbox:
     def append(self, buffers: tuple[bytes, ...], reserved: int, length: int) -> None:
         self.frames.append(Frame(buffers, reserved, length))
 
-    def extend(self, messages: deque[OutMessage]) -> None:
+    def extend(self, messages: list[OutMessage]) -> None:
         """Queue plain data frames, each its message's ready-made frame (reserved = length = ``size``)."""
         self.frames.extend(messages)
 
@@ -277,6 +280,7 @@ class Outbox:
     def _release(self, size: int) -> None:
         self._queued -= size
         if self._waiters and self._queued < self.limit:
+            assert self._room is not None
             self._room.notify_all()
 
     def gather(self) -> tuple[list[memoryview | bytes], int, int, int]:
