@@ -31,7 +31,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check server repro tests $(wildcard bench) $(wildcard examples)
-	$(PY) -m mypy server repro
+	$(PY) -m mypy server repro $(wildcard bench)
 
 mutation: $(STAMP)
 	$(PY) -m tests.mutation
