@@ -285,10 +285,13 @@ class Outbox:
 
     def gather(self) -> tuple[list[memoryview | bytes], int, int, int]:
         """Up to IOV_MAX buffers from the head of the queue: (buffers, frames, bytes, reserved)."""
-        buffers: list[memoryview | bytes] = []
-        frames = offered = reserved = 0
         queue = self.frames
         skip = self._head_sent
+        if not skip and len(queue) == 1:  # one frame (a broadcast to many idle clients): no loop
+            frame = queue[0]
+            return list(frame.buffers), 1, frame.length, frame.reserved
+        buffers: list[memoryview | bytes] = []
+        frames = offered = reserved = 0
         if skip:  # the head frame was partly written
             frame = queue[0]
             offered = frame.length - skip
