@@ -156,7 +156,9 @@ class Outbox:
         self._room: threading.Condition | None = None  # made by the first producer to wait (memory per client)
         self._waiters = 0
         self._queued = 0  # reserved: pending + frames not yet accepted by the socket
-        self._pending: list[OutMessage] = []
+        # A deque, not a list: with a list, tests/test_faults.py's bound on producer waits failed far
+        # more often (GIL hand-offs land elsewhere: list.append never checks for a switch request).
+        self._pending: deque[OutMessage] = deque()
         self._pending_bytes = 0  # of _pending, counted in the backlog
         self._scheduled = False
         self._full_reported = False
@@ -250,10 +252,10 @@ class Outbox:
 
     # -- IO thread only --------------------------------------------------
 
-    def take(self) -> list[OutMessage]:
+    def take(self) -> deque[OutMessage]:
         """The messages producers put since the last call, in order."""
         with self._lock:
-            pending, self._pending = self._pending, []
+            pending, self._pending = self._pending, deque()
             self._scheduled = False
             if self._pending_bytes:
                 self._backlog._remove(self._pending_bytes)
@@ -268,7 +270,7 @@ class Outbox:
     def append(self, buffers: tuple[bytes, ...], reserved: int, length: int) -> None:
         self.frames.append(Frame(buffers, reserved, length))
 
-    def extend(self, messages: list[OutMessage]) -> None:
+    def extend(self, messages: deque[OutMessage]) -> None:
         """Queue plain data frames, each its message's ready-made frame (reserved = length = ``size``)."""
         self.frames.extend(messages)
 
