@@ -37,7 +37,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check server repro wsrace tests $(wildcard bench) $(wildcard examples)
-	$(PY) -m mypy server repro wsrace tests/conformance.py
+	$(PY) -m mypy server repro wsrace tests/conformance.py $(wildcard bench)
 
 mutation: $(STAMP)
 	$(PY) -m tests.mutation

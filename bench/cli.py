@@ -12,8 +12,10 @@ import time
 from .run import Workload, median_of, run_once, workloads
 
 PEERS = ["sws-lock", "websockets-asyncio", "websockets-sync"]
+OURS = ["ours-loop", "ours-broadcast"]
 LABEL = {
-    "queued": "ours (queued)",
+    "ours-loop": "ours: send() loop",
+    "ours-broadcast": "ours: broadcast",
     "sws-lock": "simple-websocket+lock",
     "websockets-asyncio": "websockets asyncio",
     "websockets-sync": "websockets.sync",
@@ -54,6 +56,8 @@ def summarize(name: str, runs: dict[str, list[dict]]) -> dict[str, dict]:
         row["stalled_runs"] = sum(1 for r in rs if r.get("stalled"))
         row["violations"] = sum(r.get("violations", 0) for r in rs)
         row["closed_by_policy"] = [r.get("closed_by_policy") for r in rs]
+        row["healthy_closed"] = [r.get("healthy_closed") for r in rs]
+        row["delivered"] = [(r.get("deliveries"), r.get("expected")) for r in rs if "error" not in r]
         out[kind] = row
     return out
 
@@ -75,18 +79,31 @@ def print_workload(w: Workload, summary: dict[str, dict], a_summary: dict[str, d
         notes = []
         if w.name in ("A", "C", "E", "E2"):
             notes.append(f"cpu {fmt(row['cpu_us_per_msg']['median'], 2)} us/msg")
-        if w.name in ("B", "C"):
-            notes.append(f"peak RSS {fmt(row['peak_rss_mb']['median'], 0)} MB")
+        if w.name == "A" and kind in OURS and m["median"]:
+            for other, label in (("sws-lock", "simple-websocket+lock"), ("raw", "raw")):
+                if other in summary and summary[other][key]["median"]:
+                    notes.append(f"{m['median'] / summary[other][key]['median']:.2f}x {label}")
+        notes.append(f"peak RSS {fmt(row['peak_rss_mb']['median'], 0)} MB")
+        if w.name == "B" and row["delivered"]:
+            got = min(d for d, _ in row["delivered"])
+            notes.append(f"delivered {'all' if all(d == e for d, e in row['delivered']) else f'{got:,} (worst run)'}")
         if w.name == "C":
             notes.append(f"longest send() {fmt(row['max_send_ms']['median'], 2)} ms, p99.9 {fmt(row['p999_send_ms']['median'], 3)} ms")
             if a_summary and kind in a_summary and a_summary[kind]["msg_per_s"]["median"] and m["median"]:
                 notes.append(f"{100 * m['median'] / a_summary[kind]['msg_per_s']['median']:.0f} % of A")
-            if any(row["closed_by_policy"]):
-                notes.append("slow client closed by policy")
+            if kind in OURS or kind == "direct":
+                slow_closed = sum(1 for n in row["closed_by_policy"] if n)
+                notes.append(f"slow client closed by policy in {slow_closed}/{len(row['closed_by_policy'])} runs")
         if w.name == "D":
             notes.append(f"{fmt(row['rss_per_conn_kib']['median'], 1)} KiB RSS/conn, {fmt(row['threads']['median'])} threads")
         if w.name in ("E", "E2"):
             notes.append(f"p50 {fmt(row['p50_ms']['median'], 2)} ms, max {fmt(row['max_ms']['median'], 2)} ms")
+        # Clients the policy closed (ours: the server's count; the peers have no such policy) and the reading
+        # clients that saw their connection closed before they had every message (any server).
+        by_policy = [n for n in row["closed_by_policy"] if n is not None]
+        healthy = [n for n in row["healthy_closed"] if n is not None]
+        closed = f"closed by policy {max(by_policy)}" if by_policy else "closed by policy -"
+        notes.append(f"{closed}, healthy clients closed {max(healthy) if healthy else '-'}")
         if row["stalled_runs"]:
             notes.append(f"STALLED in {row['stalled_runs']} run(s)")
         if row["violations"]:
@@ -104,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="every workload once at small size (smoke check)")
     p.add_argument("--runs", type=int, default=None, help="runs per server per workload (default: 3, quick: 1)")
     p.add_argument("--workloads", default="A,B,C,D,E,E2")
+    p.add_argument("--servers", default=None, help="only these kinds, comma-separated (default: each workload's list)")
     p.add_argument("--output", default=None, help="default: bench/results.json (quick: bench/results-quick.json)")
     ns = p.parse_args(argv)
     if ns.output is None:
@@ -117,9 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     a_summary = None
     for w in chosen:
-        if w.name == "E2" and a_summary and a_summary.get("queued", {}).get("msg_per_s", {}).get("median"):
-            w.rate = a_summary["queued"]["msg_per_s"]["median"] / 2
-            w.title = f"latency at half of ours' peak in A ({w.rate:,.0f} deliveries/s), 4 producers -> 20 clients"
+        if w.name == "E2" and a_summary and a_summary.get("ours-loop", {}).get("msg_per_s", {}).get("median"):
+            w.rate = a_summary["ours-loop"]["msg_per_s"]["median"] / 2
+            w.title = f"latency at half of ours' send() loop peak in A ({w.rate:,.0f} deliveries/s), 4 producers -> 20 clients"
+        if ns.servers:
+            w.servers = [k for k in w.servers if k in ns.servers.split(",")]
         per_kind: dict[str, list[dict]] = {k: [] for k in w.servers}
         for i in range(runs):
             for kind in w.servers:  # alternate servers run by run: A B C A B C ...
@@ -141,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, wl in results["workloads"].items():  # type: ignore[attr-defined]
         for kind, row in wl["servers"].items():
             # A peer failing (websockets.sync at 10,000 connections) is a result; ours failing is not.
-            if row["errors"] and kind in ("queued", "raw"):
+            if row["errors"] and kind in (*OURS, "raw"):
                 problems.append(f"{name}/{kind}: {row['errors'][0]}")
             if row["violations"] and kind != "direct":
                 problems.append(f"{name}/{kind}: {row['violations']} corrupted frames")

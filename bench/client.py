@@ -162,9 +162,10 @@ def main() -> None:
     first_ns = 0
     while pending and time.monotonic() - last_progress < args.idle_timeout:
         for key, _ in sel.select(0.5):
-            s, c = key.fileobj, key.data
+            sock, c = key.fileobj, key.data
+            assert isinstance(sock, socket.socket)
             try:
-                data, now = recv_stamped(s)  # type: ignore[arg-type]
+                data, now = recv_stamped(sock)
             except (BlockingIOError, InterruptedError):
                 continue
             except OSError:
@@ -177,7 +178,7 @@ def main() -> None:
                 c.feed(data, now, args.latency)
             if not data or c.closed or c.violations:
                 c.closed = True
-                sel.unregister(s)
+                sel.unregister(sock)
             if not before and (c.messages >= args.expect or c.closed):
                 pending -= 1
     lat = sorted(t for c in counters.values() for t in c.timestamps)
@@ -189,6 +190,8 @@ def main() -> None:
         "messages": sum(c.messages for c in counters.values()),
         "complete": sum(1 for c in counters.values() if c.messages >= args.expect),
         "violations": sum(c.violations for c in counters.values()),
+        # Reading clients closed (close frame or EOF) before they had every message: a healthy client lost.
+        "closed_early": sum(1 for c in counters.values() if c.closed and c.messages < args.expect),
         "first_ns": first_ns,
         "last_ns": max((c.last_ns for c in counters.values()), default=0),
         "latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": lat[-1] / 1e6 if lat else None, "n": len(lat)},

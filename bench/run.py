@@ -28,6 +28,7 @@ class Workload:
     rate: float = 0.0  # deliveries per second in all; 0 = as fast as possible
     latency: bool = False
     idle_timeout: float = 10.0
+    outbox: int | None = None  # ours' Limits.max_queue_bytes; None: the default (16 MiB)
     servers: list[str] = field(default_factory=lambda: list(KINDS))
 
 
@@ -36,18 +37,19 @@ def workloads(quick: bool) -> dict[str, Workload]:
     return {
         "A": Workload("A", "fan-out, 256 B, 4 producers -> 20 clients", 4, 20, 256, 200 if q else 5000),
         "B": Workload("B", "large, 64 KiB, 4 producers -> 4 clients", 4, 4, 65536, 20 if q else 400),
-        # Twice A's count, so the never-reading client's share (10 MB) overflows ours' 4 MiB outbox.
-        "C": Workload("C", "slow consumer: A plus one client that never reads", 4, 20, 256, 200 if q else 10000, slow=1,
-                      idle_timeout=5.0),
+        # The issue's case: 30,000 messages per producer; the never-reading client's share (31 MB) overflows
+        # ours' 4 MiB outbox many times over, and the 1 s stall timeout is a small part of the run.
+        "C": Workload("C", f"slow consumer: A plus one client that never reads, {'200' if q else '30,000'} messages per producer",
+                      4, 20, 256, 200 if q else 30000, slow=1, idle_timeout=5.0, outbox=4 * 1024 * 1024),
         "D": Workload("D", f"{'500' if q else '10,000'} idle connections, then one 64-byte broadcast", 1,
                       500 if q else 10000, 64, 1, idle_timeout=20.0,
-                      servers=["queued", "sws-lock", "websockets-asyncio", "websockets-sync", "raw"]),
+                      servers=["ours-loop", "ours-broadcast", "sws-lock", "websockets-asyncio", "websockets-sync", "raw"]),
         "E": Workload("E", "latency at a fixed rate (65 k deliveries/s), 4 producers -> 20 clients", 4, 20, 256,
-                      100 if q else 1600, rate=65000.0, latency=True, servers=["queued", "sws-lock", "websockets-asyncio",
-                                                                                  "websockets-sync", "raw"]),
-        # The rate is set to half of ours' A median when A ran in the same invocation (see cli).
-        "E2": Workload("E2", "latency at half of ours' peak in A, 4 producers -> 20 clients", 4, 20, 256,
-                       500 if q else 12000, rate=500000.0, latency=True, servers=["queued", "raw"]),
+                      100 if q else 1600, rate=65000.0, latency=True,
+                      servers=["ours-loop", "ours-broadcast", "sws-lock", "websockets-asyncio", "websockets-sync", "raw"]),
+        # The rate is set to half of ours' send() loop's A median when A ran in the same invocation (see cli).
+        "E2": Workload("E2", "latency at half of ours' send() loop peak in A, 4 producers -> 20 clients", 4, 20, 256,
+                       500 if q else 12000, rate=500000.0, latency=True, servers=["ours-loop", "ours-broadcast", "raw"]),
     }
 
 
@@ -90,7 +92,8 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def run_once(kind: str, w: Workload) -> dict:
     """One server, one workload, one run. Returns the figures (or an error/stall note)."""
-    server = subprocess.Popen([PY, "-m", "bench.servers", kind], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    args = ["--outbox", str(w.outbox)] if w.outbox is not None and kind.startswith("ours") else []
+    server = subprocess.Popen([PY, "-m", "bench.servers", kind, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, preexec_fn=_pinned(SERVER_CPU))
     client = None
     try:
@@ -148,7 +151,8 @@ def run_once(kind: str, w: Workload) -> dict:
             "p999_send_ms": produced["p999_send"] * 1000 if produced else None,
             "latency_ms": got["latency_ms"],
             "stalled": stalled or got["complete"] < w.clients,
-            "closed_by_policy": (after or {}).get("closed_by_policy"),
+            "closed_by_policy": (after or {}).get("closed_by_policy"),  # ours only: the server's count
+            "healthy_closed": got.get("closed_early", 0),  # reading clients closed before they had every message
         }
         return result
     except (RuntimeError, TimeoutError, KeyError) as exc:

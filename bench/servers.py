@@ -2,14 +2,17 @@
 
 Every kind accepts WebSocket connections on any path and, on command, runs
 producer threads that send each message to every connected client — the
-fan-out workload. Commands arrive as JSON lines on stdin; answers are JSON
+fan-out workload. ``--outbox BYTES`` sets ours' ``Limits.max_queue_bytes`` (default:
+``Limits()``'s). Commands arrive as JSON lines on stdin; answers are JSON
 lines on stdout:
 
     {"cmd": "produce", "producers": 4, "count": 1000, "size": 256, "rate": 0}
     {"cmd": "stats"}
     {"cmd": "quit"}
 
-Kinds: ``queued`` (ours), ``sws-lock`` (simple-websocket + lock),
+Kinds: ``ours-loop`` (ours, the per-client loop users write:
+``for conn in server.open_connections(): conn.send(payload)``),
+``ours-broadcast`` (ours, ``Server.broadcast``), ``sws-lock`` (simple-websocket + lock),
 ``websockets-asyncio`` (call_soon_threadsafe), ``websockets-sync``, ``raw``
 (pre-encoded frames, one writer thread per connection, batched sendall) and
 ``direct`` (ours with workers writing directly: corrupt, for information).
@@ -28,12 +31,11 @@ import threading
 import time
 from collections.abc import Callable
 
+from server.errors import ConnectionClosed
 from server.handshake import HandshakeParser, HttpRequest, check_upgrade, upgrade_response
 
-# Ours: a 4 MiB outbox per client. Workload C's slow client must hit it (5 MB queued for it).
-OUTBOX_LIMIT = 4 * 1024 * 1024
-
-KINDS = ["queued", "sws-lock", "websockets-asyncio", "websockets-sync", "raw", "direct"]
+KINDS = ["ours-loop", "ours-broadcast", "sws-lock", "websockets-asyncio", "websockets-sync", "raw", "direct"]
+OURS = ("ours-loop", "ours-broadcast")
 
 
 def rss_kib() -> int:
@@ -72,64 +74,60 @@ class Base:
 # -- ours ------------------------------------------------------------------------
 
 
-class Queued(Base):
-    def __init__(self, direct: bool = False) -> None:
+class Ours(Base):
+    """``mode``: ``loop`` (``conn.send()`` per client), ``broadcast`` (``Server.broadcast``) or ``direct`` (the bug)."""
+
+    def __init__(self, mode: str, outbox: int | None = None) -> None:
         from server import Limits, Server
         from server.connection import Connection
 
-        self.conns: set = set()
-        outer = self
-
         class Sink:
             def on_open(self, conn: Connection) -> None:
-                outer.conns.add(conn)
+                pass
 
             def on_message(self, conn: Connection, message: str | bytes) -> None:
                 pass
 
             def on_close(self, conn: Connection) -> None:
-                outer.conns.discard(conn)
+                pass
 
         class Router:
             def route(self, request: object) -> Sink:
                 return Sink()
 
-        conn_cls = Connection
-        if direct:
+        conn_cls: type[Connection] = Connection
+        if mode == "direct":
             from repro.disciplines import DirectConnection
 
             conn_cls = DirectConnection
-        self.direct = direct
-        self.server = Server(Router(), port=0, workers=4, connection_class=conn_cls,
-                             limits=Limits(ping_interval=None, deflate=False, max_queue_bytes=OUTBOX_LIMIT))
+        self.mode = mode
+        # Default limits (keepalive and compression off, as for the peers); C narrows the outbox.
+        limits = Limits(ping_interval=None, deflate=False)
+        if outbox is not None:
+            limits = Limits(ping_interval=None, deflate=False, max_queue_bytes=outbox)
+        self.server = Server(Router(), port=0, workers=4, connection_class=conn_cls, limits=limits)
 
     def start(self) -> int:
         self.server.start()
         return self.server.port
 
     def connections(self) -> int:
-        return len(self.conns)
+        return len(self.server.open_connections())
 
     def send_all(self, payload: bytes) -> None:
-        if self.direct:
-            from server.connection import ConnectionClosed
-
-            for conn in list(self.conns):
-                try:
-                    conn.send(payload)
-                except ConnectionClosed:
-                    pass
-        else:
-            while True:
-                try:
-                    targets = list(self.conns)  # a snapshot this producer owns
-                    break
-                except RuntimeError:  # the IO thread changed the set meanwhile
-                    continue
-            self.server.broadcast_paced(payload, targets)  # encoded once, posted once
+        if self.mode == "broadcast":
+            self.server.broadcast(payload, self.server.open_connections())  # encoded once; waits for room itself
+            return
+        for conn in self.server.open_connections():  # the loop users write; OutMessage.of encodes once per thread
+            try:
+                conn.send(payload)
+            except ConnectionClosed:
+                pass
 
     def extra(self) -> dict[str, object]:
-        return {"closed_by_policy": self.server.stats.closed_by_policy}
+        stats = self.server.stats
+        return {"closed_by_policy": stats.closed_by_policy, "dropped": stats.dropped_messages,
+                "backlog_waits": self.server.send_backlog.waits, "backlog_peak": self.server.send_backlog.peak}
 
 
 # -- thread-per-connection servers ------------------------------------------------------
@@ -178,7 +176,7 @@ class SwsLock(ThreadedListener):
         import simple_websocket
 
         request = self.read_request(sock)
-        environ = {"werkzeug.socket": sock}
+        environ: dict[str, object] = {"werkzeug.socket": sock}
         environ.update({"HTTP_" + k.upper().replace("-", "_"): v for k, v in request.headers.items()})
         ws = simple_websocket.Server.accept(environ)
         with self.lock:
@@ -319,10 +317,11 @@ class Raw(ThreadedListener):
             q.put(frame)
 
 
-def make(kind: str) -> Base:
+def make(kind: str, outbox: int | None = None) -> Base:
     factories: dict[str, Callable[[], Base]] = {
-        "queued": Queued,
-        "direct": lambda: Queued(direct=True),
+        "ours-loop": lambda: Ours("loop", outbox),
+        "ours-broadcast": lambda: Ours("broadcast", outbox),
+        "direct": lambda: Ours("direct", outbox),
         "sws-lock": SwsLock,
         "websockets-asyncio": WebsocketsAsyncio,
         "websockets-sync": WebsocketsSync,
@@ -381,7 +380,12 @@ def produce(server: Base, producers: int, count: int, size: int, rate: float) ->
 
 def main() -> None:
     logging.basicConfig(level=logging.ERROR)
-    kind = sys.argv[1]
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bench.servers")
+    parser.add_argument("kind", choices=KINDS)
+    parser.add_argument("--outbox", type=int, default=None, help="ours: Limits.max_queue_bytes (default: Limits()'s)")
+    args = parser.parse_args()
     try:
         import resource as r
 
@@ -389,7 +393,7 @@ def main() -> None:
         r.setrlimit(r.RLIMIT_NOFILE, (hard, hard))
     except (ValueError, OSError):
         pass
-    server = make(kind)
+    server = make(args.kind, args.outbox)
     port = server.start()
     print(json.dumps({"ready": port, "pid": os.getpid()}), flush=True)
     for line in sys.stdin:

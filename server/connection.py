@@ -675,9 +675,7 @@ class Connection:
                 data = ws.send(event)
                 outbox.append((data,), out.size, len(data))
         else:
-            append = outbox.append
-            for out in pending:
-                append(out.frame, out.size, out.size)
+            outbox.extend(pending)  # each message is its own frame: shared by every client, nothing copied
         self._post_flush()
 
     def _append_raw(self, data: bytes | bytearray) -> None:
@@ -719,7 +717,8 @@ class Connection:
             self._arm("stall", max(0.0, since + self.limits.stall_timeout - time.monotonic()), self._check_stall)
         if not self._reading:
             self._update_reading()
-        self._set_writing(bool(outbox.frames))
+        if bool(outbox.frames) is not self._writing:
+            self._set_writing(not self._writing)
         if not outbox.frames and self._shut_when_flushed and self.state is State.CLOSING:
             self._shutdown_write()
 

@@ -42,7 +42,7 @@ class OutMessage:
     shared by every connection it is sent to.
     """
 
-    __slots__ = ("frame", "header", "payload", "size", "text")
+    __slots__ = ("buffers", "frame", "header", "length", "payload", "reserved", "size", "text")
 
     def __init__(self, payload: bytes, text: bool) -> None:
         self.payload = payload
@@ -52,6 +52,9 @@ class OutMessage:
         # The buffers a connection writes. Small frames are joined once here, so a
         # batch of them is one iovec each; large payloads are never copied.
         self.frame: tuple[bytes, ...] = (self.header + payload,) if len(payload) <= _JOIN_BELOW else (self.header, payload)
+        # An outbox queues the message itself as its frame (server.outbox.Frame's attributes): no copy per client.
+        self.buffers = self.frame
+        self.length = self.reserved = self.size
 
     @classmethod
     def of(cls, message: str | bytes | bytearray | memoryview | OutMessage) -> OutMessage:
@@ -63,9 +66,12 @@ class OutMessage:
         """
         if type(message) is OutMessage:
             return message
-        last = getattr(_last, "pair", None)
-        if last is not None and last[0] is message:
-            return last[1]  # type: ignore[no-any-return]
+        try:
+            last = _last.pair
+            if last[0] is message:
+                return last[1]  # type: ignore[no-any-return]
+        except AttributeError:  # this thread's first message
+            pass
         if isinstance(message, str):
             out = cls(message.encode("utf-8"), True)
         elif isinstance(message, bytes):

@@ -80,6 +80,8 @@ class IOLoop:
 
     def _wake(self) -> None:
         # One wake-up byte per batch: later posts ride on the pending wake-up.
+        if self._wake_pending:  # read without the lock: True means the IO thread has yet to clear it
+            return  # in _on_wake, and it runs the posted callables (ours included) after clearing it
         with self._wake_lock:
             if self._wake_pending:
                 return

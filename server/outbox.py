@@ -26,15 +26,23 @@ The rules, modelled on asyncio's high-water flow control:
 
 The server-wide :class:`Backlog` bounds what all producers together have
 posted and the IO thread has not taken yet.
+
+**One lock for the server.** Every outbox locks with its backlog's lock, so
+a :meth:`Outbox.put` is one short critical section (room, reservation,
+backlog, pending queue and the batch flag together) and
+:func:`put_shared` queues one message to many clients under a single
+acquisition. The sections are a few attribute updates each; waiting
+(``Condition.wait``) releases the lock.
 """
 
 from __future__ import annotations
 
 import enum
+import itertools
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from .errors import ConnectionClosed
 from .frames import OutMessage
@@ -67,36 +75,52 @@ class Backlog:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._lock = threading.Lock()
-        self._below = threading.Condition(self._lock)
+        self.lock = threading.Lock()  # also the lock of every Outbox on this backlog
+        self._below = threading.Condition(self.lock)
         self._waiters = 0
         self.bytes = 0
         self.peak = 0
         self.waits = 0  # times a producer had to wait
 
     def add(self, size: int, wait: bool, timeout: float | None = None) -> None:
-        with self._lock:
+        with self.lock:
             if wait and self.bytes >= self.limit:
-                self.waits += 1
-                self._waiters += 1
-                try:
-                    if not self._below.wait_for(lambda: self.bytes < self.limit, timeout):
-                        raise TimeoutError(f"the server's send backlog stayed over {self.limit} bytes for {timeout} s")
-                finally:
-                    self._waiters -= 1
-            self.bytes += size
-            if self.bytes > self.peak:
-                self.peak = self.bytes
+                self.wait_below(timeout)
+            self._add(size)
 
     def remove(self, size: int) -> None:
-        with self._lock:
-            self.bytes -= size
-            if self._waiters and self.bytes < self.limit:
-                self._below.notify_all()
+        with self.lock:
+            self._remove(size)
+
+    # -- with the lock held ------------------------------------------------
+
+    def _add(self, size: int) -> None:
+        self.bytes += size
+        if self.bytes > self.peak:
+            self.peak = self.bytes
+
+    def _remove(self, size: int) -> None:
+        self.bytes -= size
+        if self._waiters and self.bytes < self.limit:
+            self._below.notify_all()
+
+    def wait_below(self, timeout: float | None) -> None:
+        """Wait (lock held; released meanwhile) until the backlog is below its limit."""
+        self.waits += 1
+        self._waiters += 1
+        try:
+            if not self._below.wait_for(lambda: self.bytes < self.limit, timeout):
+                raise TimeoutError(f"the server's send backlog stayed over {self.limit} bytes for {timeout} s")
+        finally:
+            self._waiters -= 1
 
 
 class Frame:
-    """One queued frame: its buffers, the bytes it reserved, and its length on the wire."""
+    """One queued frame: its buffers, the bytes it reserved, and its length on the wire.
+
+    A plain data frame is queued as its :class:`OutMessage` itself, which has
+    the same three attributes: no allocation per message and client.
+    """
 
     __slots__ = ("buffers", "length", "reserved")
 
@@ -127,12 +151,15 @@ class Outbox:
         self._backlog = backlog
         self._in_io_thread = in_io_thread
 
-        # Shared: guarded by _lock.
-        self._lock = threading.Lock()
-        self._room = threading.Condition(self._lock)
+        # Shared: guarded by _lock (the backlog's: one lock for the server).
+        self._lock = backlog.lock
+        self._room: threading.Condition | None = None  # made by the first producer to wait (memory per client)
         self._waiters = 0
         self._queued = 0  # reserved: pending + frames not yet accepted by the socket
+        # A deque, not a list: with a list, tests/test_faults.py's bound on producer waits failed far
+        # more often (GIL hand-offs land elsewhere: list.append never checks for a switch request).
         self._pending: deque[OutMessage] = deque()
+        self._pending_bytes = 0  # of _pending, counted in the backlog
         self._scheduled = False
         self._full_reported = False
         self._closed: tuple[int, str] | None = None  # (code, reason) once closing
@@ -140,7 +167,7 @@ class Outbox:
         self.waits = 0  # times a producer found the queue full and waited
 
         # IO thread only.
-        self.frames: deque[Frame] = deque()
+        self.frames: deque[Frame | OutMessage] = deque()
         self._head_sent = 0  # bytes of frames[0] already written
         self.blocked_since: float | None = None  # the socket last refused bytes while data waited
 
@@ -164,24 +191,30 @@ class Outbox:
         connection is closing, :class:`TimeoutError` after ``timeout``.
         """
         size = out.size
-        on_io = self._in_io_thread()
+        backlog = self._backlog
         with self._lock:
-            if self._queued >= self.limit and not on_io and self._closed is None:
+            if self._closed is not None:
+                raise ConnectionClosed(*self._closed)
+            if self._queued >= self.limit and not self._in_io_thread():
                 if self.policy is OverflowPolicy.DROP and not paced:
                     self.dropped += 1
                     self._on_drop()
                     return False
                 self._wait_for_room(size, timeout, report=not paced)
-            if self._closed is not None:
-                raise ConnectionClosed(*self._closed)
+                if self._closed is not None:
+                    raise ConnectionClosed(*self._closed)
             self._queued += size
-        try:
-            self._backlog.add(size, wait=not on_io, timeout=timeout)
-        except TimeoutError:
-            self.release(size)
-            raise
-        with self._lock:
+            if backlog.bytes >= backlog.limit and not self._in_io_thread():
+                try:
+                    backlog.wait_below(timeout)
+                except TimeoutError:
+                    self._release(size)
+                    raise
+            backlog.bytes += size  # Backlog._add, inline
+            if backlog.bytes > backlog.peak:
+                backlog.peak = backlog.bytes
             self._pending.append(out)
+            self._pending_bytes += size
             if self._scheduled:
                 return True
             self._scheduled = True
@@ -195,6 +228,8 @@ class Outbox:
         self.waits += 1
         self._waiters += 1
         try:
+            if self._room is None:
+                self._room = threading.Condition(self._lock)
             if not self._room.wait_for(lambda: self._closed is not None or self._queued < self.limit, timeout):
                 raise TimeoutError(f"no room for {size} bytes in the client's queue within {timeout} s")
         finally:
@@ -206,7 +241,8 @@ class Outbox:
             if self._closed is not None:
                 return False
             self._closed = (code, reason)
-            self._room.notify_all()
+            if self._room is not None:
+                self._room.notify_all()
             return True
 
     @property
@@ -221,8 +257,9 @@ class Outbox:
         with self._lock:
             pending, self._pending = self._pending, deque()
             self._scheduled = False
-        if pending:
-            self._backlog.remove(sum(out.size for out in pending))
+            if self._pending_bytes:
+                self._backlog._remove(self._pending_bytes)
+                self._pending_bytes = 0
         return pending
 
     def judged(self) -> None:
@@ -233,42 +270,60 @@ class Outbox:
     def append(self, buffers: tuple[bytes, ...], reserved: int, length: int) -> None:
         self.frames.append(Frame(buffers, reserved, length))
 
+    def extend(self, messages: deque[OutMessage]) -> None:
+        """Queue plain data frames, each its message's ready-made frame (reserved = length = ``size``)."""
+        self.frames.extend(messages)
+
     def release(self, size: int) -> None:
         """Give back ``size`` reserved bytes (sent, or dropped unsent)."""
         with self._lock:
-            self._queued -= size
-            if self._waiters and self._queued < self.limit:
-                self._room.notify_all()
+            self._release(size)
+
+    def _release(self, size: int) -> None:
+        self._queued -= size
+        if self._waiters and self._queued < self.limit:
+            assert self._room is not None
+            self._room.notify_all()
 
     def gather(self) -> tuple[list[memoryview | bytes], int, int, int]:
         """Up to IOV_MAX buffers from the head of the queue: (buffers, frames, bytes, reserved)."""
+        queue = self.frames
+        skip = self._head_sent
+        if not skip and len(queue) == 1:  # one frame (a broadcast to many idle clients): no loop
+            frame = queue[0]
+            return list(frame.buffers), 1, frame.length, frame.reserved
         buffers: list[memoryview | bytes] = []
         frames = offered = reserved = 0
-        skip = self._head_sent
-        for frame in self.frames:
-            if skip:  # the head frame was partly written
-                offered += frame.length - skip
-                for buf in frame.buffers:
-                    if skip >= len(buf):
-                        skip -= len(buf)
-                        continue
-                    buffers.append(memoryview(buf)[skip:] if skip else buf)
-                    skip = 0
-            else:
-                buffers.extend(frame.buffers)
-                offered += frame.length
-            frames += 1
+        if skip:  # the head frame was partly written
+            frame = queue[0]
+            offered = frame.length - skip
+            reserved = frame.reserved
+            frames = 1
+            for buf in frame.buffers:
+                if skip >= len(buf):
+                    skip -= len(buf)
+                    continue
+                buffers.append(memoryview(buf)[skip:] if skip else buf)
+                skip = 0
+        extend = buffers.extend
+        # A frame has at most 2 buffers: this many more frames never pass IOV_MAX.
+        room = (IOV_MAX - len(buffers)) // 2
+        for frame in itertools.islice(queue, frames, frames + room) if frames or len(queue) > room else queue:
+            extend(frame.buffers)
+            offered += frame.length
             reserved += frame.reserved
-            if len(buffers) >= IOV_MAX - 2:  # a frame has at most 2 buffers
-                break
+        frames = min(len(queue), frames + room)
         return buffers, frames, offered, reserved
 
     def written(self, sent: int, offered: int, frames: int, reserved: int) -> None:
         """The socket accepted ``sent`` of the ``offered`` bytes that :meth:`gather` returned."""
         queue = self.frames
         if sent == offered:  # the common case: all of it went out, drop whole frames
-            for _ in range(frames):
-                queue.popleft()
+            if frames == len(queue):
+                queue.clear()
+            else:
+                for _ in range(frames):
+                    queue.popleft()
             self._head_sent = 0
             freed = reserved
         else:  # partial write: byte-exact bookkeeping, frame by frame
@@ -314,3 +369,50 @@ class Outbox:
             self.frames = deque(kept)
         if freed:
             self.release(freed)
+
+
+def put_shared(out: OutMessage, outboxes: Iterator[Outbox]) -> tuple[Outbox | None, int, int]:
+    """Queue ``out`` to the next outboxes under one acquisition of their shared lock, while each has room.
+
+    The fast path of a broadcast: the same :class:`OutMessage` goes into each
+    pending queue, with the reservation and backlog accounting of
+    :meth:`Outbox.put`. It stops at the first outbox that needs
+    :meth:`Outbox.put`'s slow path — a full queue, the backlog at its limit,
+    an outbox on another lock — and returns it, so the caller sends to that
+    one with :meth:`Outbox.put` (which waits, drops or judges as the policy
+    says) and calls this again with the same iterator for the rest. Closing
+    outboxes are skipped and counted. Returns ``(that outbox or None when the
+    iterator is exhausted, queued, closed)``.
+    """
+    first = next(outboxes, None)
+    if first is None:
+        return None, 0, 0
+    lock, backlog = first._lock, first._backlog
+    size = out.size
+    schedules: list[Callable[[], None]] = []
+    blocked: Outbox | None = None
+    queued = closed = 0
+    with lock:
+        room = backlog.limit - backlog.bytes  # the backlog's: Outbox.put waits at its limit
+        for outbox in itertools.chain((first,), outboxes):
+            if outbox._lock is not lock:
+                blocked = outbox
+                break
+            if outbox._closed is not None:
+                closed += 1
+                continue
+            if outbox._queued >= outbox.limit or queued * size >= room:
+                blocked = outbox
+                break
+            outbox._queued += size
+            outbox._pending.append(out)
+            outbox._pending_bytes += size
+            queued += 1
+            if not outbox._scheduled:
+                outbox._scheduled = True
+                schedules.append(outbox._schedule)
+        if queued:
+            backlog._add(queued * size)
+    for schedule in schedules:
+        schedule()
+    return blocked, queued, closed
