@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="when a client's queue is full: wait while it drains and close it with 1008 if it stalls, "
                         "or drop the new message (default: %(default)s)")
     p.add_argument("--stall-timeout", type=float, default=Limits.stall_timeout,
-                   help="a client whose full queue frees no room this long is closed with 1008 "
+                   help="a client whose queue is full and whose socket takes no bytes this long is closed with 1008 "
                         "(default: %(default)s s)")
     p.add_argument("--max-backlog-bytes", type=int, default=64 * 1024 * 1024,
                    help="server-wide: bytes sent by producers and not yet taken by the IO thread; "

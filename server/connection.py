@@ -79,7 +79,7 @@ class Limits:
 
     max_queue_bytes: int = 16 * 1024 * 1024  # per client: producers wait (or drop) while this much is unsent
     overflow: OverflowPolicy = OverflowPolicy.CLOSE
-    stall_timeout: float = 1.0  # producers find the queue full and no room is freed this long: the client is stalled
+    stall_timeout: float = 1.0  # a full queue whose socket takes no bytes this long: the client is stalled
     max_message_bytes: int = 16 * 1024 * 1024
     ping_interval: float | None = 20.0
     ping_timeout: float = 20.0
@@ -252,7 +252,7 @@ class Connection:
 
         Returns at once while the client's queue has room. When it is full
         (``Limits.max_queue_bytes``), the ``close`` policy waits while the
-        client drains — a client whose full queue frees no room for
+        client drains — a client whose socket takes no bytes for
         ``Limits.stall_timeout`` is closed with 1008 and this raises — and the
         ``drop`` policy discards the message and returns False. On the IO
         thread it never waits. Messages sent by one thread are delivered in
@@ -712,8 +712,8 @@ class Connection:
                 self._last_progress = time.monotonic()
             if sent < offered:
                 break  # the socket is full: resume when writable
-        since = outbox.full_since
-        if since is not None and "stall" not in self._timers:
+        since = outbox.blocked_since
+        if since is not None and outbox.full and "stall" not in self._timers:
             self._arm("stall", max(0.0, since + self.limits.stall_timeout - time.monotonic()), self._check_stall)
         if not self._reading:
             self._update_reading()
@@ -723,30 +723,27 @@ class Connection:
             self._shutdown_write()
 
     def _check_stall(self) -> None:
-        """Judge the client (IO thread): producers wait for room in its full queue. Is it stalled?
+        """Judge the client (IO thread): its queue is full and producers wait. Is its socket stuck?
 
-        Stalled means no room was freed for ``stall_timeout`` — its socket did
-        not take even one whole queued message — and it still cannot take
-        enough now. A busy IO thread does not make a reading client look
-        stalled: before judging, the socket is asked (``poll``) and written to
-        once more, and a client that was reading all along frees room then.
+        Stalled means the socket has refused bytes for ``stall_timeout`` and
+        still cannot take any: a busy IO thread does not make a reading client
+        look stuck, because the socket is asked again here before judging.
         """
         outbox = self._outbox
         outbox.judged()
         if self.state is not State.OPEN or not outbox.full:
             return
-        since = outbox.full_since
+        since = outbox.blocked_since
         if since is None:
-            return  # full, but no producer is waiting: nothing to judge yet
+            return  # not blocked: the IO thread is just behind; the next partial flush looks again
+        if self._socket_writable():
+            self._flush()  # it takes bytes again; the flush looks again if it fills up
+            return
         waited = time.monotonic() - since
         if waited < self.limits.stall_timeout:
             self._arm("stall", self.limits.stall_timeout - waited, self._check_stall)
             return
-        if self._socket_writable():
-            self._flush()
-            if not outbox.full:
-                return  # it was reading after all (the IO thread was behind)
-        self._close_for_overflow(f"no room freed in its queue for {self.limits.stall_timeout} s: client stalled")
+        self._close_for_overflow(f"queue full and no bytes taken for {self.limits.stall_timeout} s: client stalled")
 
     def _socket_writable(self) -> bool:
         poller = select.poll()

@@ -19,12 +19,10 @@ The rules, modelled on asyncio's high-water flow control:
   its message is dropped and counted (policy ``drop``). A producer on the IO
   thread never waits: its message is queued over the limit.
 * **The client is judged by its socket alone**, on the IO thread: it is
-  stalled when producers have found its queue full and no room was freed
-  (not one whole message taken by the socket) for ``stall_timeout``, and the
-  socket, asked again, still cannot take enough (see
-  :meth:`Connection._check_stall`). Bytes that producers have posted but the
-  IO thread has not processed yet make producers wait; they never make a
-  client look slow.
+  stalled when the socket has refused bytes for ``stall_timeout`` while the
+  queue is full (see :meth:`Connection._check_stall`). Bytes that producers
+  have posted but the IO thread has not processed yet make producers wait;
+  they never make a client look slow.
 
 The server-wide :class:`Backlog` bounds what all producers together have
 posted and the IO thread has not taken yet.
@@ -56,8 +54,8 @@ class OverflowPolicy(enum.Enum):
     """What happens when a client's queue is full.
 
     ``CLOSE`` (default): producers wait while the client drains; a client
-    whose full queue frees no room for ``Limits.stall_timeout`` is closed
-    with 1008 and waiting producers get
+    whose socket takes no bytes for ``Limits.stall_timeout`` while its queue
+    is full is closed with 1008 and waiting producers get
     :class:`ConnectionClosed`. No message is silently lost.
     ``DROP``: the new message is discarded and counted, and the producer never
     waits — for feeds where only the latest value matters.
@@ -172,8 +170,6 @@ class Outbox:
         self.frames: deque[Frame | OutMessage] = deque()
         self._head_sent = 0  # bytes of frames[0] already written
         self.blocked_since: float | None = None  # the socket last refused bytes while data waited
-        # Shared (under _lock): since when producers have found the queue full with no room freed.
-        self.full_since: float | None = None
 
     # -- any thread ------------------------------------------------------
 
@@ -204,8 +200,6 @@ class Outbox:
                     self.dropped += 1
                     self._on_drop()
                     return False
-                if self.full_since is None:
-                    self.full_since = time.monotonic()
                 self._wait_for_room(size, timeout, report=not paced)
                 if self._closed is not None:
                     raise ConnectionClosed(*self._closed)
@@ -287,8 +281,6 @@ class Outbox:
 
     def _release(self, size: int) -> None:
         self._queued -= size
-        if self._queued < self.limit:
-            self.full_since = None  # room again: the client is draining
         if self._waiters and self._queued < self.limit:
             assert self._room is not None
             self._room.notify_all()
