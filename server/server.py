@@ -180,7 +180,7 @@ class Server:
         conns = self.open_connections() if targets is None else targets
         if self.connection_class.send is not Connection.send:  # the repro's disciplines: their own send()
             for conn in conns:
-                self._send_one(conn, out, result)
+                self._count_send(conn.send, out, result)
             return result
         # Fast path: queue to every target with room under one lock acquisition; a target that
         # must wait (or drop, or be judged) gets send()'s own path, Outbox.put, then the rest go on.
@@ -191,18 +191,13 @@ class Server:
             result.closed += closed
             if blocked is None:
                 return result
-            try:
-                if blocked.put(out):
-                    result.queued += 1
-                else:
-                    result.dropped += 1
-            except ConnectionClosed:
-                result.closed += 1
+            self._count_send(blocked.put, out, result)
 
     @staticmethod
-    def _send_one(conn: Connection, out: OutMessage, result: BroadcastResult) -> None:
+    def _count_send(send: Callable[[OutMessage], bool], out: OutMessage, result: BroadcastResult) -> None:
+        """``send(out)`` (a connection's send, or an outbox's put), counted into ``result``."""
         try:
-            if conn.send(out):
+            if send(out):
                 result.queued += 1
             else:
                 result.dropped += 1
