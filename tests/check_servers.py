@@ -8,11 +8,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+
+from .helpers import stop_process
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,12 +28,7 @@ def _subprocess_server(args: list[str]) -> Iterator[int]:
         assert line.startswith("listening on ws://127.0.0.1:"), f"server did not start: {line!r}"
         yield int(line.split()[2].rsplit(":", 1)[1].split("/")[0])
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=10)
 
 
 def flask_sock_server(lock: bool = False) -> contextlib.AbstractContextManager[int]:

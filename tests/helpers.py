@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -252,3 +254,15 @@ def assert_same_messages(got: list[str | bytes] | Counter, want: list[str | byte
         f"{len(missing)} sent messages never came back (first: {[describe(m) for m in missing[:3]]}); "
         f"{len(extra)} unexpected replies (first: {[describe(m) for m in extra[:3]]})"
     )
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    """End a process this test started: SIGTERM (a graceful shutdown), then SIGKILL after ``timeout``."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

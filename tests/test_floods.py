@@ -24,7 +24,16 @@ from websockets.sync.client import connect
 
 from server import Limits
 
-from .helpers import client_frame, echo_works, http_exchange, raw_connect, read_server_frames, running_server, upgrade_request
+from .helpers import (
+    client_frame,
+    echo_works,
+    http_exchange,
+    raw_connect,
+    read_server_frames,
+    running_server,
+    stop_process,
+    upgrade_request,
+)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -61,13 +70,7 @@ def limited_server(*args: str, soft: int = NOFILE, hard: int = NOFILE) -> Iterat
             assert line.startswith("listening on ws://127.0.0.1:"), (line, open(log_path).read()[-2000:])
             yield proc, int(line.rsplit(":", 1)[1]), log_path
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc)
 
 
 def cpu_seconds(pid: int) -> float:
