@@ -128,6 +128,15 @@ def instances() -> Iterator[list[Instance]]:
         inst.close()
 
 
+def _two_instances_with_subscribers(url: str, instances: list[Instance]) -> tuple[Instance, Instance, list[Subscriber]]:
+    """Two instances on one broker (registered for cleanup), three /broadcast subscribers on each."""
+    a = Instance("--broker", url)
+    instances.append(a)
+    b = Instance("--broker", url)
+    instances.append(b)
+    return a, b, [Subscriber(inst.url, f"{tag}{i}") for tag, inst in (("a", a), ("b", b)) for i in range(3)]
+
+
 def _all_hear(subs: list[Subscriber], send: ClientConnection, timeout: float = 15) -> None:
     """Publish markers until every subscriber got one: all subscriptions are live everywhere."""
     deadline = time.monotonic() + timeout
@@ -212,11 +221,7 @@ def test_redis_crash_and_restart_with_its_data_loses_nothing(instances) -> None:
     reconnect, messages go missing and this fails.)"""
     redis_server = RedisServer(persistent=True).start()
     try:
-        a = Instance("--broker", redis_server.url)
-        instances.append(a)
-        b = Instance("--broker", redis_server.url)
-        instances.append(b)
-        subs = [Subscriber(inst.url, f"{tag}{i}") for tag, inst in (("a", a), ("b", b)) for i in range(3)]
+        a, b, subs = _two_instances_with_subscribers(redis_server.url, instances)
         with connect(f"{a.url}/broadcast", open_timeout=10) as pub:
             _all_hear(subs, pub)
             count = 600
@@ -240,11 +245,7 @@ def test_redis_restart_without_its_data_closes_subscribers_1013(redis_server, in
     every subscriber keeps what it got (in order) and is closed with 1013 and a reason saying messages
     were missed; the instances survive and serve new subscribers. (Without the gap check, subscribers stay
     open, having silently missed what was lost, and this fails.)"""
-    a = Instance("--broker", redis_server.url)
-    instances.append(a)
-    b = Instance("--broker", redis_server.url)
-    instances.append(b)
-    subs = [Subscriber(inst.url, f"{tag}{i}") for tag, inst in (("a", a), ("b", b)) for i in range(3)]
+    a, b, subs = _two_instances_with_subscribers(redis_server.url, instances)
     with connect(f"{a.url}/broadcast", open_timeout=10) as pub:
         _all_hear(subs, pub)
         _publish_through_outage(redis_server, pub, 450)
