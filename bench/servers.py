@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 
 from server.errors import ConnectionClosed
-from server.handshake import HandshakeParser, HttpRequest, check_upgrade, upgrade_response
+from server.handshake import Handshake
 
 KINDS = ["ours-loop", "ours-broadcast", "sws-lock", "websockets-asyncio", "websockets-sync", "raw", "direct"]
 OURS = ("ours-loop", "ours-broadcast")
@@ -151,12 +151,12 @@ class ThreadedListener(Base):
             self.on_socket(sock)
 
     @staticmethod
-    def read_request(sock: socket.socket) -> HttpRequest:
-        parser = HandshakeParser()
-        request = None
-        while request is None:
-            request = parser.feed(sock.recv(65536))
-        return request
+    def read_request(sock: socket.socket) -> Handshake:
+        """Read one request; the handshake answers it."""
+        handshake = Handshake()
+        while handshake.receive_data(sock.recv(65536)) is None:
+            pass
+        return handshake
 
     def on_socket(self, sock: socket.socket) -> None:
         raise NotImplementedError
@@ -175,7 +175,8 @@ class SwsLock(ThreadedListener):
     def _serve(self, sock: socket.socket) -> None:
         import simple_websocket
 
-        request = self.read_request(sock)
+        request = self.read_request(sock).request
+        assert request is not None
         environ: dict[str, object] = {"werkzeug.socket": sock}
         environ.update({"HTTP_" + k.upper().replace("-", "_"): v for k, v in request.headers.items()})
         ws = simple_websocket.Server.accept(environ)
@@ -285,8 +286,7 @@ class Raw(ThreadedListener):
         self.queues: list[queue.SimpleQueue] = []
 
     def on_socket(self, sock: socket.socket) -> None:
-        request = self.read_request(sock)
-        sock.sendall(upgrade_response(check_upgrade(request), None))
+        sock.sendall(self.read_request(sock).accept(deflate=False)[0])
         q: queue.SimpleQueue = queue.SimpleQueue()
         threading.Thread(target=self._writer, args=(sock, q), daemon=True).start()
         with self.lock:

@@ -17,12 +17,9 @@ import threading
 from collections.abc import Iterator
 from typing import Protocol
 
-from wsproto.events import BytesMessage, TextMessage
-
-from server import DemoApp, Limits, Server
-from server.connection import ABNORMAL, Connection, ConnectionClosed
+from server import CloseCode, ConnectionClosed, DemoApp, Limits, Server, SocketTransport
+from server.connection import Connection, State
 from server.frames import OutMessage
-from server.loop import IOLoop
 
 from .guard import Violation, WriteGuard
 from .simple_ws import SimpleWebsocketServer
@@ -40,38 +37,30 @@ DESCRIPTIONS = {
 }
 
 
-class _SndbufMixin:
-    """Apply the repro's knobs to accepted sockets: SO_SNDBUF, and the write guard."""
+class KnobServer(Server):
+    """The fixed server, plus the repro's knobs on every accepted socket: SO_SNDBUF, and the write guard."""
 
     sndbuf: int | None = None
     guards: list[WriteGuard] | None = None  # set: wrap every socket in a recording WriteGuard
-    _sock: socket.socket
-    _loop: IOLoop
 
-    def _apply_sndbuf(self) -> None:
+    def make_transport(self, sock: socket.socket) -> SocketTransport:
         if self.sndbuf:
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.sndbuf)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.sndbuf)
         if self.guards is not None:
-            # start() runs on the IO thread: it is the owner, as it should be.
-            guard = WriteGuard(self._sock, owner=threading.current_thread(), on_violation="record")
+            # Accepted on the IO thread: it is the owner, as it should be.
+            guard = WriteGuard(sock, owner=threading.current_thread(), on_violation="record")
             self.guards.append(guard)
-            self._sock = guard  # type: ignore[assignment]
+            sock = guard  # type: ignore[assignment]
+        return SocketTransport(self.loop, sock)
 
 
-class QueuedConnection(_SndbufMixin, Connection):
-    """The fixed connection, unchanged but for the SO_SNDBUF knob."""
-
-    def start(self) -> None:
-        self._apply_sndbuf()
-        super().start()
-
-
-class DirectConnection(_SndbufMixin, Connection):
+class DirectConnection(Connection):
     """UNSAFE ON PURPOSE: ``send()`` encodes and writes on the caller's thread.
 
     The IO thread keeps writing what it always writes (101, pongs, keepalive
     pings, close frames) — so, as with simple-websocket's reader thread, two
-    threads write to one socket.
+    threads write to one socket. It uses the IO-thread-only ``session`` and
+    ``transport`` from a worker thread: exactly the contract the bug breaks.
     """
 
     worker_lock: threading.Lock | contextlib.nullcontext[None]
@@ -80,23 +69,14 @@ class DirectConnection(_SndbufMixin, Connection):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.worker_lock = contextlib.nullcontext()
 
-    def start(self) -> None:
-        self._apply_sndbuf()
-        super().start()
-
     def send(self, message: str | bytes | OutMessage, timeout: float | None = None) -> bool:
         out = OutMessage.of(message)
         with self.worker_lock:
-            closed = self._outbox.closed
-            if closed is not None:
-                raise ConnectionClosed(*closed)
-            if self._ws is None:
-                raise ConnectionClosed(ABNORMAL, "not open")
-            if self.deflate:  # the shared compressor, from whichever thread gets here
-                event = TextMessage(data=out.payload.decode()) if out.text else BytesMessage(data=out.payload)
-                data = bytes(self._ws.send(event))
-            else:
-                data = out.header + out.payload
+            session = self.session
+            if self.state is not State.OPEN or session is None:
+                raise ConnectionClosed(self.close_code or CloseCode.ABNORMAL, self.close_reason or "not open")
+            # With deflate: the shared compressor, from whichever thread gets here.
+            data = session.encode(out) if session.deflate else out.header + out.payload
             self._write_from_this_thread(data)
         return True
 
@@ -107,16 +87,17 @@ class DirectConnection(_SndbufMixin, Connection):
         # What socket.sendall() does on a socket with a timeout: send, and wait
         # for writability when the buffer is full. Another thread's bytes can
         # land in the socket between two of these partial sends.
+        sock = self.transport.socket
         view = memoryview(data)
         while view:
             try:
                 try:
-                    sent = self._sock.send(view)
+                    sent = sock.send(view)
                 except BlockingIOError:
-                    select.select([], [self._sock], [], 1.0)
+                    select.select([], [sock], [], 1.0)
                     continue
             except (OSError, ValueError) as exc:  # ValueError: the IO thread closed the socket (fd -1)
-                raise ConnectionClosed(ABNORMAL, f"write failed: {exc}") from None
+                raise ConnectionClosed(CloseCode.ABNORMAL, f"write failed: {exc}") from None
             view = view[sent:]
 
 
@@ -179,12 +160,12 @@ def serve(
         finally:
             sws.shutdown()
         return
-    cls: type[Connection] = {"direct": DirectConnection, "locked": LockedConnection, "queued": QueuedConnection}[discipline]
+    conn_cls: type[Connection] = {"direct": DirectConnection, "locked": LockedConnection, "queued": Connection}[discipline]
     guards: list[WriteGuard] | None = [] if guard else None
-    conn_cls = type(f"{cls.__name__}WithKnobs", (cls,), {"sndbuf": sndbuf, "guards": guards})
     # The unsafe modes write off the IO thread by design: their writes skip the affinity check.
     limits = Limits(ping_interval=ping_interval, deflate=deflate, max_queue_bytes=64 * 1024 * 1024)
-    srv = Server(DemoApp, host=host, port=port, workers=workers, limits=limits, connection_class=conn_cls)
+    srv = KnobServer(DemoApp, host=host, port=port, workers=workers, limits=limits, connection_class=conn_cls)
+    srv.sndbuf, srv.guards = sndbuf, guards
     srv.start()
     if publishers:
         srv.router.hub.start_tickers(publishers, rate)  # type: ignore[attr-defined]

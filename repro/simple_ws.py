@@ -20,9 +20,10 @@ import simple_websocket
 from wsproto.utilities import LocalProtocolError
 
 from server.app import EchoHandler, StreamHandler, StreamParams, index_page
-from server.connection import ABNORMAL, NORMAL, ConnectionClosed
+from server.codes import CloseCode
+from server.errors import ConnectionClosed
 from server.frames import OutMessage
-from server.handshake import HandshakeParser, HttpError, error_response, http_response
+from server.handshake import Handshake, HttpError
 
 from .guard import WriteGuard
 
@@ -48,14 +49,14 @@ class SimpleWsConnection:
         except LocalProtocolError:
             # The reader thread saw the close first: wsproto refuses the send. Its message holds
             # the whole event (a 256 KiB payload repr), so it is not chained.
-            raise ConnectionClosed(ABNORMAL, "connection closed while sending") from None
+            raise ConnectionClosed(CloseCode.ABNORMAL, "connection closed while sending") from None
         except OSError as exc:
-            raise ConnectionClosed(ABNORMAL, f"write failed: {exc}") from None
+            raise ConnectionClosed(CloseCode.ABNORMAL, f"write failed: {exc}") from None
 
     def send_paced(self, message: str | bytes | OutMessage, timeout: float | None = None) -> None:
         self.send(message)
 
-    def close(self, code: int = NORMAL, reason: str = "") -> None:
+    def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         try:
             with self.lock:
                 self.ws.close(code, reason)
@@ -112,14 +113,14 @@ class SimpleWebsocketServer:
         if self.sndbuf:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.sndbuf)
         peer = "{}:{}".format(*sock.getpeername()[:2])
-        parser = HandshakeParser()
+        handshake = Handshake()
         try:
             request = None
             while request is None:
                 data = sock.recv(65536)
-                request = parser.feed(data)
+                request = handshake.receive_data(data)
             if request.path == "/":
-                sock.sendall(http_response(200, index_page(), b"text/html; charset=utf-8"))
+                sock.sendall(handshake.respond(200, index_page(), b"text/html; charset=utf-8"))
                 sock.close()
                 return
             if request.path not in ("/echo", "/stream", "/broadcast"):
@@ -127,7 +128,7 @@ class SimpleWebsocketServer:
             params = StreamParams.parse(request.query) if request.path == "/stream" else None
         except HttpError as exc:
             with contextlib.suppress(OSError):
-                sock.sendall(error_response(exc))
+                sock.sendall(handshake.reject(exc))
             sock.close()
             return
         except OSError:

@@ -9,17 +9,23 @@ Quick use (a complete app: ``examples/chat.py``)::
 """
 
 from .app import DemoApp
-from .connection import Connection, Handler, Limits, Router, Stats
+from .codes import CloseCode
+from .connection import Connection
 from .errors import ConnectionClosed, WsraceError
 from .frames import OutMessage
+from .handler import Handler, Router
 from .handshake import HttpError, HttpRequest
 from .http import Response
+from .limits import Limits
 from .loop import IOLoop
 from .outbox import OverflowPolicy
 from .server import BroadcastResult, Server
+from .stats import Stats
+from .transport import SocketTransport
 
 __all__ = [
     "BroadcastResult",
+    "CloseCode",
     "Connection",
     "ConnectionClosed",
     "DemoApp",
@@ -33,6 +39,7 @@ __all__ = [
     "Response",
     "Router",
     "Server",
+    "SocketTransport",
     "Stats",
     "WsraceError",
 ]

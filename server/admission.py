@@ -33,9 +33,11 @@ import socket
 import time
 from collections.abc import Callable
 
-from .connection import ABNORMAL, Connection, Limits, State, Stats
+from .connection import Connection, State
 from .handshake import HttpError, error_response
+from .limits import Limits
 from .loop import IOLoop, Timer
+from .stats import Stats
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +100,6 @@ def refusal(status: int, message: str) -> bytes:
 BUSY_503 = refusal(503, "server busy: connection limit reached, retry later")
 BUSY_HANDSHAKES_503 = refusal(503, "server busy: too many handshakes in progress, retry later")
 PER_IP_429 = refusal(429, "too many connections from your address")
-TIMEOUT_408 = error_response(HttpError(408, "request timeout (server busy)"))
 
 
 class LogThrottle:
@@ -167,9 +168,7 @@ def _in_handshake(conn: Connection) -> bool:
 
 def _expire_handshake(conn: Connection) -> None:
     """Answer 408 to a connection still in its handshake and close it now (no lingering)."""
-    conn._reply_and_close(TIMEOUT_408, 408)  # cancels its own handshake timer, queues the reply
-    conn._flush()  # a few bytes on a socket that has sent nothing yet: written at once
-    conn._finish(ABNORMAL, "HTTP 408 (server busy)")
+    conn.reject_now(HttpError(408, "request timeout (server busy)"))
 
 
 class Admission:

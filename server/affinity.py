@@ -1,8 +1,10 @@
-"""The write-affinity check: every socket write must run on the IO thread.
+"""The thread-affinity check: socket IO and loop state belong to the IO thread.
 
-Off by default in production (it costs one comparison per write); on in every
+Off by default in production (it costs one comparison per call); on in every
 test. Switch it on with ``WSRACE_CHECK_AFFINITY=1``, ``--check-affinity`` or
-:func:`set_enabled`.
+:func:`set_enabled`. When on, every socket read and write of a transport and
+every IO-thread-only method of :class:`~server.loop.IOLoop` checks its thread
+(like asyncio's debug mode).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ _enabled = os.environ.get("WSRACE_CHECK_AFFINITY", "").lower() in {"1", "true", 
 
 
 class WriteAffinityError(RuntimeError):
-    """A socket write ran on a thread other than the connection's IO thread."""
+    """Socket IO (or an IO-thread-only loop call) ran on a thread other than the IO thread."""
 
 
 def set_enabled(enabled: bool) -> None:
@@ -23,17 +25,18 @@ def set_enabled(enabled: bool) -> None:
     _enabled = enabled
 
 
-def check_write(io_thread_id: int | None, peer: str) -> None:
-    """Raise :class:`WriteAffinityError` if the caller is not the IO thread.
+def check_io_thread(io_thread_id: int | None, action: str) -> None:
+    """Raise :class:`WriteAffinityError` if the caller is not the IO thread (no check before the loop runs).
 
-    ``peer`` names the connection written to, so the error says where and by whom.
+    ``action`` says what was attempted and on what ("socket write to 127.0.0.1:5000"),
+    so the error names the operation, the offending thread and the owner.
     """
-    if not _enabled:
+    if not _enabled or io_thread_id is None:
         return
     me = threading.current_thread()
     if me.ident != io_thread_id:
         owner = next((t.name for t in threading.enumerate() if t.ident == io_thread_id), "<not running>")
         raise WriteAffinityError(
-            f"socket write to {peer} from thread {me.name!r} (id {me.ident}); "
-            f"only the IO thread {owner!r} (id {io_thread_id}) may write to this socket"
+            f"{action} from thread {me.name!r} (id {me.ident}); "
+            f"only the IO thread {owner!r} (id {io_thread_id}) may do this"
         )

@@ -17,7 +17,10 @@ from dataclasses import dataclass
 
 from . import streamformat
 from .broker import PublishQueueFull
-from .connection import NORMAL, Connection, ConnectionClosed, Handler
+from .codes import CloseCode
+from .connection import Connection
+from .errors import ConnectionClosed
+from .handler import Handler
 from .handshake import HttpError, HttpRequest
 from .http import Response
 from .server import TRY_AGAIN_LATER, BroadcastResult, Server
@@ -164,7 +167,7 @@ class StreamHandler:
                 last = self._remaining == 0
         if last:
             # Every producer's messages were posted before this close: it goes out after them.
-            conn.close(NORMAL, "stream complete")
+            conn.close(CloseCode.NORMAL, "stream complete")
 
     def on_message(self, conn: Connection, message: str | bytes) -> None:
         pass  # /stream ignores what the client says

@@ -11,7 +11,8 @@ from . import affinity
 from .admission import nofile_limit, raise_nofile_limit
 from .app import DemoApp
 from .broker import DEFAULT_MAXLEN, DEFAULT_PUBLISH_QUEUE, Broker, BrokerError, make_broker
-from .connection import Limits, OverflowPolicy
+from .limits import Limits
+from .outbox import OverflowPolicy
 from .server import Server
 
 logger = logging.getLogger("server")

@@ -1,9 +1,10 @@
 """HTTP side of a connection: parse the request with h11, answer or upgrade.
 
-A small state machine with no I/O, in the style of h11 and wsproto: feed it
-bytes with :meth:`HandshakeParser.feed`, get back ``None`` (need more data)
-or the parsed :class:`HttpRequest`. Build replies with :func:`http_response`
-and :func:`upgrade_response`.
+:class:`Handshake` is a small state machine with no I/O, in the style of
+wsproto's ``H11Handshake``: one h11 connection per request parses it
+(:meth:`Handshake.receive_data` returns ``None`` until the request is complete)
+and writes the answer (:meth:`Handshake.accept`, :meth:`Handshake.respond`,
+:meth:`Handshake.reject` return the bytes to send).
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ from wsproto.handshake import server_extensions_handshake
 from wsproto.utilities import generate_accept_token, split_comma_header
 
 from .deflate import BoundedPerMessageDeflate
+from .errors import WsraceError
 
 WEBSOCKET_VERSION = b"13"
 SERVER_NAME = b"wsrace"
 
 
-class HttpError(Exception):
+class HttpError(WsraceError):
     """A request we answer with an HTTP error status and close."""
 
     def __init__(self, status: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
@@ -114,11 +116,12 @@ def check_http_version(major: int, minor: int) -> None:
                              "(RFC 6455 section 4.1)")
 
 
-class HandshakeParser:
-    """Collects one HTTP/1.1 request (h11 enforces size limits and syntax).
+class Handshake:
+    """The HTTP phase of one connection, sans I/O: one h11 connection reads the request and writes the answer.
 
     The request line is checked as its bytes arrive (:func:`check_request_line`),
-    so garbage is answered at once rather than at the handshake timeout.
+    so garbage is answered at once rather than at the handshake timeout. Exactly
+    one of :meth:`accept`, :meth:`respond` or :meth:`reject` ends it.
     """
 
     def __init__(self, max_request_bytes: int = 16 * 1024, max_body_bytes: int = 1024 * 1024) -> None:
@@ -129,9 +132,10 @@ class HandshakeParser:
         self._head: h11.Request | None = None
         self._body = bytearray()
         self._line: bytearray | None = bytearray()  # the request line so far; None once it is judged good
+        self.request: HttpRequest | None = None  # set once complete
 
-    def feed(self, data: bytes) -> HttpRequest | None:
-        """Feed received bytes (``b""`` at EOF). Raises :class:`HttpError` on bad input."""
+    def receive_data(self, data: bytes) -> HttpRequest | None:
+        """Feed received bytes (``b""`` at EOF); the request once complete. Raises :class:`HttpError`."""
         self._received += len(data)
         if self._line is not None and data:
             self._line += data[: self._max]
@@ -145,7 +149,7 @@ class HandshakeParser:
                 event = self._h11.next_event()
             except h11.RemoteProtocolError as exc:
                 raise HttpError(exc.error_status_hint, f"malformed HTTP request: {exc}") from None
-            if event is h11.NEED_DATA:
+            if event is h11.NEED_DATA or event is h11.PAUSED:
                 return None
             if isinstance(event, h11.ConnectionClosed):
                 raise HttpError(400, "connection closed before a complete request")
@@ -160,9 +164,40 @@ class HandshakeParser:
                 # h11 only limits incomplete requests; a large one arriving whole gets here.
                 if self._received - len(request.trailing) - len(request.body) > self._max:
                     raise HttpError(431, f"request head over {self._max} bytes")
+                self.request = request
                 return request
             else:  # pragma: no cover - h11 yields Request, Data..., EndOfMessage
                 raise HttpError(400, f"unexpected HTTP event {type(event).__name__}")
+
+    def accept(self, deflate: bool = True, max_message_bytes: int = 16 * 1024 * 1024) -> tuple[bytes, PerMessageDeflate | None]:
+        """Upgrade: the 101 reply and the negotiated extension. Raises :class:`HttpError` for a bad upgrade."""
+        assert self.request is not None, "accept() before the request is complete"
+        key = check_upgrade(self.request)
+        extension, ext_header = negotiate_deflate(self.request, deflate, max_message_bytes)
+        headers = [
+            (b"Upgrade", b"websocket"),
+            (b"Connection", b"Upgrade"),
+            (b"Sec-WebSocket-Accept", generate_accept_token(key)),
+            (b"Server", SERVER_NAME),
+        ]
+        if ext_header:
+            headers.append((b"Sec-WebSocket-Extensions", ext_header))
+        event = h11.InformationalResponse(status_code=101, headers=headers, reason=b"Switching Protocols")
+        return self._h11.send(event) or b"", extension
+
+    def respond(self, status: int, body: bytes, content_type: bytes = b"text/plain; charset=utf-8",
+                headers: list[tuple[bytes, bytes]] | None = None) -> bytes:
+        """A complete HTTP/1.1 response (just its head for a HEAD request); the connection closes after it."""
+        event = _response_head(status, len(body), content_type, headers)
+        try:
+            head = self._h11.send(event) or b""
+        except h11.LocalProtocolError:  # the client broke HTTP mid-request: answer outside its exchange
+            head = h11.Connection(h11.SERVER).send(event) or b""
+        return head if self.request is not None and self.request.method == "HEAD" else head + body
+
+    def reject(self, error: HttpError) -> bytes:
+        """The error response for ``error`` (its status, a one-line text body, its headers)."""
+        return self.respond(error.status, (error.message + "\n").encode("utf-8"), headers=error.headers)
 
     def _to_request(self, event: h11.Request, body: bytes) -> HttpRequest:
         headers: dict[str, str] = {}
@@ -236,40 +271,26 @@ def negotiate_deflate(
     return extension, header
 
 
-def upgrade_response(key: bytes, extensions_header: bytes | None) -> bytes:
-    headers = [
-        (b"Upgrade", b"websocket"),
-        (b"Connection", b"Upgrade"),
-        (b"Sec-WebSocket-Accept", generate_accept_token(key)),
-        (b"Server", SERVER_NAME),
-    ]
-    if extensions_header:
-        headers.append((b"Sec-WebSocket-Extensions", extensions_header))
-    return _serialize(h11.InformationalResponse(status_code=101, headers=headers, reason=b"Switching Protocols"))
-
-
 def http_response(status: int, body: bytes, content_type: bytes = b"text/plain; charset=utf-8",
                   headers: list[tuple[bytes, bytes]] | None = None) -> bytes:
-    """A complete HTTP/1.1 response; the connection is closed after it."""
+    """A complete HTTP/1.1 response sent without reading a request (h11 allows it: 408, 503, ...)."""
+    return (h11.Connection(h11.SERVER).send(_response_head(status, len(body), content_type, headers)) or b"") + body
+
+
+def error_response(error: HttpError) -> bytes:
+    """:func:`http_response` for ``error`` (used before any request is read, e.g. when refusing at accept)."""
+    return http_response(error.status, (error.message + "\n").encode("utf-8"), headers=error.headers)
+
+
+def _response_head(status: int, length: int, content_type: bytes,
+                   headers: list[tuple[bytes, bytes]] | None) -> h11.Response:
     all_headers = [
         (b"Content-Type", content_type),
-        (b"Content-Length", str(len(body)).encode()),
+        (b"Content-Length", str(length).encode()),
         (b"Connection", b"close"),
         (b"Server", SERVER_NAME),
         (b"Cache-Control", b"no-store"),
         *(headers or []),
     ]
     reason = HTTPStatus(status).phrase.encode() if status in HTTPStatus._value2member_map_ else b""
-    return _serialize(h11.Response(status_code=status, headers=all_headers, reason=reason)) + body
-
-
-def error_response(error: HttpError) -> bytes:
-    return http_response(error.status, (error.message + "\n").encode("utf-8"), headers=error.headers)
-
-
-def _serialize(event: h11.InformationalResponse | h11.Response) -> bytes:
-    # A throwaway h11 connection in the "client sent a request" state serialises one response.
-    conn = h11.Connection(h11.SERVER)
-    conn.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n\r\n")
-    conn.next_event()
-    return conn.send(event) or b""
+    return h11.Response(status_code=status, headers=all_headers, reason=reason)

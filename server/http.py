@@ -35,11 +35,16 @@ class Response:
     def html(cls, page: bytes | str, status: int = 200) -> Response:
         return cls(status, page, "text/html; charset=utf-8")
 
-    def to_bytes(self, head_only: bool = False) -> bytes:
-        """The response on the wire (``head_only`` for HEAD: same headers, no body)."""
+    def encoded(self) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]]:
+        """Body, content type and extra headers as bytes, for :meth:`Handshake.respond <server.handshake.Handshake.respond>`."""
         body = self.body.encode("utf-8") if isinstance(self.body, str) else self.body
         extra = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in self.headers]
-        data = http_response(self.status, body, self.content_type.encode("latin-1"), extra)
+        return body, self.content_type.encode("latin-1"), extra
+
+    def to_bytes(self, head_only: bool = False) -> bytes:
+        """The response on the wire (``head_only`` for HEAD: same headers, no body)."""
+        body, content_type, extra = self.encoded()
+        data = http_response(self.status, body, content_type, extra)
         return data[: len(data) - len(body)] if head_only else data
 
 

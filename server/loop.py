@@ -6,7 +6,8 @@ callables plus a socketpair whose readable end wakes ``selectors.select()``.
 
 Rules:
 
-* Only the IO thread touches sockets, wsproto state and timers.
+* Only the IO thread touches sockets, wsproto state and timers (checked on
+  every IO-thread-only method when :mod:`server.affinity` is on).
 * Any thread may call :meth:`IOLoop.post`; callables posted by one thread run
   on the IO thread in the order posted, each exactly once.
 """
@@ -22,6 +23,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+
+from . import affinity
 
 logger = logging.getLogger(__name__)
 
@@ -133,16 +136,19 @@ class IOLoop:
         Connections use it to write once per batch: everything queued in this
         turn goes out in one ``sendmsg``, without a posted callable per socket.
         """
+        affinity.check_io_thread(self._thread_id, "IOLoop.call_after_batch()")
         self._after_batch.append(callback)
 
     def call_later(self, delay: float, callback: Callback) -> Timer:
         """Schedule ``callback`` after ``delay`` seconds (IO thread only)."""
+        affinity.check_io_thread(self._thread_id, "IOLoop.call_later()")
         timer = Timer(time.monotonic() + delay, callback)
         heapq.heappush(self._timers, (timer.when, next(self._timer_seq), timer))
         return timer
 
     def set_interest(self, sock: socket.socket, handler: IOHandler, read: bool, write: bool) -> None:
         """Watch ``sock`` for the given readiness; ``handler(mask)`` runs on it (IO thread only)."""
+        affinity.check_io_thread(self._thread_id, "IOLoop.set_interest()")
         events = (selectors.EVENT_READ if read else 0) | (selectors.EVENT_WRITE if write else 0)
         try:
             key = self._selector.get_key(sock)
@@ -157,6 +163,7 @@ class IOLoop:
 
     def remove(self, sock: socket.socket) -> None:
         """Stop watching ``sock`` (IO thread only); harmless if it was not watched."""
+        affinity.check_io_thread(self._thread_id, "IOLoop.remove()")
         try:
             self._selector.unregister(sock)
         except (KeyError, ValueError):

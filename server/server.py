@@ -13,12 +13,17 @@ from operator import attrgetter
 
 from .admission import Admission
 from .broker import Broker, MemoryBroker
-from .connection import GOING_AWAY, Connection, Limits, Router, State, Stats
+from .codes import CloseCode
+from .connection import Connection, State
 from .errors import ConnectionClosed
 from .frames import OutMessage
+from .handler import Router
 from .http import OriginCheck
+from .limits import Limits
 from .loop import IOLoop
 from .outbox import Backlog, put_shared
+from .stats import Stats
+from .transport import SocketTransport
 
 logger = logging.getLogger(__name__)
 _outbox_of = attrgetter("_outbox")
@@ -282,7 +287,7 @@ class Server:
 
             def cut() -> None:
                 for conn in self.connections:
-                    conn._finish(GOING_AWAY, "server shutdown timed out")
+                    conn.abort(CloseCode.GOING_AWAY, "server shutdown timed out")
                 done.set()
 
             self.loop.post(cut)
@@ -314,9 +319,9 @@ class Server:
         self._listener.close()
         for conn in self.connections:
             if conn.state is State.HANDSHAKE:
-                conn._finish(GOING_AWAY, "server shutting down")
+                conn.abort(CloseCode.GOING_AWAY, "server shutting down")
             else:
-                conn.close(GOING_AWAY, "server shutting down")
+                conn.close(CloseCode.GOING_AWAY, "server shutting down")
         self._check_all_closed()
 
     def _on_accept(self, mask: int) -> None:
@@ -335,12 +340,17 @@ class Server:
                 continue
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn = self.connection_class(
-                self.loop, sock, self._route_via, self.executor, self.limits, self.stats, self._on_closed, self.send_backlog
+                self.loop, self.make_transport(sock), self._route_via, self.executor, self.limits, self.stats,
+                self._on_closed, self.send_backlog,
             )
             with self._conn_lock:
                 self._connections.add(conn)
             self.admission.opened(conn, addr)  # [admission]
             conn.start()
+
+    def make_transport(self, sock: socket.socket) -> SocketTransport:
+        """The transport for a socket just accepted (IO thread); a subclass may wrap the socket."""
+        return SocketTransport(self.loop, sock)
 
     def _on_closed(self, conn: Connection) -> None:
         with self._conn_lock:

@@ -95,7 +95,7 @@ MUTANTS = [
         "stall-judged-by-the-clock",
         "a client is judged stalled by elapsed time alone, without asking its socket: a busy IO thread gets readers evicted",
         "server/connection.py",
-        "if self._socket_writable():",
+        "if self.transport.can_write_now():",
         "if False:",
         1,
     ),

@@ -1,49 +1,94 @@
-"""The write-affinity check catches a socket write from any thread but the IO thread."""
+"""The affinity check: socket IO and the loop's IO-thread-only calls refuse any other thread."""
 
 from __future__ import annotations
 
+import socket
 import threading
+from collections.abc import Callable
 
 import pytest
 
 from server import affinity
 from server.affinity import WriteAffinityError
+from server.loop import IOLoop
+from server.outbox import Backlog, Outbox, OverflowPolicy
 
 from .helpers import wait_until, ws_handshake
 
 pytestmark = pytest.mark.timeout(30)
 
 
-def test_off_thread_write_raises_naming_both_threads(server) -> None:
+def _nothing() -> None:
+    pass
+
+
+def _raised_on(thread_name: str, call: Callable[[], object]) -> str:
+    """Run ``call`` on a new thread; the WriteAffinityError's message ('' if nothing was raised)."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except WriteAffinityError as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=run, name=thread_name)
+    t.start()
+    t.join()
+    return str(errors[0]) if errors else ""
+
+
+def test_off_thread_socket_write_and_read_raise_naming_both_threads(server) -> None:
     sock, _ = ws_handshake(server.port, "/echo")
     with sock:
         assert wait_until(lambda: len(server.connections) == 1, 5)
         conn = next(iter(server.connections))
-        errors: list[BaseException] = []
-        idle = threading.Event()  # the IO thread has finished writing the 101 (else it may write our frame too)
+        idle = threading.Event()  # the IO thread has finished writing the 101
         server.loop.post(idle.set)
         assert idle.wait(5)
+        outbox = Outbox(1 << 20, OverflowPolicy.CLOSE, schedule=_nothing, on_full=_nothing, on_drop=_nothing,
+                        backlog=Backlog(1 << 20), in_io_thread=lambda: False)
+        outbox.append((b"\x81\x00",), 0, 2)  # something to write
 
-        def rogue() -> None:
-            try:
-                conn._flush()  # what a worker writing "directly" would do
-            except WriteAffinityError as exc:
-                errors.append(exc)
+        message = _raised_on("rogue-writer", lambda: conn.transport.write(outbox))
+        assert "socket write to" in message and "rogue-writer" in message and "wsrace-io" in message
+        assert outbox.frames, "nothing may have been written"
 
-        conn._outbox.append((b"\x81\x00",), 0, 2)  # something to write
-        t = threading.Thread(target=rogue, name="rogue-worker")
-        t.start()
-        t.join()
-        assert errors, "an off-thread write must be refused"
-        message = str(errors[0])
-        assert "rogue-worker" in message and "wsrace-io" in message
+        message = _raised_on("rogue-reader", conn.transport.read)
+        assert "socket read from" in message and "rogue-reader" in message and "wsrace-io" in message
+
+
+def test_every_io_thread_only_loop_call_checks_its_thread() -> None:
+    loop = IOLoop()
+    loop.start()
+    a, b = socket.socketpair()
+    try:
+        calls: dict[str, Callable[[], object]] = {
+            "call_later": lambda: loop.call_later(1.0, lambda: None),
+            "call_after_batch": lambda: loop.call_after_batch(lambda: None),
+            "set_interest": lambda: loop.set_interest(a, lambda mask: None, read=True, write=False),
+            "remove": lambda: loop.remove(a),
+        }
+        for name, call in calls.items():
+            message = _raised_on("not-the-io-thread", call)
+            assert f"IOLoop.{name}()" in message and "not-the-io-thread" in message, (name, message)
+        ran = threading.Event()
+        loop.post(lambda: (loop.call_later(0, ran.set), None)[1])  # on the IO thread: allowed
+        assert ran.wait(5)
+    finally:
+        loop.stop()
+        assert loop.thread is not None
+        loop.thread.join(5)
+        loop.close()
+        a.close()
+        b.close()
 
 
 def test_check_can_be_switched_off() -> None:
     affinity.set_enabled(False)
     try:
-        affinity.check_write(io_thread_id=-1, peer="anything")  # no error when off
+        affinity.check_io_thread(-1, "anything")  # no error when off
     finally:
         affinity.set_enabled(True)
     with pytest.raises(WriteAffinityError):
-        affinity.check_write(io_thread_id=-1, peer="anything")
+        affinity.check_io_thread(-1, "anything")

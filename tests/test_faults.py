@@ -88,9 +88,9 @@ def test_faults_do_not_disturb_healthy_clients(monkeypatch) -> None:
             assert summary.anomalies == {}, (i, {k: v.detail for k, v in summary.anomalies.items()})
             assert summary.valid_messages == PRODUCERS * COUNT and summary.close_code == 1000, (i, ended)
         # Producers waited only for the stalled client (until it was closed), never for a healthy one.
-        waits = {c.path: c._outbox.waits for c in conns if c._outbox.waits}
+        waits = {c.path: c.waits for c in conns if c.waits}
         assert list(waits) == ["/stream"], waits
-        assert [c.close_code for c in conns if c._outbox.waits] == [1008]
+        assert [c.close_code for c in conns if c.waits] == [1008]
         assert echo_works(srv.port)
         assert srv.stats.handler_errors == 1 and srv.stats.protocol_errors >= 1
 

@@ -1,7 +1,9 @@
-"""The opening handshake: HTTP version, and garbage answered as soon as it is seen (issue 11)."""
+"""The opening handshake: the sans-IO Handshake alone, then against a running server (garbage answered at once)."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import random
 import socket
 import time
@@ -9,7 +11,7 @@ import time
 import pytest
 
 from server import Limits
-from server.handshake import HandshakeParser, HttpError
+from server.handshake import Handshake, HttpError
 
 from .helpers import echo_works, raw_connect, running_server, server_threads, upgrade_request, wait_until
 
@@ -121,29 +123,101 @@ def test_garbage_flood_costs_nothing_lasting(patient_server) -> None:
 
 
 def test_valid_request_fed_byte_by_byte_is_never_refused_early() -> None:
-    parser = HandshakeParser()
+    parser = Handshake()
     data = upgrade_request("/stream?producers=2&count=3", extra="Sec-WebSocket-Extensions: permessage-deflate\r\n")
     for i in range(len(data) - 1):
-        assert parser.feed(data[i : i + 1]) is None
-    request = parser.feed(data[-1:])
+        assert parser.receive_data(data[i : i + 1]) is None
+    request = parser.receive_data(data[-1:])
     assert request is not None and request.path == "/stream" and request.method == "GET"
 
 
 @pytest.mark.parametrize("method", ["GET", "OPTIONS", "M-SEARCH", "PROPFIND", "UPDATEREDIRECTREF"])
 def test_any_token_method_reaches_the_router(method: str) -> None:
-    parser = HandshakeParser()
-    request = parser.feed(f"{method} /x HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    parser = Handshake()
+    request = parser.receive_data(f"{method} /x HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     assert request is not None and request.method == method
 
 
 @pytest.mark.parametrize("version,status", [("1.0", 505), ("0.9", 505), ("1.1", None), ("2.0", None)])
 def test_http_version_below_11_is_refused(version: str, status: int | None) -> None:
-    parser = HandshakeParser()
+    parser = Handshake()
     data = f"GET /echo HTTP/{version}\r\nHost: x\r\n\r\n".encode()
     if status is None:
-        assert parser.feed(data) is not None
+        assert parser.receive_data(data) is not None
         return
     with pytest.raises(HttpError) as info:
-        parser.feed(data)
+        parser.receive_data(data)
     assert info.value.status == status
     assert "HTTP/1.1" in info.value.message
+
+
+# -- the answers, from the same h11 connection that read the request ------------
+
+
+def _complete(data: bytes) -> Handshake:
+    handshake = Handshake()
+    assert handshake.receive_data(data) is not None
+    return handshake
+
+
+def _head(reply: bytes) -> dict[str, str]:
+    head = reply.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")[1:]
+    return {name.lower(): value for name, value in (line.split(": ", 1) for line in head)}
+
+
+def test_accept_answers_101_with_the_accept_token_and_no_extension_unless_offered() -> None:
+    reply, extension = _complete(upgrade_request("/echo")).accept()
+    assert reply.startswith(b"HTTP/1.1 101 Switching Protocols\r\n") and reply.endswith(b"\r\n\r\n")
+    headers = _head(reply)
+    # RFC 6455 4.2.2: base64(SHA-1(key + GUID)); the helper's key is fixed, so is the token.
+    key = [line for line in upgrade_request("/echo").split(b"\r\n") if line.lower().startswith(b"sec-websocket-key")]
+    token = base64.b64encode(hashlib.sha1(key[0].split(b": ")[1] + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+    assert headers["sec-websocket-accept"] == token.decode()
+    assert headers["upgrade"].lower() == "websocket" and extension is None
+    assert "sec-websocket-extensions" not in headers
+
+
+def test_accept_negotiates_deflate_only_when_offered_and_enabled() -> None:
+    offer = upgrade_request("/echo", extra="Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n")
+    reply, extension = _complete(offer).accept(deflate=True)
+    assert extension is not None and _head(reply)["sec-websocket-extensions"].startswith("permessage-deflate")
+    reply, extension = _complete(offer).accept(deflate=False)
+    assert extension is None and "sec-websocket-extensions" not in _head(reply)
+
+
+def test_accept_refuses_a_plain_request_with_426() -> None:
+    handshake = _complete(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+    with pytest.raises(HttpError) as info:
+        handshake.accept()
+    assert info.value.status == 426
+    reply = handshake.reject(info.value)
+    assert reply.startswith(b"HTTP/1.1 426 ") and _head(reply)["upgrade"] == "websocket"
+    assert reply.endswith(info.value.message.encode() + b"\n")
+
+
+def test_respond_sends_the_body_and_closes_and_head_gets_no_body() -> None:
+    reply = _complete(b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n").respond(200, b'{"a": 1}', b"application/json")
+    head, body = reply.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 200 OK") and body == b'{"a": 1}'
+    assert _head(reply)["content-length"] == "8" and _head(reply)["connection"] == "close"
+    reply = _complete(b"HEAD /stats HTTP/1.1\r\nHost: x\r\n\r\n").respond(200, b'{"a": 1}', b"application/json")
+    assert reply.endswith(b"\r\n\r\n") and _head(reply)["content-length"] == "8"
+
+
+@pytest.mark.parametrize("data,status", [
+    (b"\x16\x03\x01\x02\x00\x01", 400),  # a TLS ClientHello on the plain port
+    (b"GET /x HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n" + bytes(2 << 20), 413),
+    (b"GET /x HTTP/1.1\r\nHost: x\r\n" + b"X-Big: " + b"a" * (20 << 10) + b"\r\n\r\n", 431),
+])
+def test_reject_answers_even_a_request_h11_could_not_read(data: bytes, status: int) -> None:
+    handshake = Handshake()
+    with pytest.raises(HttpError) as info:
+        handshake.receive_data(data)
+    assert info.value.status == status
+    reply = handshake.reject(info.value)
+    assert reply.startswith(f"HTTP/1.1 {status} ".encode()) and _head(reply)["connection"] == "close"
+
+
+def test_reject_before_any_byte_is_the_timeout_answer() -> None:
+    reply = Handshake().reject(HttpError(408, "request timeout"))
+    assert reply.startswith(b"HTTP/1.1 408 Request Timeout\r\n") and reply.endswith(b"request timeout\n")

@@ -1,8 +1,9 @@
 """The stall judgement on one connection, driven by hand: the IO thread asks the socket before it judges.
 
-No server and no running loop: the test thread plays the IO thread, a TCP
-pair on 127.0.0.1 plays the client, and the clock is moved by shifting
-``blocked_since`` (as if the IO thread had been busy for a long time).
+A white-box test: no running loop, the test thread plays the IO thread (and
+calls the connection's IO-thread callbacks itself), a TCP pair on 127.0.0.1
+plays the client, and the clock is moved by shifting ``blocked_since`` (as if
+the IO thread had been busy for a long time).
 """
 
 from __future__ import annotations
@@ -12,46 +13,61 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from wsproto.connection import Connection as WsConnection
-from wsproto.connection import ConnectionType
 
-from server import Limits, Stats
-from server.connection import Connection, State
+from server import Limits, SocketTransport, Stats
+from server.connection import Connection, ConnectionTimer, State
 from server.loop import IOLoop
 
-from .helpers import wait_until
+from .helpers import upgrade_request, wait_until
 
 pytestmark = pytest.mark.timeout(30)
 LIMIT = 256 * 1024
 
 
+class _Sink:
+    def on_open(self, conn: Connection) -> None:
+        pass
+
+    def on_message(self, conn: Connection, message: str | bytes) -> None:
+        pass
+
+    def on_close(self, conn: Connection) -> None:
+        pass
+
+
+class _Router:
+    def route(self, request: object) -> _Sink:
+        return _Sink()
+
+
 @pytest.fixture
 def pair() -> Iterator[tuple[Connection, socket.socket, Stats]]:
     with socket.create_server(("127.0.0.1", 0)) as listener:
-        client = socket.create_connection(listener.getsockname())
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)  # before connect: the window is fixed then
+        client.connect(listener.getsockname())
         ours, _ = listener.accept()
     ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)  # small, fixed buffers: full after a few KiB
-    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
     loop = IOLoop()
     loop._thread_id = threading.get_ident()  # this thread is "the IO thread"
     stats = Stats()
-    conn = Connection(loop, ours, router=None, executor=None,  # type: ignore[arg-type]
-                      limits=Limits(max_queue_bytes=LIMIT, stall_timeout=0.5, ping_interval=None), stats=stats)
-    ours.setblocking(False)
-    conn.state = State.OPEN
-    conn._ws = WsConnection(ConnectionType.SERVER)
-    while not conn._outbox.full:
-        conn.send(bytes(64 * 1024))
+    limits = Limits(max_queue_bytes=LIMIT, stall_timeout=0.5, ping_interval=None, deflate=False)
+    conn = Connection(loop, SocketTransport(loop, ours), _Router(), executor=None, limits=limits, stats=stats)  # type: ignore[arg-type]
+    conn.start()
+    client.sendall(upgrade_request("/"))
+    assert wait_until(lambda: (conn._on_readable(), conn.state is State.OPEN)[1], 5)  # the real handshake
+    while conn.queued_bytes < LIMIT:
+        conn.send(bytes(64 * 1024))  # on "the IO thread": never waits
     conn._drain()
     for _ in range(100):  # fill our send buffer and the client's receive buffer: then the socket is not writable
         conn._flush()
-        if not conn._socket_writable():
+        if not conn.transport.can_write_now():
             break
         threading.Event().wait(0.005)  # loopback moves what we wrote into the client's buffer
     assert conn._outbox.blocked_since is not None and conn._outbox.full
     yield conn, client, stats
     client.close()
-    ours.close()
+    conn.transport.close()
     loop.close()
 
 
@@ -70,7 +86,7 @@ def test_a_client_that_read_while_the_io_thread_was_busy_is_not_stalled(pair) ->
     conn, client, stats = pair
     conn._outbox.blocked_since -= 10  # refused 10 s ago: the IO thread was busy ever since
     # ... but the client read meanwhile, until the kernel had room again (window updates are asynchronous).
-    assert wait_until(lambda: _read_all(client) >= 0 and conn._socket_writable(), 5)
+    assert wait_until(lambda: _read_all(client) >= 0 and conn.transport.can_write_now(), 5)
     conn._check_stall()
     assert stats.closed_by_policy == 0 and conn.state is State.OPEN
     assert conn._outbox.blocked_since is None or conn._outbox.blocked_since > 0  # the socket took bytes again
@@ -87,4 +103,4 @@ def test_a_client_that_did_not_read_is_stalled(pair) -> None:
 def test_not_yet_stalled_arms_a_timer_instead(pair) -> None:
     conn, _, stats = pair
     conn._check_stall()  # refused just now: too early to judge
-    assert stats.closed_by_policy == 0 and "stall" in conn._timers
+    assert stats.closed_by_policy == 0 and ConnectionTimer.STALL in conn._timers

@@ -1,0 +1,42 @@
+"""What an application implements: a :class:`Router` that picks a :class:`Handler` per connection."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+from .handshake import HttpRequest
+from .http import Response
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+
+class Handler(Protocol):
+    """What a route implements for one connection (one instance per connection).
+
+    One connection's messages are handled one at a time, in the order received
+    (a strand over the worker pool). A handler class that sets
+    ``concurrent_messages = True`` opts out: each message goes to the pool on
+    its own, so several may run at once and finish in any order.
+    """
+
+    def on_open(self, conn: Connection) -> None:
+        """On the IO thread, once the 101 reply is queued. Must not block."""
+
+    def on_message(self, conn: Connection, message: str | bytes) -> None:
+        """On a worker thread, once per received message, in order (see the class docstring)."""
+
+    def on_close(self, conn: Connection) -> None:
+        """On the IO thread, once the socket is closed. Must not block."""
+
+
+class Router(Protocol):
+    def route(self, request: HttpRequest) -> Handler | Response | bytes:
+        """A handler for a WebSocket route, or an HTTP response; may raise HttpError.
+
+        Runs on the IO thread, once per request: it must be quick and must not
+        block (no database calls, no sleeps) — every other client waits while
+        it runs. Do slow checks in ``on_open`` by handing them to a worker, or
+        before the server sees the request. An exception other than
+        :class:`HttpError` is answered with 500, logged and counted.
+        """

@@ -1,0 +1,28 @@
+"""Per-connection and server-wide limits: every one has a safe default."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .outbox import OverflowPolicy
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-connection limits; every one has a safe default."""
+
+    max_queue_bytes: int = 16 * 1024 * 1024  # per client: producers wait (or drop) while this much is unsent
+    overflow: OverflowPolicy = OverflowPolicy.CLOSE
+    stall_timeout: float = 1.0  # a full queue whose socket takes no bytes this long: the client is stalled
+    max_message_bytes: int = 16 * 1024 * 1024
+    ping_interval: float | None = 20.0
+    ping_timeout: float = 20.0
+    handshake_timeout: float = 10.0
+    close_timeout: float = 5.0
+    max_inflight_messages: int = 16  # received, not yet handled: reading pauses at this many
+    deflate: bool = True
+    # Server-wide admission limits (server/admission.py); None = derived/unlimited.
+    max_connections: int | None = None  # past it: HTTP 503 (default: from RLIMIT_NOFILE)
+    max_connections_per_ip: int | None = None  # past it: HTTP 429
+    max_handshakes: int | None = None  # in progress at once; past it: 503 (default: max_connections // 2)
+    busy_handshake_timeout: float = 2.0  # handshake timeout under pressure (flood of silent sockets)

@@ -1,0 +1,130 @@
+"""Transports: the one object per connection that touches its socket, on the IO thread only.
+
+In the manner of asyncio's transports: a transport owns the socket — selector
+interest, reads, writes with the partial-write bookkeeping, half-close — and
+knows nothing of HTTP or WebSocket. The connection above it calls
+:meth:`SocketTransport.read` when the loop reports the socket readable and
+:meth:`SocketTransport.write` to push its :class:`~server.outbox.Outbox` out.
+
+:class:`SocketTransport` is plain TCP (one ``sendmsg`` of many frames per
+write, nothing copied). A TLS transport is the second implementation of the
+same methods.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import selectors
+import socket
+import time
+from collections.abc import Callable
+
+from . import affinity
+from .loop import IOLoop
+from .outbox import Outbox
+
+logger = logging.getLogger(__name__)
+
+RECV_SIZE = 256 * 1024
+
+
+class SocketTransport:
+    """A non-blocking TCP socket driven by one IO thread."""
+
+    def __init__(self, loop: IOLoop, sock: socket.socket) -> None:
+        self._loop = loop
+        self._sock = sock
+        try:
+            host, port = sock.getpeername()[:2]
+            self.peer = f"{host}:{port}"
+        except OSError:
+            self.peer = "?"
+        self.reading = False
+        self.writing = False  # watching for EVENT_WRITE: the outbox has bytes the socket refused
+        self.closed = False
+        self.last_progress = time.monotonic()  # when the socket last took bytes
+        self._on_readable: Callable[[], None] = _nothing
+        self._on_writable: Callable[[], None] = _nothing
+
+    @property
+    def socket(self) -> socket.socket:
+        """The socket itself: for options and diagnostics. Reading or writing it bypasses the IO thread's ownership."""
+        return self._sock
+
+    def start(self, on_readable: Callable[[], None], on_writable: Callable[[], None]) -> None:
+        """Watch the socket: ``on_readable`` / ``on_writable`` run on the IO thread when it is ready."""
+        self._on_readable, self._on_writable = on_readable, on_writable
+        self._sock.setblocking(False)
+        self.set_reading(True)
+
+    def read(self) -> bytes | None:
+        """What the socket has: bytes, ``b""`` at EOF, ``None`` if nothing now. Raises OSError on failure."""
+        affinity.check_io_thread(self._loop.thread_id, f"socket read from {self.peer}")
+        try:
+            return self._sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return None
+
+    def write(self, outbox: Outbox) -> None:
+        """Write as much of ``outbox`` as the socket takes; watch for writability if it refuses some.
+
+        Raises OSError when the socket fails (the peer reset, ...).
+        """
+        while outbox.frames:
+            buffers, frames, offered, reserved = outbox.gather()
+            affinity.check_io_thread(self._loop.thread_id, f"socket write to {self.peer}")
+            try:
+                sent = self._sock.sendmsg(buffers)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            outbox.written(sent, offered, frames, reserved)
+            if sent:
+                self.last_progress = time.monotonic()
+            if sent < offered:
+                break  # the socket is full: resume when writable
+        self._set_writing(bool(outbox.frames))
+
+    def can_write_now(self) -> bool:
+        """Ask the socket (not the selector, which may be behind) whether it would take bytes now."""
+        poller = select.poll()
+        poller.register(self._sock, select.POLLOUT)
+        return bool(poller.poll(0))
+
+    def shutdown_write(self) -> None:
+        """Half-close: our last bytes are out; keep reading until the peer's EOF. Raises OSError."""
+        self._sock.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        """Stop watching and close the socket; runs once."""
+        if self.closed:
+            return
+        self.closed = True
+        self._loop.remove(self._sock)
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+
+    def set_reading(self, reading: bool) -> None:
+        if reading != self.reading and not self.closed:
+            self.reading = reading
+            self._update_interest()
+
+    def _set_writing(self, writing: bool) -> None:
+        if writing != self.writing and not self.closed:
+            self.writing = writing
+            self._update_interest()
+
+    def _update_interest(self) -> None:
+        self._loop.set_interest(self._sock, self._on_ready, read=self.reading, write=self.writing)
+
+    def _on_ready(self, mask: int) -> None:
+        if mask & selectors.EVENT_WRITE and not self.closed:
+            self._on_writable()
+        if mask & selectors.EVENT_READ and not self.closed:
+            self._on_readable()
+
+
+def _nothing() -> None:
+    pass
