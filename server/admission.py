@@ -36,7 +36,7 @@ from collections.abc import Callable
 from .connection import Connection, State
 from .handshake import HttpError, error_response
 from .limits import Limits
-from .loop import IOLoop, Timer
+from .loop import IOLoop, Timer, Timers
 from .stats import Stats
 
 logger = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ class LogThrottle:
         self._interval = interval
         self._counts: dict[str, int] = {}  # events since the last line, per kind
         self._messages: dict[str, tuple[int, str]] = {}
-        self._timers: dict[str, Timer] = {}
+        self._timers: Timers[str] = Timers(loop)
 
     def note(self, key: str, level: int, message: str, n: int = 1) -> None:
         """Record ``n`` events of kind ``key``; logs ``message`` only if this kind was quiet."""
@@ -122,10 +122,9 @@ class LogThrottle:
         self._log.log(level, "%s", message)
         self._counts[key] = 0
         self._messages[key] = (level, message)
-        self._timers[key] = self._loop.call_later(self._interval, lambda: self._flush(key))
+        self._timers.arm(key, self._interval, lambda: self._flush(key))
 
     def _flush(self, key: str) -> None:
-        del self._timers[key]
         count = self._counts.pop(key)
         level, message = self._messages.pop(key)
         if count:
@@ -133,12 +132,10 @@ class LogThrottle:
             # Still happening: keep counting, so a steady flood is one line per interval.
             self._counts[key] = 0
             self._messages[key] = (level, message)
-            self._timers[key] = self._loop.call_later(self._interval, lambda: self._flush(key))
+            self._timers.arm(key, self._interval, lambda: self._flush(key))
 
     def stop(self) -> None:
-        for timer in self._timers.values():
-            timer.cancel()
-        self._timers.clear()
+        self._timers.cancel_all()
 
 
 def _ip_of(addr: object) -> str:

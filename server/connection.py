@@ -26,14 +26,14 @@ from concurrent.futures import Executor
 from functools import partial
 
 from .codes import CloseCode, check_close
-from .errors import ConnectionClosed
+from .dispatch import Dispatcher
 from .frames import OutMessage
 from .handler import Handler, Router
 from .handshake import Handshake, HttpError, HttpRequest
 from .http import Response
 from .limits import Limits
-from .loop import IOLoop, Timer
-from .outbox import Backlog, Outbox
+from .loop import IOLoop, Timers
+from .outbox import Backlog
 from .session import (
     Closing,
     Deadline,
@@ -47,8 +47,8 @@ from .session import (
     ShutAfterFlush,
 )
 from .stats import Stats
-from .strand import Strand
 from .transport import SocketTransport
+from .writer import Writer
 
 logger = logging.getLogger(__name__)
 
@@ -64,10 +64,9 @@ class State(enum.Enum):
 
 
 class ConnectionTimer(enum.Enum):
-    """The connection's own timers (the session's are its :class:`~server.session.Deadline` s)."""
+    """The connection's own timers (the session's are its :class:`~server.session.Deadline` s; the writer has one)."""
 
     HANDSHAKE = "handshake"  # bounds the HTTP phase (and a TLS handshake before it)
-    STALL = "stall"  # judges a client whose queue is full
 
 
 TimerName = Deadline | ConnectionTimer
@@ -104,24 +103,18 @@ class Connection:
         self.path = ""
         self.query: dict[str, str] = {}
         self.deflate = False
-        self.handler: Handler | None = None
-        self._strand: Strand | None = None  # None: messages go to the executor one by one
+        self._dispatcher: Dispatcher | None = None  # once open
 
         self._handshake: Handshake | None = Handshake()
         self.session: Session | None = None
-        self._outbox = Outbox(
-            limits.max_queue_bytes,
-            limits.overflow,
-            schedule=partial(loop.post, self._drain),
-            on_full=partial(loop.post, self._check_stall),
-            on_drop=stats.count_drop,
-            backlog=backlog or Backlog(1 << 62),
-            in_io_thread=loop.in_io_thread,
+        self._writer = Writer(
+            loop, transport, limits, stats, backlog or Backlog(1 << 62),
+            on_flushed=self._on_flushed, on_error=self._on_write_error, on_stalled=self._close_for_overflow,
         )
-        self._flush_posted = False
+        self._outbox = self._writer.outbox  # producers put here, from any thread
         self._shut_when_flushed = False
         self._write_shut = False
-        self._timers: dict[TimerName, Timer] = {}
+        self._timers: Timers[TimerName] = Timers(loop)
 
         self._close_code: int | None = None
         self._close_reason = ""
@@ -196,6 +189,11 @@ class Connection:
         return self._outbox.waits
 
     @property
+    def handler(self) -> Handler | None:
+        """The route's handler for this connection (None before the 101)."""
+        return self._dispatcher.handler if self._dispatcher is not None else None
+
+    @property
     def state(self) -> State:
         if self.transport.closed:
             return State.CLOSED
@@ -211,8 +209,8 @@ class Connection:
 
     def start(self) -> None:
         """Register with the loop and arm the handshake timeout."""
-        self.transport.start(self._on_readable, self._flush)
-        self._arm(ConnectionTimer.HANDSHAKE, self.limits.handshake_timeout, self._on_handshake_timeout)
+        self.transport.start(self._on_readable, self._writer.flush)
+        self._timers.arm(ConnectionTimer.HANDSHAKE, self.limits.handshake_timeout, self._on_handshake_timeout)
 
     def abort(self, code: int, reason: str) -> None:
         """Close the socket now, with no closing handshake; report ``code``. Runs once."""
@@ -223,7 +221,7 @@ class Connection:
         """Answer ``error`` to a connection still in its handshake and close it now (no lingering)."""
         if self.state is State.HANDSHAKE:
             self._reply_and_close(error)
-            self._flush()  # a few bytes on a socket that has sent nothing yet: written at once
+            self._writer.flush()  # a few bytes on a socket that has sent nothing yet: written at once
         self.abort(CloseCode.ABNORMAL, f"HTTP {error.status}")
 
     def _on_readable(self) -> None:
@@ -288,23 +286,17 @@ class Connection:
         self._open(target, reply, extension, request)
 
     def _open(self, handler: Handler, reply: bytes, extension: object, request: HttpRequest) -> None:
-        self._cancel(ConnectionTimer.HANDSHAKE)
+        self._timers.cancel(ConnectionTimer.HANDSHAKE)
         self._handshake = None
-        self.handler = handler
-        if not getattr(handler, "concurrent_messages", False):
-            self._strand = Strand(self._executor)
-        self.session = Session(self.limits, extension)  # type: ignore[arg-type]
+        self._dispatcher = Dispatcher(self, handler, self._loop, self._executor, self._stats, self._message_done)
+        self.session = self._writer.session = Session(self.limits, extension)  # type: ignore[arg-type]
         self.deflate = self.session.deflate
         self._stats.opened += 1
-        self._append_raw(reply)
-        self._flush()  # the 101 goes out before any handler can queue a frame
+        self._writer.append_raw(reply)
+        self._writer.flush()  # the 101 goes out before any handler can queue a frame
         logger.debug("%s: WebSocket open on %s (deflate=%s)", self.peer, request.target, self.deflate)
         self._apply_session()  # the keepalive deadline
-        try:
-            handler.on_open(self)
-        except Exception:
-            self._stats.handler_errors += 1
-            logger.exception("%s: on_open failed", self.peer)
+        if not self._dispatcher.open():
             self._fail(CloseCode.INTERNAL_ERROR, "internal error")
             return
         if request.trailing:  # frames the client sent right behind its request
@@ -316,10 +308,10 @@ class Connection:
         self._reply(self._handshake.reject(error), error.status)
 
     def _reply(self, response: bytes, status: int) -> None:
-        self._cancel(ConnectionTimer.HANDSHAKE)
+        self._timers.cancel(ConnectionTimer.HANDSHAKE)
         self._handshake = None
         self._record_close(CloseCode.ABNORMAL, f"HTTP {status}")
-        self._append_raw(response)
+        self._writer.append_raw(response)
         self._close_after_flush()
 
     def _on_handshake_timeout(self) -> None:
@@ -336,7 +328,8 @@ class Connection:
         assert session is not None
         for event in session.events():
             if isinstance(event, MessageReceived):
-                self._dispatch(event.message)
+                assert self._dispatcher is not None
+                self._dispatcher.dispatch(event.message)
             elif isinstance(event, Closing):
                 self._record_close(event.code, event.reason)
             elif isinstance(event, ProtocolError):
@@ -353,14 +346,14 @@ class Connection:
                 self._stats.ping_timeouts += 1
                 logger.info("%s: no pong within %.1fs", self.peer, self.limits.ping_timeout)
                 self._fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
-        self._append_raw(session.data_to_send())
+        self._writer.append_raw(session.data_to_send())
         for deadline, delay in session.deadlines().items():
             if delay is None:
-                self._cancel(deadline)
+                self._timers.cancel(deadline)
             elif deadline is Deadline.CLOSE:
-                self._arm(deadline, delay, self._on_close_timeout)
+                self._timers.arm(deadline, delay, self._on_close_timeout)
             else:
-                self._arm(deadline, delay, partial(self._deadline_passed, deadline))
+                self._timers.arm(deadline, delay, partial(self._deadline_passed, deadline))
         self._update_reading()
 
     def _deadline_passed(self, deadline: Deadline) -> None:
@@ -380,38 +373,12 @@ class Connection:
 
     # -- handling messages ----------------------------------------------
 
-    def _dispatch(self, message: str | bytes) -> None:
-        try:
-            if self._strand is not None:
-                self._strand.submit(partial(self._handle_message, message))
-            else:
-                self._executor.submit(self._handle_message, message)
-        except RuntimeError:  # executor shut down
-            self._message_done(message)
-
-    def _handle_message(self, message: str | bytes) -> None:
-        """Runs on a worker thread."""
-        assert self.handler is not None
-        try:
-            self.handler.on_message(self, message)
-        except ConnectionClosed:
-            pass  # the client left while we answered: nothing to do
-        except Exception:
-            logger.exception("%s: handler failed on a message", self.peer)
-            self._loop.post(self._count_handler_error)
-            self.close(CloseCode.INTERNAL_ERROR, "internal error")
-        finally:
-            self._loop.post(partial(self._message_done, message))
-
     def _message_done(self, message: str | bytes) -> None:
         if self.session is None or self.transport.closed:
             return
         # The replies were queued before this ran: a failing session's close goes out after them.
         self.session.message_handled(len(message))
         self._apply_session()
-
-    def _count_handler_error(self) -> None:
-        self._stats.handler_errors += 1
 
     def _update_reading(self) -> None:
         """Read from the client only while its replies can still fit.
@@ -445,15 +412,15 @@ class Connection:
         """Half-close the socket once the outbox is empty."""
         self._shut_when_flushed = True
         if Deadline.CLOSE not in self._timers:
-            self._arm(Deadline.CLOSE, self.limits.close_timeout, self._on_close_timeout)
-        self._post_flush()
+            self._timers.arm(Deadline.CLOSE, self.limits.close_timeout, self._on_close_timeout)
+        self._writer.post_flush()
 
     def _on_close_timeout(self) -> None:
         # The timeout bounds a *stalled* close, not a long flush: a client that
         # is still reading what was queued before the close frame gets its data.
         idle = time.monotonic() - self.transport.last_progress
         if idle < self.limits.close_timeout and not self._write_shut and self._outbox.frames:
-            self._arm(Deadline.CLOSE, self.limits.close_timeout - idle, self._on_close_timeout)
+            self._timers.arm(Deadline.CLOSE, self.limits.close_timeout - idle, self._on_close_timeout)
             return
         self.abort(CloseCode.ABNORMAL, "close timeout")
 
@@ -466,112 +433,31 @@ class Connection:
             self.abort(self._close_code or CloseCode.NORMAL, self._close_reason)
             return
         self.transport.set_reading(True)
-        self._arm(Deadline.CLOSE, self.limits.close_timeout, self._on_close_timeout)
+        self._timers.arm(Deadline.CLOSE, self.limits.close_timeout, self._on_close_timeout)
 
     def _finish(self) -> None:
         """Close the socket and release everything; runs exactly once."""
         if self.transport.closed:
             return
-        for name in list(self._timers):
-            self._cancel(name)
+        self._timers.cancel_all()
+        self._writer.cancel()
         self.transport.close()
         self._outbox.drop_unsent(all_frames=True)
         self._stats.closed += 1
         self._closed_event.set()
-        if self.session is not None and self.handler is not None:
-            try:
-                self.handler.on_close(self)
-            except Exception:
-                logger.exception("%s: on_close failed", self.peer)
+        if self._dispatcher is not None:
+            self._dispatcher.closed()
         self._on_closed(self)
 
-    # -- timers ---------------------------------------------------------
-
-    def _arm(self, name: TimerName, delay: float, callback: Callable[[], None]) -> None:
-        self._cancel(name)
-
-        def fire() -> None:
-            self._timers.pop(name, None)
-            callback()
-
-        self._timers[name] = self._loop.call_later(delay, fire)
-
-    def _cancel(self, name: TimerName) -> None:
-        timer = self._timers.pop(name, None)
-        if timer is not None:
-            timer.cancel()
-
-    # -- writing --------------------------------------------------------
-
-    def _drain(self) -> None:
-        """Turn the messages producers put into frames (scheduled by the outbox, once per batch)."""
-        outbox = self._outbox
-        pending = outbox.take()
-        session = self.session
-        if session is None or not session.accepts_data or self.transport.closed:
-            outbox.release(sum(out.size for out in pending))  # closing: the close frame is already queued
-            return
-        if session.deflate:
-            for out in pending:  # compress here, in queue order: the deflate context is per connection
-                data = session.encode(out)
-                outbox.append((data,), out.size, len(data))
-        else:
-            outbox.extend(pending)  # each message is its own frame: shared by every client, nothing copied
-        self._post_flush()
-
-    def _append_raw(self, data: bytes | bytearray) -> None:
-        """Queue protocol bytes (handshake reply, control frames); not counted against the limit."""
-        if data:
-            self._outbox.append((bytes(data),), 0, len(data))
-            self._post_flush()
-
-    def _post_flush(self) -> None:
-        # One flush per batch: everything queued in this loop turn goes out together.
-        if not self._flush_posted:
-            self._flush_posted = True
-            self._loop.call_after_batch(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_posted = False
-        if self.transport.closed:
-            return
-        outbox = self._outbox
-        try:
-            self.transport.write(outbox)
-        except OSError as exc:
-            logger.info("%s: write failed: %s", self.peer, exc)
-            self.abort(CloseCode.ABNORMAL, f"write failed: {exc.strerror or exc}")
-            return
-        since = outbox.blocked_since
-        if since is not None and outbox.full and ConnectionTimer.STALL not in self._timers:
-            self._arm(ConnectionTimer.STALL, max(0.0, since + self.limits.stall_timeout - time.monotonic()), self._check_stall)
+    def _on_flushed(self) -> None:
         if not self.transport.reading:
             self._update_reading()
-        if not outbox.frames and self._shut_when_flushed and not self._write_shut:
+        if not self._outbox.frames and self._shut_when_flushed and not self._write_shut:
             self._shutdown_write()
 
-    def _check_stall(self) -> None:
-        """Judge the client (IO thread): its queue is full and producers wait. Is its socket stuck?
-
-        Stalled means the socket has refused bytes for ``stall_timeout`` and
-        still cannot take any: a busy IO thread does not make a reading client
-        look stuck, because the socket is asked again here before judging.
-        """
-        outbox = self._outbox
-        outbox.judged()
-        if self.state is not State.OPEN or not outbox.full:
-            return
-        since = outbox.blocked_since
-        if since is None:
-            return  # not blocked: the IO thread is just behind; the next partial flush looks again
-        if self.transport.can_write_now():
-            self._flush()  # it takes bytes again; the flush looks again if it fills up
-            return
-        waited = time.monotonic() - since
-        if waited < self.limits.stall_timeout:
-            self._arm(ConnectionTimer.STALL, self.limits.stall_timeout - waited, self._check_stall)
-            return
-        self._close_for_overflow(f"queue full and no bytes taken for {self.limits.stall_timeout} s: client stalled")
+    def _on_write_error(self, exc: OSError) -> None:
+        logger.info("%s: write failed: %s", self.peer, exc)
+        self.abort(CloseCode.ABNORMAL, f"write failed: {exc.strerror or exc}")
 
     def __repr__(self) -> str:
         return f"<Connection {self.peer} {self.path or '-'} {self.state.value}>"

@@ -22,7 +22,8 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
 
 from . import affinity
 
@@ -30,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 Callback = Callable[[], None]
 IOHandler = Callable[[int], None]
+K = TypeVar("K", bound=Hashable)
 
 
 class Timer:
@@ -44,6 +46,36 @@ class Timer:
 
     def cancel(self) -> None:
         self.cancelled = True
+
+
+class Timers(Generic[K]):
+    """Named one-shot timers on a loop (IO thread only): arming a name again replaces its timer."""
+
+    def __init__(self, loop: IOLoop) -> None:
+        self._loop = loop
+        self._armed: dict[K, Timer] = {}
+
+    def arm(self, name: K, delay: float, callback: Callback) -> None:
+        self.cancel(name)
+
+        def fire() -> None:
+            del self._armed[name]
+            callback()
+
+        self._armed[name] = self._loop.call_later(delay, fire)
+
+    def cancel(self, name: K) -> None:
+        timer = self._armed.pop(name, None)
+        if timer is not None:
+            timer.cancel()
+
+    def cancel_all(self) -> None:
+        for timer in self._armed.values():
+            timer.cancel()
+        self._armed.clear()
+
+    def __contains__(self, name: K) -> bool:
+        return name in self._armed
 
 
 class IOLoop:

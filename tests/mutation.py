@@ -19,7 +19,10 @@ from dataclasses import dataclass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Fast socket-free tests first: -x stops at the first failure.
-TESTS = ["tests/test_outbox.py", "tests/test_stall.py", "tests/test_flow_control.py", "tests/test_regression.py"]
+TESTS = [
+    "tests/test_outbox.py", "tests/test_transport.py", "tests/test_session.py", "tests/test_stall.py",
+    "tests/test_flow_control.py", "tests/test_regression.py",
+]
 
 
 @dataclass(frozen=True)
@@ -35,19 +38,27 @@ class Mutant:
 
 MUTANTS = [
     Mutant(
+        "close-before-replies",
+        "a client's protocol error sends the close frame at once, before the replies its earlier messages are owed",
+        "server/session.py",
+        "        if self.inflight:\n            self._arm(Deadline.FAIL",
+        "        if False:\n            self._arm(Deadline.FAIL",
+        1,
+    ),
+    Mutant(
         "direct-writes",
         "producers take their messages into frames and write them on their own thread instead of posting to the IO thread",
-        "server/connection.py",
+        "server/writer.py",
         "schedule=partial(loop.post, self._drain),",
-        "schedule=lambda: (self._drain(), self._flush()),",
+        "schedule=lambda: (self._drain(), self.flush()),",
         1,
     ),
     Mutant(
         "direct-writes-no-affinity-check",
         "the same, with the write-affinity check off: only the clients' own checks can catch it",
-        "server/connection.py",
+        "server/writer.py",
         "schedule=partial(loop.post, self._drain),",
-        "schedule=lambda: (self._drain(), self._flush()),",
+        "schedule=lambda: (self._drain(), self.flush()),",
         1,
         (("WSRACE_CHECK_AFFINITY", "0"),),
     ),
@@ -94,8 +105,8 @@ MUTANTS = [
     Mutant(
         "stall-judged-by-the-clock",
         "a client is judged stalled by elapsed time alone, without asking its socket: a busy IO thread gets readers evicted",
-        "server/connection.py",
-        "if self.transport.can_write_now():",
+        "server/writer.py",
+        "if self._transport.can_write_now():",
         "if False:",
         1,
     ),

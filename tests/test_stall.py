@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from server import Limits, SocketTransport, Stats
-from server.connection import Connection, ConnectionTimer, State
+from server.connection import Connection, State
 from server.loop import IOLoop
 
 from .helpers import upgrade_request, wait_until
@@ -58,9 +58,9 @@ def pair() -> Iterator[tuple[Connection, socket.socket, Stats]]:
     assert wait_until(lambda: (conn._on_readable(), conn.state is State.OPEN)[1], 5)  # the real handshake
     while conn.queued_bytes < LIMIT:
         conn.send(bytes(64 * 1024))  # on "the IO thread": never waits
-    conn._drain()
+    conn._writer._drain()
     for _ in range(100):  # fill our send buffer and the client's receive buffer: then the socket is not writable
-        conn._flush()
+        conn._writer.flush()
         if not conn.transport.can_write_now():
             break
         threading.Event().wait(0.005)  # loopback moves what we wrote into the client's buffer
@@ -87,7 +87,7 @@ def test_a_client_that_read_while_the_io_thread_was_busy_is_not_stalled(pair) ->
     conn._outbox.blocked_since -= 10  # refused 10 s ago: the IO thread was busy ever since
     # ... but the client read meanwhile, until the kernel had room again (window updates are asynchronous).
     assert wait_until(lambda: _read_all(client) >= 0 and conn.transport.can_write_now(), 5)
-    conn._check_stall()
+    conn._writer.check_stall()
     assert stats.closed_by_policy == 0 and conn.state is State.OPEN
     assert conn._outbox.blocked_since is None or conn._outbox.blocked_since > 0  # the socket took bytes again
 
@@ -95,12 +95,12 @@ def test_a_client_that_read_while_the_io_thread_was_busy_is_not_stalled(pair) ->
 def test_a_client_that_did_not_read_is_stalled(pair) -> None:
     conn, _, stats = pair
     conn._outbox.blocked_since -= 10
-    conn._check_stall()
+    conn._writer.check_stall()
     assert stats.closed_by_policy == 1
     assert conn.state is State.CLOSING and conn.close_code == 1008
 
 
 def test_not_yet_stalled_arms_a_timer_instead(pair) -> None:
     conn, _, stats = pair
-    conn._check_stall()  # refused just now: too early to judge
-    assert stats.closed_by_policy == 0 and ConnectionTimer.STALL in conn._timers
+    conn._writer.check_stall()  # refused just now: too early to judge
+    assert stats.closed_by_policy == 0 and conn._writer.stall_pending

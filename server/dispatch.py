@@ -1,0 +1,86 @@
+"""Running one connection's handler: ``on_open``/``on_close`` on the IO thread, ``on_message`` on the worker pool.
+
+Messages go through a :class:`~server.strand.Strand` — one at a time, in the
+order received — unless the handler class sets ``concurrent_messages = True``.
+A handler that raises is logged and counted; a failing ``on_message`` closes
+its connection with 1011. Each handled message is reported back to the IO
+thread (``on_done``), which is how input flow control and a failing
+connection's close know the handlers are done.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import Executor
+from functools import partial
+from typing import TYPE_CHECKING
+
+from .codes import CloseCode
+from .errors import ConnectionClosed
+from .handler import Handler
+from .loop import IOLoop
+from .stats import Stats
+from .strand import Strand
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+logger = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    """One connection's handler and the way its messages reach it."""
+
+    def __init__(self, conn: Connection, handler: Handler, loop: IOLoop, executor: Executor, stats: Stats,
+                 on_done: Callable[[str | bytes], None]) -> None:
+        self.handler = handler
+        self._conn = conn
+        self._loop = loop
+        self._executor = executor
+        self._stats = stats
+        self._on_done = on_done
+        self._strand = None if getattr(handler, "concurrent_messages", False) else Strand(executor)
+
+    def open(self) -> bool:
+        """``on_open`` (IO thread); False if it raised (logged and counted)."""
+        try:
+            self.handler.on_open(self._conn)
+        except Exception:
+            self._stats.handler_errors += 1
+            logger.exception("%s: on_open failed", self._conn.peer)
+            return False
+        return True
+
+    def dispatch(self, message: str | bytes) -> None:
+        """Hand ``message`` to the pool (IO thread); ``on_done(message)`` follows on the IO thread."""
+        try:
+            if self._strand is not None:
+                self._strand.submit(partial(self._handle, message))
+            else:
+                self._executor.submit(self._handle, message)
+        except RuntimeError:  # executor shut down
+            self._on_done(message)
+
+    def closed(self) -> None:
+        """``on_close`` (IO thread), once the socket is closed."""
+        try:
+            self.handler.on_close(self._conn)
+        except Exception:
+            logger.exception("%s: on_close failed", self._conn.peer)
+
+    def _handle(self, message: str | bytes) -> None:
+        """Runs on a worker thread."""
+        try:
+            self.handler.on_message(self._conn, message)
+        except ConnectionClosed:
+            pass  # the client left while we answered: nothing to do
+        except Exception:
+            logger.exception("%s: handler failed on a message", self._conn.peer)
+            self._loop.post(self._count_error)
+            self._conn.close(CloseCode.INTERNAL_ERROR, "internal error")
+        finally:
+            self._loop.post(partial(self._on_done, message))
+
+    def _count_error(self) -> None:
+        self._stats.handler_errors += 1

@@ -1,0 +1,138 @@
+"""The write path of one connection, on the IO thread: queue to frames, one flush per batch, the stall judgement.
+
+Producers put messages into the :class:`~server.outbox.Outbox` from any
+thread; the outbox schedules :meth:`Writer._drain` on the IO thread (through
+``IOLoop.post``, the thread boundary), which turns them into frames — shared
+as they are, or compressed by the session with deflate — and asks for one
+flush per loop turn. The flush hands the outbox to the transport. When a
+client's queue is full and its socket takes nothing for ``stall_timeout``, the
+writer reports it stalled.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from functools import partial
+
+from .limits import Limits
+from .loop import IOLoop, Timer
+from .outbox import Backlog, Outbox
+from .session import Session
+from .stats import Stats
+from .transport import SocketTransport
+
+
+class Writer:
+    """Owns a connection's outbox and everything that moves it to the transport (IO thread, but :attr:`outbox`)."""
+
+    def __init__(
+        self,
+        loop: IOLoop,
+        transport: SocketTransport,
+        limits: Limits,
+        stats: Stats,
+        backlog: Backlog,
+        on_flushed: Callable[[], None],
+        on_error: Callable[[OSError], None],
+        on_stalled: Callable[[str], None],
+    ) -> None:
+        self._loop = loop
+        self._transport = transport
+        self._limits = limits
+        self._on_flushed = on_flushed
+        self._on_error = on_error
+        self._on_stalled = on_stalled
+        self.outbox = Outbox(
+            limits.max_queue_bytes,
+            limits.overflow,
+            schedule=partial(loop.post, self._drain),
+            on_full=partial(loop.post, self.check_stall),
+            on_drop=stats.count_drop,
+            backlog=backlog,
+            in_io_thread=loop.in_io_thread,
+        )
+        self.session: Session | None = None  # set once open: it frames data messages when deflate is on
+        self._flush_posted = False
+        self._stall_timer: Timer | None = None
+
+    def append_raw(self, data: bytes | bytearray) -> None:
+        """Queue protocol bytes (handshake reply, control frames); not counted against the limit."""
+        if data:
+            self.outbox.append((bytes(data),), 0, len(data))
+            self.post_flush()
+
+    def post_flush(self) -> None:
+        # One flush per batch: everything queued in this loop turn goes out together.
+        if not self._flush_posted:
+            self._flush_posted = True
+            self._loop.call_after_batch(self.flush)
+
+    def flush(self) -> None:
+        """Write what the socket takes now; then ``on_flushed`` (or ``on_error`` if the socket failed)."""
+        self._flush_posted = False
+        if self._transport.closed:
+            return
+        outbox = self.outbox
+        try:
+            self._transport.write(outbox)
+        except OSError as exc:
+            self._on_error(exc)
+            return
+        since = outbox.blocked_since
+        if since is not None and outbox.full and self._stall_timer is None:
+            delay = max(0.0, since + self._limits.stall_timeout - time.monotonic())
+            self._stall_timer = self._loop.call_later(delay, self.check_stall)
+        self._on_flushed()
+
+    def cancel(self) -> None:
+        """Stop the stall timer (the connection is finished)."""
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+
+    @property
+    def stall_pending(self) -> bool:
+        """A stall judgement is scheduled."""
+        return self._stall_timer is not None
+
+    def _drain(self) -> None:
+        """Turn the messages producers put into frames (scheduled by the outbox, once per batch)."""
+        outbox = self.outbox
+        pending = outbox.take()
+        session = self.session
+        if session is None or not session.accepts_data or self._transport.closed:
+            outbox.release(sum(out.size for out in pending))  # closing: the close frame is already queued
+            return
+        if session.deflate:
+            for out in pending:  # compress here, in queue order: the deflate context is per connection
+                data = session.encode(out)
+                outbox.append((data,), out.size, len(data))
+        else:
+            outbox.extend(pending)  # each message is its own frame: shared by every client, nothing copied
+        self.post_flush()
+
+    def check_stall(self) -> None:
+        """Judge the client: its queue is full and producers wait. Is its socket stuck?
+
+        Stalled means the socket has refused bytes for ``stall_timeout`` and
+        still cannot take any: a busy IO thread does not make a reading client
+        look stuck, because the socket is asked again here before judging.
+        """
+        self.cancel()
+        outbox = self.outbox
+        outbox.judged()
+        session = self.session
+        if session is None or not session.accepts_data or self._transport.closed or not outbox.full:
+            return
+        since = outbox.blocked_since
+        if since is None:
+            return  # not blocked: the IO thread is just behind; the next partial flush looks again
+        if self._transport.can_write_now():
+            self.flush()  # it takes bytes again; the flush looks again if it fills up
+            return
+        waited = time.monotonic() - since
+        if waited < self._limits.stall_timeout:
+            self._stall_timer = self._loop.call_later(self._limits.stall_timeout - waited, self.check_stall)
+            return
+        self._on_stalled(f"queue full and no bytes taken for {self._limits.stall_timeout} s: client stalled")
