@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from repro.client import start_pinger
+from repro.client import open_socket, start_pinger
 from server import DemoApp, Limits, Server, streamformat
 
 
@@ -65,17 +65,9 @@ def raw_connect(port: int, timeout: float = 5.0, rcvbuf: int | None = None) -> s
 
     After connect it would be too late: the window is advertised in the handshake and the
     kernel may not shrink it, so the server's writes would not block as the test means them to.
+    The one such helper for tests/ and repro/: repro's :func:`repro.client.open_socket`.
     """
-    sock = socket.socket()
-    try:
-        if rcvbuf:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        sock.settimeout(timeout)
-        sock.connect(("127.0.0.1", port))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+    return open_socket("127.0.0.1", port, rcvbuf, timeout)
 
 
 def stalled_client(port: int, path: str, rcvbuf: int = 4096) -> socket.socket:
