@@ -123,21 +123,38 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workloads", default="A,B,C,D,E,E2")
     p.add_argument("--servers", default=None, help="only these kinds, comma-separated (default: each workload's list)")
     p.add_argument("--output", default=None, help="default: bench/results.json (quick: bench/results-quick.json)")
+    p.add_argument("--e2-rate", type=float, default=None, metavar="DELIVERIES_PER_S",
+                   help="E2's fixed rate (default: half of ours' send() loop median in A, which must then run first in the same "
+                        "invocation)")
     ns = p.parse_args(argv)
     if ns.output is None:
         ns.output = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results-quick.json" if ns.quick else "results.json")
     runs = ns.runs or (1 if ns.quick else 3)
     all_w = workloads(ns.quick)
     chosen = [all_w[n.strip()] for n in ns.workloads.split(",") if n.strip()]
+    names = [w.name for w in chosen]
+    if "E2" in names and ns.e2_rate is None and ("A" not in names or names.index("A") > names.index("E2")):
+        p.error("E2 runs at half of ours' send() loop rate in A: run A before it (--workloads A,...,E2) or give --e2-rate")
     results: dict[str, object] = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "quick": ns.quick, "runs": runs, "workloads": {},
     }
-    a_summary = None
+    a_summary: dict[str, dict] | None = None
     for w in chosen:
-        if w.name == "E2" and a_summary and a_summary.get("ours-loop", {}).get("msg_per_s", {}).get("median"):
-            w.rate = a_summary["ours-loop"]["msg_per_s"]["median"] / 2
-            w.title = f"latency at half of ours' send() loop peak in A ({w.rate:,.0f} deliveries/s), 4 producers -> 20 clients"
+        rate_source = ""
+        if w.name == "E2":
+            if ns.e2_rate is not None:
+                w.rate, rate_source = ns.e2_rate, "--e2-rate"
+                w.title = f"latency at a fixed rate ({w.rate:,.0f} deliveries/s, --e2-rate), 4 producers -> 20 clients"
+            else:
+                a_median = ((a_summary or {}).get("ours-loop") or {}).get("msg_per_s", {}).get("median")
+                if not a_median:  # A ran but ours-loop has no rate (it failed, or --servers left it out): say so, do not guess
+                    print("E2 skipped: A gave no send() loop rate to halve; give --e2-rate", file=sys.stderr)
+                    results["workloads"][w.name] = {"title": w.title, "servers": {},  # type: ignore[index]
+                                                    "skipped": "A gave no send() loop rate and no --e2-rate was given"}
+                    continue
+                w.rate, rate_source = a_median / 2, "half of ours-loop's A median in this run"
+                w.title = f"latency at half of ours' send() loop peak in A ({w.rate:,.0f} deliveries/s), 4 producers -> 20 clients"
         if ns.servers:
             w.servers = [k for k in w.servers if k in ns.servers.split(",")]
         per_kind: dict[str, list[dict]] = {k: [] for k in w.servers}
@@ -150,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"    {time.monotonic() - t0:.1f} s {r.get('error', '')}", file=sys.stderr, flush=True)
         summary = summarize(w.name, per_kind)
         results["workloads"][w.name] = {"title": w.title, "servers": summary}  # type: ignore[index]
+        if rate_source:
+            results["workloads"][w.name].update(rate=w.rate, rate_source=rate_source)  # type: ignore[index]
         print_workload(w, summary, a_summary)
         if w.name == "A":
             a_summary = summary

@@ -20,12 +20,24 @@ import sys
 import time
 
 from repro.client import new_key, read_upgrade_reply, upgrade_request
-from server.frames import frame_header
 
 # Kernel receive timestamps (Linux SO_TIMESTAMPNS = 35; not exported by the socket module):
 # arrival times do not depend on when this Python process gets round to reading a socket.
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 REALTIME_MINUS_MONOTONIC = time.time_ns() - time.monotonic_ns()
+
+
+def binary_frame_header(size: int) -> bytes:
+    """The header of one final, unmasked, uncompressed binary frame of ``size`` bytes (RFC 6455 5.2).
+
+    Written here, not imported from ``server.frames``: a client that checks frames with the code that
+    built them cannot see that code's mistakes (the repro's checker keeps its own parser for the same reason).
+    """
+    if size <= 125:
+        return bytes((0x82, size))
+    if size <= 0xFFFF:
+        return bytes((0x82, 126)) + size.to_bytes(2, "big")
+    return bytes((0x82, 127)) + size.to_bytes(8, "big")
 
 
 def recv_stamped(s: socket.socket) -> tuple[bytes, int]:
@@ -79,7 +91,7 @@ class Counter:
         self.last_ns = 0
         self.closed = False
         self.timestamps: list[int] = []
-        self.expected_header = frame_header(0x2, size)
+        self.expected_header = binary_frame_header(size)
         self.frame_len = len(self.expected_header) + size
 
     def feed(self, data: bytes, now_ns: int, want_latency: bool) -> None:

@@ -12,7 +12,8 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from repro.client import start_pinger
+from repro.checker import WireChecker
+from repro.client import open_socket, start_pinger
 from server import DemoApp, Limits, Server, streamformat
 
 
@@ -65,17 +66,9 @@ def raw_connect(port: int, timeout: float = 5.0, rcvbuf: int | None = None) -> s
 
     After connect it would be too late: the window is advertised in the handshake and the
     kernel may not shrink it, so the server's writes would not block as the test means them to.
+    The one such helper for tests/ and repro/: repro's :func:`repro.client.open_socket`.
     """
-    sock = socket.socket()
-    try:
-        if rcvbuf:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        sock.settimeout(timeout)
-        sock.connect(("127.0.0.1", port))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
+    return open_socket("127.0.0.1", port, rcvbuf, timeout)
 
 
 def stalled_client(port: int, path: str, rcvbuf: int = 4096) -> socket.socket:
@@ -168,33 +161,41 @@ def client_frame(opcode: int, payload: bytes = b"", fin: bool = True, rsv: int =
     return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 
+class _FrameLog(WireChecker):
+    """The repro's strict checker (the one frame parser for tests/ and repro/), also keeping every frame it accepts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames: list[tuple[int, bytes]] = []
+
+    def _frame(self, fin: int, rsv: int, opcode: int, payload: bytes, offset: int) -> None:
+        self.frames.append((opcode, payload))
+        super()._frame(fin, rsv, opcode, payload, offset)
+
+
 def read_server_frames(
     sock: socket.socket, buf: bytes = b"", timeout: float = 10.0, max_frames: int = 0
 ) -> tuple[list[tuple[int, bytes]], bool]:
-    """Read unmasked server frames until a close frame, EOF or ``max_frames``: ([(opcode, payload)], saw_eof).
+    """Read server frames until a close frame, EOF or ``max_frames``: ([(opcode, payload)], saw_eof).
 
+    Every frame goes through the strict checker: a frame the RFC forbids a server to send (masked, reserved
+    bits, a bad close code, ...) fails the test with the checker's diagnosis instead of being returned.
     ``timeout`` bounds the whole read. Running out of it is not EOF: it raises :class:`TimeoutError`
     saying what did arrive (a server that never closes, or keeps sending pings, fails here).
     """
     deadline = time.monotonic() + timeout
-    frames: list[tuple[int, bytes]] = []
+    log = _FrameLog()
+    data = buf
     while True:
-        while len(buf) >= 2:
-            opcode, n, pos = buf[0] & 0x0F, buf[1] & 0x7F, 2
-            if n == 126:
-                if len(buf) < 4:
-                    break
-                n, pos = int.from_bytes(buf[2:4], "big"), 4
-            elif n == 127:
-                if len(buf) < 10:
-                    break
-                n, pos = int.from_bytes(buf[2:10], "big"), 10
-            if len(buf) < pos + n:
-                break
-            frames.append((opcode, buf[pos : pos + n]))
-            buf = buf[pos + n :]
-            if opcode == 0x8 or len(frames) == max_frames:
-                return frames, False
+        log.feed(data)
+        if log.failed:
+            first = log.summary().first()
+            assert first is not None
+            raise AssertionError(f"the server sent an invalid frame: {first.cls}: {first.detail}\n{first.dump}")
+        if max_frames and len(log.frames) >= max_frames:
+            return log.frames[:max_frames], False
+        if log.closed:
+            return log.frames, False
         left = deadline - time.monotonic()
         try:
             if left <= 0:
@@ -204,13 +205,12 @@ def read_server_frames(
         except ConnectionResetError:
             data = b""
         except TimeoutError:
-            opcodes = dict(Counter(op for op, _ in frames))
+            opcodes = dict(Counter(op for op, _ in log.frames))
             wanted = f", nor {max_frames} frame(s)" if max_frames else ""
-            raise TimeoutError(f"neither a close frame nor EOF{wanted} within {timeout} s: "
-                               f"{len(frames)} frames arrived (opcode: count {opcodes}), {len(buf)} bytes pending") from None
+            raise TimeoutError(f"neither a close frame nor EOF{wanted} within {timeout} s: {len(log.frames)} frames "
+                               f"arrived (opcode: count {opcodes}), {len(log._buf)} bytes pending") from None
         if not data:
-            return frames, True
-        buf += data
+            return log.frames, True
 
 
 def close_code_of(frames: list[tuple[int, bytes]]) -> int | None:

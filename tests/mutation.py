@@ -8,6 +8,8 @@ status 0 only if the control passed and every mutant was killed.
 
 from __future__ import annotations
 
+import argparse
+import fnmatch
 import os
 import re
 import shutil
@@ -19,10 +21,9 @@ from dataclasses import dataclass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Fast socket-free tests first: -x stops at the first failure.
-TESTS = [
-    "tests/test_outbox.py", "tests/test_transport.py", "tests/test_session.py", "tests/test_stall.py",
-    "tests/test_flow_control.py", "tests/test_regression.py",
-]
+UNIT_TESTS = ["tests/test_frames.py", "tests/test_deflate.py", "tests/test_streamformat.py", "tests/test_app.py",
+              "tests/test_outbox.py", "tests/test_transport.py", "tests/test_session.py"]
+TESTS = [*UNIT_TESTS, "tests/test_stall.py", "tests/test_flow_control.py", "tests/test_regression.py"]
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,210 @@ MUTANTS = [
         "if False:",
         1,
     ),
+    # -- partial-write bookkeeping (server/outbox.py: gather / written / drop_unsent) --
+    Mutant(
+        "partial-write-off-by-one-at-frame-end",
+        "a write that ends exactly on a frame's last byte leaves the frame queued as 'partly written' (< became <=)",
+        "server/outbox.py",
+        "if remaining < left:",
+        "if remaining <= left:",
+        1,
+    ),
+    Mutant(
+        "partial-write-offset-off-by-one-across-buffers",
+        "resuming a two-buffer frame (header, payload) miscounts the offset by one where it crosses into the payload",
+        "server/outbox.py",
+        "skip -= len(buf)",
+        "skip -= len(buf) - 1",
+        1,
+    ),
+    Mutant(
+        "partial-write-miscounts-offered",
+        "after a partial write, gather() reports one byte more than its buffers hold",
+        "server/outbox.py",
+        "offered = frame.length - skip",
+        "offered = frame.length - skip + 1",
+        1,
+    ),
+    Mutant(
+        "one-frame-fast-path-ignores-offset",
+        "a single queued frame, partly written, is offered again from its first byte (the one-frame shortcut skips the offset check)",
+        "server/outbox.py",
+        "if not skip and len(queue) == 1:",
+        "if len(queue) == 1:",
+        1,
+    ),
+    Mutant(
+        "budget-released-when-offered",
+        "the budget of every frame offered to sendmsg comes back whether the socket took it or not (released on gather, not on written)",
+        "server/outbox.py",
+        "# the socket's buffer is full now\n        if freed:\n            self.release(freed)",
+        "# the socket's buffer is full now\n        if reserved:\n            self.release(reserved)",
+        1,
+    ),
+    Mutant(
+        "gather-passes-iov-max",
+        "gather() offers up to twice IOV_MAX buffers in one sendmsg (the kernel refuses the call)",
+        "server/outbox.py",
+        "room = (IOV_MAX - len(buffers)) // 2",
+        "room = IOV_MAX - len(buffers)",
+        1,
+    ),
+    Mutant(
+        "drop-unsent-drops-started-head",
+        "drop_unsent() drops the partly written head frame too: the rest of the stream starts mid-frame",
+        "server/outbox.py",
+        "head = [self.frames.popleft()] if self._head_sent else []",
+        "head = []",
+        1,
+    ),
+    Mutant(
+        "drop-unsent-restarts-started-head",
+        "drop_unsent() keeps the partly written head frame but forgets how much of it went out: it is sent again from its first byte",
+        "server/outbox.py",
+        "head = [self.frames.popleft()] if self._head_sent else []",
+        "head, self._head_sent = ([self.frames.popleft()] if self._head_sent else []), 0",
+        1,
+    ),
+    # -- flow control (server/outbox.py: put / release / put_shared / Backlog) --
+    Mutant(
+        "no-wake-on-release",
+        "room coming back never wakes a waiting producer",
+        "server/outbox.py",
+        "if self._waiters and self._queued < self.limit:",
+        "if False:",
+        1,
+    ),
+    Mutant(
+        "full-check-off-by-one",
+        "a queue exactly at its limit still takes messages (>= became >)",
+        "server/outbox.py",
+        "if self._queued >= self.limit and not self._in_io_thread():",
+        "if self._queued > self.limit and not self._in_io_thread():",
+        1,
+    ),
+    Mutant(
+        "full-property-off-by-one",
+        "Outbox.full (what the stall judgement reads) is false exactly at the limit",
+        "server/outbox.py",
+        "return self._queued >= self.limit",
+        "return self._queued > self.limit",
+        1,
+    ),
+    Mutant(
+        "put-shared-full-check-off-by-one",
+        "a broadcast's fast path queues to an outbox exactly at its limit instead of handing it to put()",
+        "server/outbox.py",
+        "if outbox._queued >= outbox.limit or",
+        "if outbox._queued > outbox.limit or",
+        1,
+    ),
+    Mutant(
+        "drop-not-counted",
+        "a message dropped by the drop policy is not counted on the connection",
+        "server/outbox.py",
+        "self.dropped += 1",
+        "pass",
+        1,
+    ),
+    Mutant(
+        "drop-not-reported",
+        "a message dropped by the drop policy is not reported (the server's dropped_messages misses it)",
+        "server/outbox.py",
+        "self._on_drop()",
+        "pass",
+        1,
+    ),
+    Mutant(
+        "full-reported-on-every-wait",
+        "every producer that waits asks the IO thread to judge the client again, not once per judgement",
+        "server/outbox.py",
+        "if report and not self._full_reported:",
+        "if report:",
+        1,
+    ),
+    Mutant(
+        "woken-by-shut-still-queues",
+        "a producer woken because the connection is closing queues its message instead of raising ConnectionClosed",
+        "server/outbox.py",
+        "self._wait_for_room(size, timeout, report=not paced)\n                if self._closed is not None:\n"
+        "                    raise ConnectionClosed(*self._closed)",
+        "self._wait_for_room(size, timeout, report=not paced)",
+        1,
+    ),
+    Mutant(
+        "backlog-timeout-keeps-reservation",
+        "a producer that timed out waiting for the server-wide backlog leaves its bytes reserved in the client's queue",
+        "server/outbox.py",
+        "self._release(size)\n                    raise",
+        "raise",
+        1,
+    ),
+    Mutant(
+        "backlog-no-wake",
+        "the IO thread taking messages never wakes producers waiting for the server-wide backlog",
+        "server/outbox.py",
+        "if self._waiters and self.bytes < self.limit:",
+        "if False:",
+        1,
+    ),
+    # -- frames and deflate --
+    Mutant(
+        "frame-header-length-126-as-7-bit",
+        "a 126-byte payload gets a 7-bit length (126 means 'a 16-bit length follows')",
+        "server/frames.py",
+        "if length < 126:",
+        "if length <= 126:",
+        1,
+    ),
+    Mutant(
+        "mutable-buffer-remembered",
+        "OutMessage.of remembers a bytearray: sending the same buffer again after changing it sends the old bytes",
+        "server/frames.py",
+        "return cls(bytes(message), False)  # mutable: copied, never remembered",
+        "out = cls(bytes(message), False)",
+        1,
+    ),
+    Mutant(
+        "large-payload-copied",
+        "every payload is joined to its header: a large message is copied once per message",
+        "server/frames.py",
+        "if len(payload) <= _JOIN_BELOW else (self.header, payload)",
+        "if True else (self.header, payload)",
+        1,
+    ),
+    Mutant(
+        "inflate-unbounded",
+        "permessage-deflate inflates a whole frame before checking the limit: a bomb costs its full size in memory",
+        "server/deflate.py",
+        "room + 1)",
+        ")",
+        1,
+    ),
+    Mutant(
+        "inflate-limit-off-by-one",
+        "a message that inflates to exactly the limit is refused (> became >=)",
+        "server/deflate.py",
+        "if self._inflated > self.max_message_bytes",
+        "if self._inflated >= self.max_message_bytes",
+        1,
+    ),
+    Mutant(
+        "inflate-count-per-frame",
+        "the inflated count restarts with every frame: a message split into frames passes the limit",
+        "server/deflate.py",
+        "if fin:\n            self._inflated = 0",
+        "self._inflated = 0",
+        1,
+    ),
+    Mutant(
+        "inflate-count-never-restarts",
+        "the inflated count never restarts: a connection's messages together hit the per-message limit",
+        "server/deflate.py",
+        "if fin:\n            self._inflated = 0",
+        "if fin:\n            pass",
+        1,
+    ),
 ]
 
 
@@ -129,7 +334,7 @@ def copy_tree(dest: str) -> None:
         shutil.copy(os.path.join(ROOT, name), dest)
 
 
-def run_tests(tree: str, env_extra: tuple[tuple[str, str], ...], timeout: int) -> tuple[int, str, float]:
+def run_tests(tree: str, env_extra: tuple[tuple[str, str], ...], timeout: int, tests: list[str]) -> tuple[int, str, float]:
     env = {**os.environ, "PYTHONPATH": tree, "WSRACE_CHECK_AFFINITY": "1", **dict(env_extra)}
     # Make sure the copy is what gets imported, not the installed checkout.
     where = subprocess.run([sys.executable, "-c", "import server, repro; print(server.__file__); print(repro.__file__)"],
@@ -137,7 +342,7 @@ def run_tests(tree: str, env_extra: tuple[tuple[str, str], ...], timeout: int) -
     assert all(p.startswith(tree) for p in where), f"mutation run would import {where}, not the copy in {tree}"
     started = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", *TESTS, "-x", "-q", "-p", "no:cacheprovider", f"--timeout={timeout}"],
+        [sys.executable, "-m", "pytest", *tests, "-x", "-q", "-p", "no:cacheprovider", f"--timeout={timeout}"],
         cwd=tree, env=env, capture_output=True, text=True,
     )
     return proc.returncode, proc.stdout + proc.stderr, time.monotonic() - started
@@ -150,19 +355,38 @@ def first_failure(output: str) -> str:
     return match.group(1) + (f" — {match.group(2)[:160]}" if match.group(2) else "")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tests.mutation", description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", default="", help="comma-separated mutant names or globs (default: every mutant)")
+    p.add_argument("--unit", action="store_true",
+                   help=f"run only the socket-free tests ({', '.join(UNIT_TESTS)}) on the control and each mutant: "
+                        "seconds, not minutes; a mutant only the socket tests kill survives")
+    p.add_argument("--list", action="store_true", help="list the mutants and exit")
+    ns = p.parse_args(argv)
+    mutants = MUTANTS
+    if ns.only:
+        patterns = [pat.strip() for pat in ns.only.split(",") if pat.strip()]
+        mutants = [m for m in MUTANTS if any(fnmatch.fnmatchcase(m.name, pat) for pat in patterns)]
+        if not mutants:
+            print(f"no mutant matches {ns.only!r}; --list shows them")
+            return 2
+    if ns.list:
+        for m in mutants:
+            print(f"{m.name:<48} {m.path:<20} {m.what}")
+        return 0
+    tests = UNIT_TESTS if ns.unit else TESTS
     results: list[tuple[str, bool, str]] = []
     with tempfile.TemporaryDirectory(prefix="wsrace-mutation-") as tmp:
         control = os.path.join(tmp, "control")
         copy_tree(control)
-        print(f"control: unmutated copy, running {' '.join(TESTS)} ...", flush=True)
-        code, output, secs = run_tests(control, (), timeout=180)
+        print(f"control: unmutated copy, running {' '.join(tests)} ...", flush=True)
+        code, output, secs = run_tests(control, (), timeout=180, tests=tests)
         if code != 0:
             print(output[-3000:])
             print(f"control FAILED in {secs:.0f} s: the tests must pass on the real code before mutants mean anything")
             return 1
         print(f"control: passed in {secs:.0f} s", flush=True)
-        for mutant in MUTANTS:
+        for mutant in mutants:
             tree = os.path.join(tmp, mutant.name)
             copy_tree(tree)
             path = os.path.join(tree, mutant.path)
@@ -175,20 +399,20 @@ def main() -> int:
             with open(path, "w") as f:
                 f.write(source.replace(mutant.old, mutant.new))
             print(f"mutant {mutant.name}: {mutant.what} ...", flush=True)
-            code, output, secs = run_tests(tree, mutant.env, timeout=60)
+            code, output, secs = run_tests(tree, mutant.env, timeout=60, tests=tests)
             killed = code != 0
             caught_by = first_failure(output) if killed else "nothing: every test passed"
-            print(f"  {'KILLED' if killed else 'SURVIVED'} in {secs:.0f} s by {caught_by}", flush=True)
+            print(f"  {'KILLED' if killed else 'SURVIVED'} in {secs:.1f} s by {caught_by}", flush=True)
             results.append((mutant.name, killed, caught_by))
     print()
-    print(f"{'mutant':<34} {'result':<9} caught by")
+    print(f"{'mutant':<48} {'result':<9} caught by")
     for name, killed, by in results:
-        print(f"{name:<34} {'killed' if killed else 'SURVIVED':<9} {by}")
+        print(f"{name:<48} {'killed' if killed else 'SURVIVED':<9} {by}")
     survivors = [name for name, killed, _ in results if not killed]
     if survivors:
         print(f"\n{len(survivors)} mutant(s) survived: the regression tests would not catch {', '.join(survivors)}")
         return 1
-    print(f"\nall {len(results)} mutants killed")
+    print(f"\nall {len(results)} mutant(s) killed")
     return 0
 
 
