@@ -12,10 +12,12 @@ from __future__ import annotations
 import os
 import threading
 
+from .errors import WsraceError
+
 _enabled = os.environ.get("WSRACE_CHECK_AFFINITY", "").lower() in {"1", "true", "yes", "on"}
 
 
-class WriteAffinityError(RuntimeError):
+class WriteAffinityError(WsraceError, RuntimeError):
     """Socket IO (or an IO-thread-only loop call) ran on a thread other than the IO thread."""
 
 
