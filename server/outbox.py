@@ -20,7 +20,7 @@ The rules, modelled on asyncio's high-water flow control:
   thread never waits: its message is queued over the limit.
 * **The client is judged by its socket alone**, on the IO thread: it is
   stalled when the socket has refused bytes for ``stall_timeout`` while the
-  queue is full (see :meth:`Connection._check_stall`). Bytes that producers
+  queue is full (see :meth:`Writer.check_stall <server.writer.Writer.check_stall>`). Bytes that producers
   have posted but the IO thread has not processed yet make producers wait;
   they never make a client look slow.
 
@@ -86,20 +86,20 @@ class Backlog:
         with self.lock:
             if wait and self.bytes >= self.limit:
                 self.wait_below(timeout)
-            self._add(size)
+            self.add_locked(size)
 
     def remove(self, size: int) -> None:
         with self.lock:
-            self._remove(size)
+            self.remove_locked(size)
 
     # -- with the lock held ------------------------------------------------
 
-    def _add(self, size: int) -> None:
+    def add_locked(self, size: int) -> None:
         self.bytes += size
         if self.bytes > self.peak:
             self.peak = self.bytes
 
-    def _remove(self, size: int) -> None:
+    def remove_locked(self, size: int) -> None:
         self.bytes -= size
         if self._waiters and self.bytes < self.limit:
             self._below.notify_all()
@@ -210,7 +210,7 @@ class Outbox:
                 except TimeoutError:
                     self._release(size)
                     raise
-            backlog.bytes += size  # Backlog._add, inline
+            backlog.bytes += size  # Backlog.add_locked, inline
             if backlog.bytes > backlog.peak:
                 backlog.peak = backlog.bytes
             self._pending.append(out)
@@ -258,7 +258,7 @@ class Outbox:
             pending, self._pending = self._pending, deque()
             self._scheduled = False
             if self._pending_bytes:
-                self._backlog._remove(self._pending_bytes)
+                self._backlog.remove_locked(self._pending_bytes)
                 self._pending_bytes = 0
         return pending
 
@@ -412,7 +412,7 @@ def put_shared(out: OutMessage, outboxes: Iterator[Outbox]) -> tuple[Outbox | No
                 outbox._scheduled = True
                 schedules.append(outbox._schedule)
         if queued:
-            backlog._add(queued * size)
+            backlog.add_locked(queued * size)
     for schedule in schedules:
         schedule()
     return blocked, queued, closed
