@@ -196,18 +196,22 @@ class ConnectError(Exception):
 def _open(target: Target, options: CheckOptions,
           ssl_context: ssl.SSLContext | None = None) -> tuple[socket.socket | TLSStream, bytes, dict[str, str]]:
     try:
-        sock = open_socket(target.host, target.port, options.rcvbuf, ssl_context=ssl_context)
+        sock = open_socket(target.host, target.port, options.rcvbuf)
     except socket.gaierror as exc:
         raise ConnectError(f"cannot resolve {target.host}: {exc}") from None
-    except ssl.SSLCertVerificationError as exc:
-        raise ConnectError(f"the server's TLS certificate is not trusted ({target.url}): {exc.verify_message}. "
-                           f"Give the CA that signed it with --cafile PATH (check(..., cafile=PATH)), or skip "
-                           f"verification with --insecure") from None
-    except ssl.SSLError as exc:
-        raise ConnectError(f"the TLS handshake failed ({target.url}): {exc}; does the server speak TLS on this port? "
-                           f"(for a plain server use ws://)") from None
     except OSError as exc:
         raise ConnectError(f"cannot connect ({target.url}): {exc}") from None
+    if ssl_context is not None:
+        try:  # as open_socket(..., ssl_context=) does, apart, so that every failure here is named a TLS one
+            sock = ssl_context.wrap_socket(sock, server_hostname=target.host)
+        except ssl.SSLCertVerificationError as exc:
+            raise ConnectError(f"the server's TLS certificate is not trusted ({target.url}): {exc.verify_message}. "
+                               f"Give the CA that signed it with --cafile PATH (check(..., cafile=PATH)), or skip "
+                               f"verification with --insecure") from None
+        except OSError as exc:  # SSLError, a timeout, a reset
+            sock.close()
+            raise ConnectError(f"the TLS handshake failed ({target.url}): {exc or type(exc).__name__}; does the server "
+                               f"speak TLS on this port? (for a plain server use ws://)") from None
     try:
         key = new_key()
         sock.sendall(upgrade_request(target.host, target.port, target.path, key, options.deflate, options.headers))
