@@ -122,7 +122,13 @@ def _echo_simple_websocket(port: int, context: ssl.SSLContext, deflate: bool) ->
             ws.send(message)
             got.append(ws.receive(timeout=IDLE_TIMEOUT))
     finally:
-        ws.close()
+        # Not ws.close(): Client.close() closes the socket while the client's reader thread is inside SSL_read on
+        # it, and OpenSSL's next read() on that descriptor number then takes bytes from whichever connection gets
+        # it next (here: the next test's TLS handshake failed with WRONG_VERSION_NUMBER, or its replies stopped).
+        # Send the close frame only; the reader thread closes its own socket once the server's close arrives.
+        simple_websocket.ws.Base.close(ws)
+        ws.thread.join(IDLE_TIMEOUT)
+    assert not ws.thread.is_alive(), "simple_websocket's reader thread did not end after the close handshake"
     return got, False
 
 
