@@ -194,7 +194,10 @@ class TLSStream:
         left = self.SLICE if deadline is None else min(self.SLICE, deadline - time.monotonic())
         if left <= 0:
             raise TimeoutError("timed out")
-        select.select([] if want_write else [self._sock], [self._sock] if want_write else [], [], left)
+        try:
+            select.select([] if want_write else [self._sock], [self._sock] if want_write else [], [], left)
+        except ValueError:  # closed by another thread meanwhile (fileno -1)
+            raise OSError(9, "TLSStream is closed") from None
 
     def recv_nowait(self, bufsize: int) -> bytes | None:
         """What the SSL object can give now (``b""``: EOF), or ``None`` when it needs more bytes from the peer."""
