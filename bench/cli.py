@@ -7,9 +7,15 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
+from typing import TYPE_CHECKING
 
 from .run import Workload, median_of, run_once, workloads
+from .servers import TLS_KINDS
+
+if TYPE_CHECKING:
+    from tests.tls import TLSFiles
 
 PEERS = ["sws-lock", "websockets-asyncio", "websockets-sync"]
 OURS = ["ours-loop", "ours-broadcast"]
@@ -122,22 +128,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=None, help="runs per server per workload (default: 3, quick: 1)")
     p.add_argument("--workloads", default="A,B,C,D,E,E2")
     p.add_argument("--servers", default=None, help="only these kinds, comma-separated (default: each workload's list)")
-    p.add_argument("--output", default=None, help="default: bench/results.json (quick: bench/results-quick.json)")
     p.add_argument("--e2-rate", type=float, default=None, metavar="DELIVERIES_PER_S",
                    help="E2's fixed rate (default: half of ours' send() loop median in A, which must then run first in the same "
                         "invocation)")
+    p.add_argument("--output", default=None, help="default: bench/results.json (quick: bench/results-quick.json; "
+                                                  "--tls: results-tls.json, results-quick-tls.json)")
+    p.add_argument("--tls", action="store_true",
+                   help=f"servers serve wss:// with a throwaway certificate (tests/tls.py) and the client verifies it; "
+                        f"only the kinds that can ({', '.join(TLS_KINDS)}) unless --servers names others")
     ns = p.parse_args(argv)
+    names = [n.strip() for n in ns.workloads.split(",") if n.strip()]
+    if "E2" in names and ns.e2_rate is None and ("A" not in names or names.index("A") > names.index("E2")):
+        p.error("E2 runs at half of ours' send() loop rate in A: run A before it (--workloads A,...,E2) or give --e2-rate")
+    if ns.tls:
+        with tempfile.TemporaryDirectory(prefix="wsrace-bench-tls-") as directory:
+            from tests.tls import make_tls_files
+
+            return _main(ns, make_tls_files(directory))
+    return _main(ns, None)
+
+
+def _main(ns: argparse.Namespace, tls: TLSFiles | None) -> int:
     if ns.output is None:
-        ns.output = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results-quick.json" if ns.quick else "results.json")
+        name = ("results-quick" if ns.quick else "results") + ("-tls" if tls else "")
+        ns.output = os.path.join(os.path.dirname(os.path.abspath(__file__)), name + ".json")
     runs = ns.runs or (1 if ns.quick else 3)
     all_w = workloads(ns.quick)
     chosen = [all_w[n.strip()] for n in ns.workloads.split(",") if n.strip()]
-    names = [w.name for w in chosen]
-    if "E2" in names and ns.e2_rate is None and ("A" not in names or names.index("A") > names.index("E2")):
-        p.error("E2 runs at half of ours' send() loop rate in A: run A before it (--workloads A,...,E2) or give --e2-rate")
     results: dict[str, object] = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "quick": ns.quick, "runs": runs, "workloads": {},
+        "quick": ns.quick, "runs": runs, "tls": tls is not None, "workloads": {},
     }
     a_summary: dict[str, dict] | None = None
     for w in chosen:
@@ -157,12 +177,19 @@ def main(argv: list[str] | None = None) -> int:
                 w.title = f"latency at half of ours' send() loop peak in A ({w.rate:,.0f} deliveries/s), 4 producers -> 20 clients"
         if ns.servers:
             w.servers = [k for k in w.servers if k in ns.servers.split(",")]
+        elif tls:
+            w.servers = [k for k in w.servers if k in TLS_KINDS]
+        if tls:
+            w.title += " (wss://)"
+        if not w.servers:
+            print(f"[{w.name}] no server to run", file=sys.stderr, flush=True)
+            continue
         per_kind: dict[str, list[dict]] = {k: [] for k in w.servers}
         for i in range(runs):
             for kind in w.servers:  # alternate servers run by run: A B C A B C ...
                 print(f"[{w.name} run {i + 1}/{runs}] {LABEL[kind]} ...", file=sys.stderr, flush=True)
                 t0 = time.monotonic()
-                r = run_once(kind, w)
+                r = run_once(kind, w, tls)
                 per_kind[kind].append(r)
                 print(f"    {time.monotonic() - t0:.1f} s {r.get('error', '')}", file=sys.stderr, flush=True)
         summary = summarize(w.name, per_kind)

@@ -6,6 +6,12 @@ bit, a known opcode), so corruption is counted, not missed. Frames of the
 expected size are checked in bulk with strided slices, so the client is not
 the bottleneck. Prints JSON lines: ``{"connected": N}`` when ready, then the
 result when every reading connection has ``M`` messages or progress stops.
+
+``--tls`` connects over TLS (``--cafile PEM`` verifies the server against that
+CA; without it nothing is verified: a benchmark measures, it does not
+authenticate). Each socket's TLS handshake is done, one socket at a time,
+before its upgrade request. Decrypted bytes carry no kernel receive
+timestamp, so over TLS arrival times are taken when the client reads.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import json
 import resource
 import selectors
 import socket
+import ssl
 import struct
 import sys
 import time
@@ -50,15 +57,47 @@ def recv_stamped(s: socket.socket) -> tuple[bytes, int]:
     return data, time.monotonic_ns()
 
 
+def recv_tls(s: ssl.SSLSocket) -> tuple[bytes, int]:
+    """Read what the SSL object can give now, up to about 1 MiB (records still in the kernel keep the socket
+    readable for the selector); stamped when read. ``b""``: EOF. ``BlockingIOError``: not one whole record yet."""
+    chunks: list[bytes] = []
+    total = 0
+    while total < 1 << 20:
+        try:
+            data = s.recv(1 << 20)
+        except ssl.SSLWantReadError:
+            if not chunks:
+                raise BlockingIOError from None
+            break
+        if not data:  # EOF: what came before it first; the next read returns b"" again
+            break
+        chunks.append(data)
+        total += len(data)
+    return b"".join(chunks), time.monotonic_ns()
+
+
 def raise_fd_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def client_context(cafile: str | None) -> ssl.SSLContext:
+    """Verify against ``cafile`` (host name 127.0.0.1), or nothing at all without it."""
+    if cafile:
+        return ssl.create_default_context(cafile=cafile)
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 def open_connections(port: int, n: int, rcvbuf: int | None = None, batch: int = 200,
-                     path: str = "/bench") -> list[tuple[socket.socket, bytes]]:
-    """Open ``n`` WebSockets, ``batch`` handshakes in flight at a time; return each with the bytes after its 101."""
+                     path: str = "/bench", ssl_context: ssl.SSLContext | None = None) -> list[tuple[socket.socket, bytes]]:
+    """Open ``n`` WebSockets, ``batch`` handshakes in flight at a time; return each with the bytes after its 101.
+
+    ``rcvbuf`` is set before connect; ``ssl_context``: TLS, wrapped after connect (an ``ssl.SSLSocket`` each).
+    """
     opened: list[tuple[socket.socket, bytes]] = []
     for start in range(0, n, batch):
         group = []
@@ -68,13 +107,16 @@ def open_connections(port: int, n: int, rcvbuf: int | None = None, batch: int = 
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
             s.settimeout(30)
             s.connect(("127.0.0.1", port))
+            if ssl_context is not None:
+                s = ssl_context.wrap_socket(s, server_hostname="127.0.0.1")
             key = new_key()
             s.sendall(upgrade_request("127.0.0.1", port, path, key))
             group.append((s, key))
         for s, key in group:
             _, rest = read_upgrade_reply(s, key)
             s.setblocking(False)
-            s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            if ssl_context is None:
+                s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             opened.append((s, rest))
     return opened
 
@@ -155,11 +197,14 @@ def main() -> None:
     p.add_argument("--latency", action="store_true")
     p.add_argument("--idle-timeout", type=float, default=10.0)
     p.add_argument("--path", default="/bench", help="request path (bench.scaleout: /broadcast)")
+    p.add_argument("--tls", action="store_true", help="connect over TLS (wss://)")
+    p.add_argument("--cafile", default=None, help="with --tls: verify the server against this CA (PEM); default: no verification")
     args = p.parse_args()
     raise_fd_limit()
-    opened = open_connections(args.port, args.connections, path=args.path)
+    context = client_context(args.cafile) if args.tls else None
+    opened = open_connections(args.port, args.connections, path=args.path, ssl_context=context)
     socks = [sock for sock, _ in opened]
-    slow = [sock for sock, _ in open_connections(args.port, args.slow, rcvbuf=4096)] if args.slow else []
+    slow = [sock for sock, _ in open_connections(args.port, args.slow, rcvbuf=4096, ssl_context=context)] if args.slow else []
     print(json.dumps({"connected": len(socks), "slow": len(slow)}), flush=True)
     sel = selectors.DefaultSelector()
     counters = {}
@@ -177,7 +222,7 @@ def main() -> None:
             sock, c = key.fileobj, key.data
             assert isinstance(sock, socket.socket)
             try:
-                data, now = recv_stamped(sock)
+                data, now = recv_tls(sock) if isinstance(sock, ssl.SSLSocket) else recv_stamped(sock)
             except (BlockingIOError, InterruptedError):
                 continue
             except OSError:

@@ -9,8 +9,12 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .servers import KINDS
+
+if TYPE_CHECKING:
+    from tests.tls import TLSFiles
 
 PY = sys.executable
 SERVER_CPU, CLIENT_CPU = 0, 1
@@ -90,9 +94,14 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def run_once(kind: str, w: Workload) -> dict:
-    """One server, one workload, one run. Returns the figures (or an error/stall note)."""
+def run_once(kind: str, w: Workload, tls: TLSFiles | None = None) -> dict:
+    """One server, one workload, one run. Returns the figures (or an error/stall note).
+
+    ``tls``: the server serves wss:// with ``tls.cert``/``tls.key`` and the client verifies it against ``tls.ca``.
+    """
     args = ["--outbox", str(w.outbox)] if w.outbox is not None and kind.startswith("ours") else []
+    if tls is not None:
+        args += ["--certfile", str(tls.cert), "--keyfile", str(tls.key)]
     server = subprocess.Popen([PY, "-m", "bench.servers", kind, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, preexec_fn=_pinned(SERVER_CPU))
     client = None
@@ -109,7 +118,8 @@ def run_once(kind: str, w: Workload) -> dict:
         client = subprocess.Popen(
             [PY, "-m", "bench.client", "--port", str(port), "--connections", str(w.clients), "--expect", str(expect),
              "--size", str(w.size), "--slow", str(w.slow), "--idle-timeout", str(w.idle_timeout)]
-            + (["--latency"] if w.latency or w.name == "D" else []),
+            + (["--latency"] if w.latency or w.name == "D" else [])
+            + (["--tls", "--cafile", str(tls.ca)] if tls is not None else []),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_pinned(CLIENT_CPU))
         try:
             _line(client, 180)

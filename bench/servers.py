@@ -16,6 +16,13 @@ Kinds: ``ours-loop`` (ours, the per-client loop users write:
 ``websockets-asyncio`` (call_soon_threadsafe), ``websockets-sync``, ``raw``
 (pre-encoded frames, one writer thread per connection, batched sendall) and
 ``direct`` (ours with workers writing directly: corrupt, for information).
+
+``--certfile PEM --keyfile PEM``: serve wss:// (TLS) instead. ``TLS_KINDS`` can:
+``sws-lock`` (the accepted socket wrapped, its handshake on the connection's
+thread; simple-websocket's reader thread and the producers then share one SSL
+object, as in a Flask app behind no proxy), ``websockets-asyncio``
+(``serve(ssl=...)``) and ``raw``. Ours passes the context to
+``Server(ssl_context=...)``, which fails until the server takes one.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import os
 import queue
 import resource
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -36,6 +44,8 @@ from server.handshake import Handshake
 
 KINDS = ["ours-loop", "ours-broadcast", "sws-lock", "websockets-asyncio", "websockets-sync", "raw", "direct"]
 OURS = ("ours-loop", "ours-broadcast")
+# Kinds that serve wss:// with --certfile/--keyfile. Ours joins once Server takes ssl_context (issue 9).
+TLS_KINDS = ["sws-lock", "websockets-asyncio", "raw"]
 
 
 def rss_kib() -> int:
@@ -77,7 +87,7 @@ class Base:
 class Ours(Base):
     """``mode``: ``loop`` (``conn.send()`` per client), ``broadcast`` (``Server.broadcast``) or ``direct`` (the bug)."""
 
-    def __init__(self, mode: str, outbox: int | None = None) -> None:
+    def __init__(self, mode: str, outbox: int | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
         from server import Limits, Server
         from server.connection import Connection
 
@@ -105,7 +115,13 @@ class Ours(Base):
         limits = Limits(ping_interval=None, deflate=False)
         if outbox is not None:
             limits = Limits(ping_interval=None, deflate=False, max_queue_bytes=outbox)
-        self.server = Server(Router(), port=0, workers=4, connection_class=conn_cls, limits=limits)
+        tls: dict[str, object] = {"ssl_context": ssl_context} if ssl_context is not None else {}
+        try:
+            self.server = Server(Router(), port=0, workers=4, connection_class=conn_cls, limits=limits, **tls)  # type: ignore[arg-type]
+        except TypeError as exc:
+            if "ssl_context" in str(exc):
+                raise SystemExit(f"ours ({mode}): the server does not take ssl_context yet, so it cannot serve wss:// ({exc})") from None
+            raise
 
     def start(self) -> int:
         self.server.start()
@@ -134,11 +150,16 @@ class Ours(Base):
 
 
 class ThreadedListener(Base):
-    """Accepts on a thread; reads each request with h11 (blocking) and hands the socket on."""
+    """Accepts on a thread; reads each request with h11 (blocking) and hands the socket on.
 
-    def __init__(self) -> None:
+    ``ssl_context``: each accepted socket is wrapped (handshake deferred to ``read_request``, on whichever
+    thread reads the request), so the kinds built on this serve wss://.
+    """
+
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0), backlog=4096)
         self.lock = threading.Lock()
+        self.ssl_context = ssl_context
 
     def start(self) -> int:
         threading.Thread(target=self._accept, daemon=True).start()
@@ -148,11 +169,15 @@ class ThreadedListener(Base):
         while True:
             sock, _ = self.listener.accept()
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.ssl_context is not None:
+                sock = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
             self.on_socket(sock)
 
     @staticmethod
     def read_request(sock: socket.socket) -> Handshake:
-        """Read one request; the handshake answers it."""
+        """Read one request (over TLS: the TLS handshake first, blocking, on this thread); the handshake answers it."""
+        if isinstance(sock, ssl.SSLSocket):
+            sock.do_handshake()
         handshake = Handshake()
         while handshake.receive_data(sock.recv(65536)) is None:
             pass
@@ -165,8 +190,8 @@ class ThreadedListener(Base):
 class SwsLock(ThreadedListener):
     """simple-websocket + lock: one thread per connection, as under Werkzeug."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
+        super().__init__(ssl_context)
         self.clients: list[tuple[object, threading.Lock]] = []
 
     def on_socket(self, sock: socket.socket) -> None:
@@ -201,9 +226,10 @@ class SwsLock(ThreadedListener):
 
 
 class WebsocketsAsyncio(Base):
-    def __init__(self) -> None:
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
         import asyncio
 
+        self.ssl_context = ssl_context
         self.asyncio = asyncio
         self.loop = asyncio.new_event_loop()
         self.conns: set = set()
@@ -223,7 +249,8 @@ class WebsocketsAsyncio(Base):
                     self.conns.discard(ws)
 
             async def main() -> None:
-                server = await serve(handler, "127.0.0.1", 0, compression=None, ping_interval=None, max_queue=None)
+                server = await serve(handler, "127.0.0.1", 0, compression=None, ping_interval=None, max_queue=None,
+                                     ssl=self.ssl_context)
                 self.port = server.sockets[0].getsockname()[1]
                 ready.set()
                 await server.serve_forever()
@@ -281,8 +308,8 @@ class WebsocketsSync(Base):
 class Raw(ThreadedListener):
     """Pre-encoded frames, one writer thread per connection, batched sendall."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
+        super().__init__(ssl_context)
         self.queues: list[queue.SimpleQueue] = []
 
     def on_socket(self, sock: socket.socket) -> None:
@@ -317,17 +344,26 @@ class Raw(ThreadedListener):
             q.put(frame)
 
 
-def make(kind: str, outbox: int | None = None) -> Base:
+def make(kind: str, outbox: int | None = None, ssl_context: ssl.SSLContext | None = None) -> Base:
+    """A server of ``kind``; ``ssl_context`` (a server context): wss://, for ``TLS_KINDS`` (ours: see ``Ours``)."""
+    if ssl_context is not None and kind not in TLS_KINDS and kind not in (*OURS, "direct"):
+        raise SystemExit(f"{kind} does not serve TLS in this benchmark (TLS kinds: {', '.join(TLS_KINDS)})")
     factories: dict[str, Callable[[], Base]] = {
-        "ours-loop": lambda: Ours("loop", outbox),
-        "ours-broadcast": lambda: Ours("broadcast", outbox),
-        "direct": lambda: Ours("direct", outbox),
-        "sws-lock": SwsLock,
-        "websockets-asyncio": WebsocketsAsyncio,
+        "ours-loop": lambda: Ours("loop", outbox, ssl_context),
+        "ours-broadcast": lambda: Ours("broadcast", outbox, ssl_context),
+        "direct": lambda: Ours("direct", outbox, ssl_context),
+        "sws-lock": lambda: SwsLock(ssl_context),
+        "websockets-asyncio": lambda: WebsocketsAsyncio(ssl_context),
         "websockets-sync": WebsocketsSync,
-        "raw": Raw,
+        "raw": lambda: Raw(ssl_context),
     }
     return factories[kind]()
+
+
+def server_context(certfile: str, keyfile: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certfile, keyfile)
+    return context
 
 
 def produce(server: Base, producers: int, count: int, size: int, rate: float) -> dict[str, object]:
@@ -385,7 +421,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.servers")
     parser.add_argument("kind", choices=KINDS)
     parser.add_argument("--outbox", type=int, default=None, help="ours: Limits.max_queue_bytes (default: Limits()'s)")
+    parser.add_argument("--certfile", default=None, help="serve wss://: the certificate chain (PEM); needs --keyfile")
+    parser.add_argument("--keyfile", default=None, help="serve wss://: the private key (PEM); needs --certfile")
     args = parser.parse_args()
+    if (args.certfile is None) != (args.keyfile is None):
+        parser.error("--certfile and --keyfile go together")
     try:
         import resource as r
 
@@ -393,9 +433,10 @@ def main() -> None:
         r.setrlimit(r.RLIMIT_NOFILE, (hard, hard))
     except (ValueError, OSError):
         pass
-    server = make(args.kind, args.outbox)
+    context = server_context(args.certfile, args.keyfile) if args.certfile else None
+    server = make(args.kind, args.outbox, context)
     port = server.start()
-    print(json.dumps({"ready": port, "pid": os.getpid()}), flush=True)
+    print(json.dumps({"ready": port, "pid": os.getpid(), "tls": context is not None}), flush=True)
     for line in sys.stdin:
         cmd = json.loads(line)
         if cmd["cmd"] == "quit":

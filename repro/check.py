@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 
-from .check_session import CheckOptions, ConnectError, Target, _Session, parse_url
+from .check_session import CheckOptions, ConnectError, Target, _Session, client_ssl_context, parse_url
 from .run import Result, format_results
 
 logger = logging.getLogger(__name__)
@@ -121,14 +122,22 @@ def _verdict(url: str, options: CheckOptions, runs: list[Result]) -> tuple[str, 
 
 
 def check(url: str, options: CheckOptions | None = None, progress: Callable[[str], None] | None = None,
-          **knobs: object) -> CheckResult:
+          *, ssl_context: ssl.SSLContext | None = None, **knobs: object) -> CheckResult:
     """Check the server at ``url``; ``knobs`` are :class:`CheckOptions` fields. Never raises for network trouble.
+
+    ``wss://`` URLs verify the server's certificate against the system's CAs, or those in ``cafile=PATH``
+    (``insecure=True``: no verification); ``ssl_context`` replaces all of that with a client context of
+    your own. An untrusted certificate is an ``ERROR`` result saying how to trust it.
 
     Raises ``ValueError`` for a bad URL or knob (a usage error).
     """
     options = replace(options or CheckOptions(), **knobs)  # type: ignore[arg-type]
     options.validate()
     target: Target = parse_url(url)
+    if not target.tls and (options.cafile or options.insecure or ssl_context is not None):
+        raise ValueError(f"a CA file, --insecure or an SSL context is for wss:// URLs, not {url!r}")
+    if target.tls and ssl_context is None:
+        ssl_context = client_ssl_context(options.cafile, options.insecure)
     seed = options.seed if options.seed is not None else int.from_bytes(os.urandom(4), "big")
     options = replace(options, seed=seed)
 
@@ -149,7 +158,7 @@ def check(url: str, options: CheckOptions | None = None, progress: Callable[[str
         what = f"{options.messages} messages" if options.mode == "echo" else f"up to {per_run:.1f} s"
         say(f"[run {run}/{options.runs}] {target.url}: {what} ...")
         try:
-            result = _Session(target, options, run, seed).run_once(per_run)
+            result = _Session(target, options, run, seed, ssl_context).run_once(per_run)
         except ConnectError as exc:
             return CheckResult(url, options, "ERROR", str(exc), runs, time.monotonic() - started)
         runs.append(result)

@@ -3,6 +3,8 @@
     wsrace-check ws://127.0.0.1:5000/echo                # echo endpoint (default mode)
     wsrace-check --mode drain ws://127.0.0.1:5000/feed   # push endpoint: read and check what it sends
     wsrace-check --header "Cookie: session=..." --json ws://...
+    wsrace-check --cafile ca.pem wss://localhost:8443/echo  # TLS, certificate signed by your own CA
+    wsrace-check --insecure wss://127.0.0.1:8443/echo      # TLS without verifying the certificate
 
 Exit status: 0 clean; 1 corrupted (or the server failed the connection with a
 protocol error); 2 usage or connection error, or the check could not finish.
@@ -40,7 +42,7 @@ def _header(text: str) -> tuple[str, str]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = CheckOptions()
-    p.add_argument("url", help="ws://host:port/path of the endpoint to check (wss:// once TLS lands)")
+    p.add_argument("url", help="ws://host:port/path or wss://host:port/path of the endpoint to check")
     p.add_argument("--mode", choices=MODES, default=d.mode,
                    help="echo: send messages and verify the replies; drain: read a push endpoint (default: %(default)s)")
     p.add_argument("--runs", type=int, default=d.runs, help="connections, one after the other (default: %(default)s)")
@@ -51,6 +53,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--keep-going", action="store_true", help="do every run even after a corrupted one")
     p.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    tls = p.add_argument_group("wss:// (TLS)").add_mutually_exclusive_group()
+    tls.add_argument("--cafile", metavar="PATH", default=None,
+                     help="trust the CA certificate(s) in this PEM file instead of the system's (a test or private CA)")
+    tls.add_argument("--insecure", action="store_true", help="do not verify the server's certificate (host name included)")
     g = p.add_argument_group("knobs (the defaults made the race show fastest on a 2-core machine)")
     g.add_argument("--messages", type=int, default=d.messages, help="echo: messages per run (default: %(default)s)")
     g.add_argument("--min-size", type=_size, default=d.min_size, help="echo: smallest message, bytes (default: %(default)s)")
@@ -75,7 +81,7 @@ def options_from(ns: argparse.Namespace) -> CheckOptions:
         mode=ns.mode, runs=ns.runs, time_limit=ns.time_limit, messages=ns.messages, min_size=ns.min_size,
         max_size=ns.max_size, text_ratio=ns.text_ratio, pipeline=ns.pipeline, ping_every=ns.ping_every,
         ping_interval=ns.ping_interval or None, rcvbuf=ns.rcvbuf or None, deflate=ns.deflate, headers=tuple(ns.header),
-        idle_timeout=ns.idle_timeout, keep_going=ns.keep_going, seed=ns.seed,
+        idle_timeout=ns.idle_timeout, keep_going=ns.keep_going, seed=ns.seed, cafile=ns.cafile, insecure=ns.insecure,
     )
 
 

@@ -15,6 +15,7 @@ import random
 import re
 import select
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -25,6 +26,7 @@ from urllib.parse import urlsplit
 from .checker import FRAMING, Anomaly, WireChecker
 from .client import (
     HandshakeFailed,
+    TLSStream,
     masked_frame,
     new_key,
     open_socket,
@@ -67,6 +69,8 @@ class CheckOptions:
     idle_timeout: float = 10.0  # no byte from the server for this long while replies are due: give up
     keep_going: bool = False  # run every run even after a corrupted one
     seed: int | None = None  # message plan; None: random
+    cafile: str | None = None  # wss://: trust the CA certificate(s) in this PEM file instead of the system's
+    insecure: bool = False  # wss://: do not verify the server's certificate at all
 
     def validate(self) -> None:
         if self.mode not in MODES:
@@ -80,6 +84,24 @@ class CheckOptions:
         for name, value in self.headers:
             if not name or any(c in name + value for c in "\r\n") or ":" in name:
                 raise ValueError(f"bad header {name!r}: {value!r}")
+        if self.cafile and self.insecure:
+            raise ValueError("give either a CA file (--cafile) or no verification (--insecure), not both")
+
+
+def client_ssl_context(cafile: str | None = None, insecure: bool = False) -> ssl.SSLContext:
+    """The client context for wss://: the system's CAs, or those in ``cafile``, or (``insecure``) no verification.
+
+    Raises ``ValueError`` for a CA file that cannot be read or holds no certificate.
+    """
+    if insecure:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    try:
+        return ssl.create_default_context(cafile=cafile)
+    except (OSError, ssl.SSLError) as exc:  # FileNotFoundError, IsADirectoryError, PermissionError, bad PEM
+        raise ValueError(f"cannot load the CA file {cafile!r}: {exc}") from None
 
 
 @dataclass
@@ -88,21 +110,20 @@ class Target:
     port: int
     path: str
     url: str
+    tls: bool = False  # wss://
 
 
 def parse_url(url: str) -> Target:
-    """``ws://host[:port]/path?query``; anything else is a ValueError saying why."""
+    """``ws://host[:port]/path?query`` or ``wss://...``; anything else is a ValueError saying why."""
     parts = urlsplit(url)
-    if parts.scheme == "wss":
-        raise ValueError("wss:// is not supported yet (TLS is not implemented); check the server behind its TLS proxy with ws://")
-    if parts.scheme != "ws" or not parts.hostname:
-        raise ValueError(f"expected a ws://host[:port]/path URL, got {url!r}")
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError(f"expected a ws://host[:port]/path or wss://host[:port]/path URL, got {url!r}")
     try:
-        port = parts.port or 80
+        port = parts.port or (443 if parts.scheme == "wss" else 80)
     except ValueError as exc:
         raise ValueError(f"bad port in {url!r}: {exc}") from None
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return Target(parts.hostname, port, path, url)
+    return Target(parts.hostname, port, path, url, tls=parts.scheme == "wss")
 
 
 # -- the messages ---------------------------------------------------------------------
@@ -172,13 +193,25 @@ class ConnectError(Exception):
     """Cannot connect, or the server refused the WebSocket handshake."""
 
 
-def _open(target: Target, options: CheckOptions) -> tuple[socket.socket, bytes, dict[str, str]]:
+def _open(target: Target, options: CheckOptions,
+          ssl_context: ssl.SSLContext | None = None) -> tuple[socket.socket | TLSStream, bytes, dict[str, str]]:
     try:
         sock = open_socket(target.host, target.port, options.rcvbuf)
     except socket.gaierror as exc:
         raise ConnectError(f"cannot resolve {target.host}: {exc}") from None
     except OSError as exc:
         raise ConnectError(f"cannot connect ({target.url}): {exc}") from None
+    if ssl_context is not None:
+        try:  # as open_socket(..., ssl_context=) does, apart, so that every failure here is named a TLS one
+            sock = ssl_context.wrap_socket(sock, server_hostname=target.host)
+        except ssl.SSLCertVerificationError as exc:
+            raise ConnectError(f"the server's TLS certificate is not trusted ({target.url}): {exc.verify_message}. "
+                               f"Give the CA that signed it with --cafile PATH (check(..., cafile=PATH)), or skip "
+                               f"verification with --insecure") from None
+        except OSError as exc:  # SSLError, a timeout, a reset
+            sock.close()
+            raise ConnectError(f"the TLS handshake failed ({target.url}): {exc or type(exc).__name__}; does the server "
+                               f"speak TLS on this port? (for a plain server use ws://)") from None
     try:
         key = new_key()
         sock.sendall(upgrade_request(target.host, target.port, target.path, key, options.deflate, options.headers))
@@ -186,15 +219,21 @@ def _open(target: Target, options: CheckOptions) -> tuple[socket.socket, bytes, 
     except (OSError, HandshakeFailed) as exc:
         sock.close()
         what = "the WebSocket handshake failed" if isinstance(exc, HandshakeFailed) else "cannot connect"
-        raise ConnectError(f"{what} ({target.url}): {exc}") from None
-    return sock, rest, headers
+        hint = ""
+        if not target.tls and any(sign in str(exc) for sign in ("closed the connection during the handshake", "\\x15\\x03")):
+            hint = "; if the server speaks TLS on this port, use wss://"
+        raise ConnectError(f"{what} ({target.url}): {exc}{hint}") from None
+    # Over TLS the sender, the pinger and the reader share one SSL object: TLSStream lets one in at a time.
+    return (TLSStream(sock) if isinstance(sock, ssl.SSLSocket) else sock), rest, headers
 
 
 class _Session:
     """One connection: a sender (echo), a pinger, and the reader feeding the checker."""
 
-    def __init__(self, target: Target, options: CheckOptions, run: int, seed: int) -> None:
+    def __init__(self, target: Target, options: CheckOptions, run: int, seed: int,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.target, self.options, self.run = target, options, run
+        self.ssl_context = ssl_context
         rng = random.Random(seed * 1_000_003 + run)
         self.plan = [(TEXT if rng.random() < options.text_ratio else BINARY, rng.randint(options.min_size, options.max_size))
                      for _ in range(options.messages if options.mode == "echo" else 0)]
@@ -231,7 +270,7 @@ class _Session:
 
     def run_once(self, time_limit: float) -> Result:
         started = time.monotonic()
-        self.sock, rest, headers = _open(self.target, self.options)
+        self.sock, rest, headers = _open(self.target, self.options, self.ssl_context)
         deflate = parse_extensions(headers.get("sec-websocket-extensions", ""))
         self.checker = WireChecker(deflate=deflate, verify=self.verifier or (lambda opcode, data: None))
         threads = []
@@ -277,9 +316,17 @@ class _Session:
             if self.plan and close_deadline is None and now - last_data > self.options.idle_timeout:
                 return f"no data for {self.options.idle_timeout:g} s"
             try:
-                if not select.select([sock], [], [], 0.25)[0]:
-                    continue
-                data = sock.recv(262144)
+                if isinstance(sock, TLSStream):  # select() cannot see what the SSL object already holds
+                    if not sock.pending() and not select.select([sock], [], [], 0.25)[0]:
+                        continue
+                    tls_data = sock.recv_nowait(262144)  # never blocks: a partial record must not stop the clock
+                    if tls_data is None:
+                        continue
+                    data = tls_data
+                else:
+                    if not select.select([sock], [], [], 0.25)[0]:
+                        continue
+                    data = sock.recv(262144)
             except OSError as exc:
                 return f"connection error: {exc}"
             if not data:

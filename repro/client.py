@@ -2,6 +2,10 @@
 
 It shares no code with the server: the handshake is written out here, and the
 bytes after the 101 go to :class:`~repro.checker.WireChecker`.
+
+Over TLS (``ClientOptions.ssl_context``) the client's threads share one
+``SSLSocket`` through :class:`TLSStream`, which never lets two of them into
+the SSL object at once: the checker must not commit the bug it looks for.
 """
 
 from __future__ import annotations
@@ -11,7 +15,9 @@ import hashlib
 import itertools
 import logging
 import os
+import select
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -35,6 +41,7 @@ class ClientOptions:
     ping_interval: float | None = 0.0005  # pings make the server's IO/reader thread write pongs
     deflate: bool = False
     time_limit: float = 10.0
+    ssl_context: ssl.SSLContext | None = None  # wss://: a client context (server_hostname is the host connected to)
 
 
 def masked_frame(opcode: int, payload: bytes) -> bytes:
@@ -124,8 +131,13 @@ def start_pinger(ping: Callable[[], object], stop: threading.Event, interval: fl
     return thread
 
 
-def open_socket(host: str, port: int, rcvbuf: int | None, timeout: float = 5.0) -> socket.socket:
-    """A connected TCP socket; a small ``rcvbuf`` is set before connect, so the advertised window stays small."""
+def open_socket(host: str, port: int, rcvbuf: int | None, timeout: float = 5.0,
+                ssl_context: ssl.SSLContext | None = None) -> socket.socket:
+    """A connected TCP socket; a small ``rcvbuf`` is set before connect, so the advertised window stays small.
+
+    With ``ssl_context``: then wrapped (``server_hostname=host``) and the TLS handshake done, within
+    ``timeout``; an ``ssl.SSLSocket`` is returned (``ssl.SSLCertVerificationError`` for an untrusted server).
+    """
     family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     sock = socket.socket(family, kind, proto)
     try:
@@ -133,10 +145,109 @@ def open_socket(host: str, port: int, rcvbuf: int | None, timeout: float = 5.0) 
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         sock.settimeout(timeout)
         sock.connect(address)
+        if ssl_context is not None:
+            sock = ssl_context.wrap_socket(sock, server_hostname=host)
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+class TLSStream:
+    """One ``SSLSocket`` shared by a reader and writers on different threads, safely.
+
+    OpenSSL forbids using one ``SSL`` object from two threads at once (openssl/openssl#20446), and
+    CPython releases the GIL inside ``SSL_read``/``SSL_write``: a reader blocked in ``recv`` while a
+    pinger calls ``sendall`` is the TLS half of the bug this package checks for. Here the socket is
+    non-blocking and every call into the SSL object holds one lock and returns at once; waiting
+    (``select``) happens outside it. A write that wants to be retried is retried with the same bytes.
+    Callers serialise whole frames themselves (one writer at a time), as they do on a plain socket.
+
+    ``settimeout`` bounds ``recv`` and ``sendall`` like a socket's timeout (``TimeoutError``);
+    ``recv_nowait`` never waits. The handshake must be done before (``open_socket``).
+    """
+
+    CHUNK = 16384  # bytes per SSL_write: one TLS record, a short hold of the lock
+    SLICE = 0.05  # longest wait outside the lock before trying again
+
+    def __init__(self, sock: ssl.SSLSocket) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        self._lock = threading.Lock()
+        self._timeout: float | None = None
+        self._closed = False
+
+    def settimeout(self, timeout: float | None) -> None:
+        self._timeout = timeout
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def pending(self) -> int:
+        """Decrypted bytes already inside the SSL object (``select`` cannot see them)."""
+        with self._lock:
+            return self._sock.pending()
+
+    def _wait(self, want_write: bool, deadline: float | None) -> None:
+        if self._closed:
+            raise OSError(9, "TLSStream is closed")
+        left = self.SLICE if deadline is None else min(self.SLICE, deadline - time.monotonic())
+        if left <= 0:
+            raise TimeoutError("timed out")
+        try:
+            select.select([] if want_write else [self._sock], [self._sock] if want_write else [], [], left)
+        except ValueError:  # closed by another thread meanwhile (fileno -1)
+            raise OSError(9, "TLSStream is closed") from None
+
+    def recv_nowait(self, bufsize: int) -> bytes | None:
+        """What the SSL object can give now (``b""``: EOF), or ``None`` when it needs more bytes from the peer."""
+        if self._closed:
+            raise OSError(9, "TLSStream is closed")
+        with self._lock:
+            try:
+                return self._sock.recv(bufsize)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                return None
+
+    def recv(self, bufsize: int) -> bytes:
+        deadline = None if self._timeout is None else time.monotonic() + self._timeout
+        while True:
+            if self._closed:
+                raise OSError(9, "TLSStream is closed")
+            with self._lock:
+                try:
+                    return self._sock.recv(bufsize)
+                except ssl.SSLWantReadError:
+                    want_write = False
+                except ssl.SSLWantWriteError:
+                    want_write = True
+            self._wait(want_write, deadline)
+
+    def sendall(self, data: bytes) -> None:
+        deadline = None if self._timeout is None else time.monotonic() + self._timeout
+        view = memoryview(data).cast("B")
+        while view:
+            chunk = view[: self.CHUNK]  # after a want-read/want-write: the same bytes again
+            if self._closed:
+                raise OSError(9, "TLSStream is closed")
+            with self._lock:
+                try:
+                    view = view[self._sock.send(chunk) :]
+                    continue
+                except ssl.SSLWantWriteError:
+                    want_write = True
+                except ssl.SSLWantReadError:
+                    want_write = False
+            self._wait(want_write, deadline)
+
+    def shutdown(self, how: int) -> None:
+        """Shut the TCP connection down (no close_notify): wakes a thread waiting to write, as on a plain socket."""
+        socket.socket.shutdown(self._sock, how)  # not SSLSocket.shutdown, which drops the SSL object under its users
+
+    def close(self) -> None:
+        self._closed = True
+        with self._lock:
+            self._sock.close()
 
 
 def check_url(host: str, port: int, target: str, stream: StreamSpec | None, options: ClientOptions,
@@ -145,11 +256,12 @@ def check_url(host: str, port: int, target: str, stream: StreamSpec | None, opti
 
     ``verify`` sees every complete message that ``stream`` does not check (see :class:`WireChecker`).
     """
-    sock = open_socket(host, port, options.rcvbuf)
+    raw = open_socket(host, port, options.rcvbuf, ssl_context=options.ssl_context)
     write_lock = threading.Lock()  # the client has two writers (pinger, reader); it serialises them
     key = new_key()
-    sock.sendall(upgrade_request(host, port, target, key, options.deflate))
-    headers, rest = read_upgrade_reply(sock, key)
+    raw.sendall(upgrade_request(host, port, target, key, options.deflate))
+    headers, rest = read_upgrade_reply(raw, key)
+    sock: socket.socket | TLSStream = TLSStream(raw) if isinstance(raw, ssl.SSLSocket) else raw
     deflate = parse_extensions(headers.get("sec-websocket-extensions", ""))
     if deflate and not options.deflate:
         raise HandshakeFailed("server accepted permessage-deflate that was not offered")

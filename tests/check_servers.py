@@ -8,10 +8,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import ssl
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 from .helpers import stop_process
 
@@ -41,9 +43,18 @@ def repro_server(mode: str) -> contextlib.AbstractContextManager[int]:
     return _subprocess_server(["-m", "repro", "serve", "--mode", mode, "--port", "0", "--log-level", "ERROR"])
 
 
+async def _echo(ws: Any) -> None:
+    async for message in ws:
+        await ws.send(message)
+
+
 @contextlib.contextmanager
-def websockets_echo_server() -> Iterator[int]:
-    """A ``websockets`` asyncio echo server on its own event loop thread."""
+def websockets_echo_server(ssl_context: ssl.SSLContext | None = None,
+                           handler: Callable[[Any], Awaitable[None]] | None = None) -> Iterator[int]:
+    """A ``websockets`` asyncio server (an echo server unless ``handler`` is given) on its own event loop thread.
+
+    ``ssl_context``: a server context (tests/tls.py), for wss://.
+    """
     from websockets.asyncio.server import serve
 
     loop = asyncio.new_event_loop()
@@ -51,13 +62,9 @@ def websockets_echo_server() -> Iterator[int]:
     port: list[int] = []
     stop: list[asyncio.Event] = []
 
-    async def echo(ws) -> None:
-        async for message in ws:
-            await ws.send(message)
-
     async def main() -> None:
         stop.append(asyncio.Event())
-        async with serve(echo, "127.0.0.1", 0, max_size=None) as server:
+        async with serve(handler or _echo, "127.0.0.1", 0, max_size=None, ssl=ssl_context) as server:
             port.append(next(iter(server.sockets)).getsockname()[1])
             started.set()
             await stop[0].wait()

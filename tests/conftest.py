@@ -12,6 +12,7 @@ import pytest
 from server import affinity
 
 from .helpers import running_server
+from .tls import TLSFiles, make_tls_files
 
 # On in every test. Only `make mutation` turns it off (WSRACE_CHECK_AFFINITY=0), to show
 # the clients' own checks catch a mutant even without it.
@@ -29,6 +30,13 @@ def _affinity_on() -> Iterator[None]:
 def server():
     with running_server() as srv:
         yield srv
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
+    """A throwaway CA and a server certificate for 127.0.0.1, localhost and ::1, one set per session (tests/tls.py):
+    ``.cert``, ``.key``, ``.ca`` paths; ``.server_context()``, ``.client_context()``."""
+    return make_tls_files(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture(autouse=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -61,14 +62,17 @@ class StreamCheck:
         assert all(self.next_seq.get(p) == self.count for p in range(self.producers)), self.next_seq
 
 
-def raw_connect(port: int, timeout: float = 5.0, rcvbuf: int | None = None) -> socket.socket:
+def raw_connect(port: int, timeout: float = 5.0, rcvbuf: int | None = None,
+                ssl_context: ssl.SSLContext | None = None) -> socket.socket:
     """A TCP connection to 127.0.0.1; ``rcvbuf``: a small SO_RCVBUF, set before connect.
 
     After connect it would be too late: the window is advertised in the handshake and the
     kernel may not shrink it, so the server's writes would not block as the test means them to.
+    ``ssl_context``: then wrapped for TLS (``server_hostname="127.0.0.1"``), the handshake done
+    within ``timeout``; an ``ssl.SSLSocket`` is returned.
     The one such helper for tests/ and repro/: repro's :func:`repro.client.open_socket`.
     """
-    return open_socket("127.0.0.1", port, rcvbuf, timeout)
+    return open_socket("127.0.0.1", port, rcvbuf, timeout, ssl_context=ssl_context)
 
 
 def stalled_client(port: int, path: str, rcvbuf: int = 4096) -> socket.socket:
@@ -78,9 +82,9 @@ def stalled_client(port: int, path: str, rcvbuf: int = 4096) -> socket.socket:
     return sock
 
 
-def http_exchange(port: int, request: bytes, timeout: float = 5.0) -> bytes:
-    """Send raw bytes, return everything the server sends until it closes."""
-    with raw_connect(port, timeout) as sock:
+def http_exchange(port: int, request: bytes, timeout: float = 5.0, ssl_context: ssl.SSLContext | None = None) -> bytes:
+    """Send raw bytes, return everything the server sends until it closes (``ssl_context``: over TLS)."""
+    with raw_connect(port, timeout, ssl_context=ssl_context) as sock:
         sock.sendall(request)
         chunks = []
         while True:
@@ -126,9 +130,10 @@ def server_threads() -> list[str]:
     return sorted(t.name for t in threading.enumerate() if t.name.startswith("wsrace"))
 
 
-def ws_handshake(port: int, path: str = "/echo", extra: str = "", timeout: float = 5.0) -> tuple[socket.socket, bytes]:
-    """Open a raw WebSocket; return the socket and any bytes read past the 101 reply."""
-    sock = raw_connect(port, timeout)
+def ws_handshake(port: int, path: str = "/echo", extra: str = "", timeout: float = 5.0,
+                 ssl_context: ssl.SSLContext | None = None) -> tuple[socket.socket, bytes]:
+    """Open a raw WebSocket (``ssl_context``: over TLS); return the socket and any bytes read past the 101 reply."""
+    sock = raw_connect(port, timeout, ssl_context=ssl_context)
     sock.sendall(upgrade_request(path, extra=extra))
     buf = b""
     while b"\r\n\r\n" not in buf:
@@ -220,11 +225,11 @@ def close_code_of(frames: list[tuple[int, bytes]]) -> int | None:
     return None
 
 
-def echo_works(port: int) -> bool:
-    """A normal client still gets served."""
+def echo_works(port: int, ssl_context: ssl.SSLContext | None = None) -> bool:
+    """A normal client still gets served (``ssl_context``: over wss://)."""
     from websockets.sync.client import connect
 
-    with connect(f"ws://127.0.0.1:{port}/echo", open_timeout=5) as ws:
+    with connect(f"{'wss' if ssl_context else 'ws'}://127.0.0.1:{port}/echo", open_timeout=5, ssl=ssl_context) as ws:
         ws.send("still alive?")
         return ws.recv(timeout=5) == "still alive?"
 

@@ -104,8 +104,10 @@ def test_cli_connection_and_usage_errors_exit_2() -> None:
     refused = subprocess.run([os.path.join(os.path.dirname(sys.executable), "wsrace-check"), f"ws://127.0.0.1:{_free_port()}/echo"],
                              capture_output=True, text=True, timeout=30)
     assert refused.returncode == 2 and "cannot connect" in refused.stderr, refused.stderr
-    wss = _cli("wss://127.0.0.1:1/echo")
-    assert wss.returncode == 2 and "wss:// is not supported yet" in wss.stderr
+    wss = _cli(f"wss://127.0.0.1:{_free_port()}/echo")
+    assert wss.returncode == 2 and "cannot connect" in wss.stderr, wss.stderr
+    plain_with_ca = _cli("ws://127.0.0.1:1/echo", "--insecure")
+    assert plain_with_ca.returncode == 2 and "for wss:// URLs" in plain_with_ca.stderr, plain_with_ca.stderr
     bad = _cli("ws://127.0.0.1:1/echo", "--min-size", "1m", "--max-size", "1k")
     assert bad.returncode == 2 and "min size" in bad.stderr
 
