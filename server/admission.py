@@ -143,8 +143,10 @@ def _ip_of(addr: object) -> str:
 
 
 def _refuse(sock: socket.socket, response: bytes) -> None:
-    """Answer a just-accepted socket and close it at once; never blocks."""
+    """Answer a just-accepted socket and close it at once; never blocks (no answer: just close)."""
     try:
+        if not response:
+            return
         sock.setblocking(False)
         try:
             sock.recv(65536)  # a request already here would turn our close into a reset
@@ -177,6 +179,7 @@ class Admission:
         self._listener = listener
         self._on_readable = on_readable
         self._stats = stats
+        self.plain_http = True  # refusals are answered in HTTP; False on a TLS port (no handshake yet: just close)
         self.max_connections = limits.max_connections or default_max_connections(nofile_limit())
         self.max_handshakes = limits.max_handshakes or max(1, self.max_connections // 2)
         self.max_per_ip = limits.max_connections_per_ip
@@ -245,7 +248,7 @@ class Admission:
                                 f"connection limit ({self.max_connections}) reached: answering 503")
         if self.max_per_ip is not None and self._per_ip.get(ip, 0) >= self.max_per_ip:
             self._stats.rejected_per_ip += 1
-            _refuse(sock, PER_IP_429)
+            _refuse(sock, PER_IP_429 if self.plain_http else b"")
             self.log.note("per-ip", logging.WARNING,
                           f"{ip}: over {self.max_per_ip} connections from one address: answering 429")
             return False
@@ -258,7 +261,7 @@ class Admission:
 
     def _reject(self, sock: socket.socket, response: bytes, key: str, status: int, message: str) -> bool:
         self._stats.rejected_busy += 1
-        _refuse(sock, response)
+        _refuse(sock, response if self.plain_http else b"")
         self.log.note(key, logging.WARNING, message)
         return False
 

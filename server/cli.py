@@ -14,6 +14,7 @@ from .broker import DEFAULT_MAXLEN, DEFAULT_PUBLISH_QUEUE, Broker, BrokerError, 
 from .limits import Limits
 from .outbox import OverflowPolicy
 from .server import Server
+from .tls import TlsConfigError, server_context
 
 logger = logging.getLogger("server")
 
@@ -21,6 +22,9 @@ logger = logging.getLogger("server")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wsrace-server", description="WebSocket server where one IO thread does every write.")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    p.add_argument("--certfile", metavar="PATH",
+                   help="serve wss:// (and the page over https://) with this PEM certificate chain; needs --keyfile")
+    p.add_argument("--keyfile", metavar="PATH", help="the PEM private key of --certfile (unencrypted)")
     p.add_argument("--port", type=int, default=8765, help="port; 0 picks a free one (default: %(default)s)")
     p.add_argument("--workers", type=int, default=8, help="worker threads for message handlers (default: %(default)s)")
     p.add_argument("--max-queue-bytes", type=int, default=Limits.max_queue_bytes,
@@ -109,6 +113,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     positive(parser, args)
     processes = process_count(parser, args.processes)
+    if (args.certfile is None) != (args.keyfile is None):
+        parser.error("--certfile and --keyfile go together: give both for wss://, or neither")
+    ssl_context = None
+    if args.certfile:
+        try:
+            ssl_context = server_context(args.certfile, args.keyfile)  # checked here, not in N children
+        except TlsConfigError as exc:
+            print(f"wsrace-server: {exc}", file=sys.stderr)
+            return 2
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if processes > 1:
         if args.broker.split(":", 1)[0].lower() == "memory":
@@ -150,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     raise_nofile_limit()  # before the server sizes its default --max-connections from it
     try:
         server = Server(DemoApp, host=args.host, port=args.port, workers=args.workers, limits=limits,
-                        max_backlog_bytes=args.max_backlog_bytes, broker=broker, reuse_port=args.reuse_port)
+                        max_backlog_bytes=args.max_backlog_bytes, broker=broker, reuse_port=args.reuse_port,
+                        ssl_context=ssl_context)
     except OSError as exc:
         print(f"wsrace-server: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 2

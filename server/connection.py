@@ -228,6 +228,9 @@ class Connection:
         try:
             data = self.transport.read()
         except OSError as exc:
+            if not self.transport.established:
+                self._stats.tls_handshake_errors += 1
+                logger.info("%s: TLS handshake failed: %s", self.peer, exc)
             self.abort(CloseCode.ABNORMAL, f"read failed: {exc.strerror or exc}")
             return
         if data is None:
@@ -315,7 +318,11 @@ class Connection:
         self._close_after_flush()
 
     def _on_handshake_timeout(self) -> None:
-        if self._handshake is not None:
+        if not self.transport.established:  # no TLS yet: no way to send an HTTP answer
+            self._stats.handshake_timeouts += 1
+            logger.info("%s: no TLS handshake within %.1fs", self.peer, self.limits.handshake_timeout)
+            self.abort(CloseCode.ABNORMAL, "TLS handshake timeout")
+        elif self._handshake is not None:
             self._stats.handshake_timeouts += 1
             logger.info("%s: no complete request within %.1fs", self.peer, self.limits.handshake_timeout)
             self._reply_and_close(HttpError(408, "request timeout"))

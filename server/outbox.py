@@ -169,6 +169,7 @@ class Outbox:
         # IO thread only.
         self.frames: deque[Frame | OutMessage] = deque()
         self._head_sent = 0  # bytes of frames[0] already written
+        self.in_flight = 0  # head frames a transport has begun and must finish as they are (a TLS write to retry)
         self.blocked_since: float | None = None  # the socket last refused bytes while data waited
 
     # -- any thread ------------------------------------------------------
@@ -363,7 +364,8 @@ class Outbox:
             self._head_sent = 0
             self.blocked_since = None
         else:
-            head = [self.frames.popleft()] if self._head_sent else []
+            keep = max(self.in_flight, 1 if self._head_sent else 0)
+            head = [self.frames.popleft() for _ in range(min(keep, len(self.frames)))]
             kept = head + [frame for frame in self.frames if frame.reserved == 0]
             freed -= sum(frame.reserved for frame in head)
             self.frames = deque(kept)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,7 @@ from .limits import Limits
 from .loop import IOLoop
 from .outbox import Backlog, put_shared
 from .stats import Stats
+from .tls import TlsTransport
 from .transport import SocketTransport
 
 logger = logging.getLogger(__name__)
@@ -74,8 +76,10 @@ class Server:
         origins: list[str | None] | None = None,
         broker: Broker | None = None,
         reuse_port: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
+        self.ssl_context = ssl_context
         self.connection_class = connection_class
         self.limits = limits or Limits()
         self.stats = Stats()
@@ -88,6 +92,7 @@ class Server:
         self._listener.setblocking(False)
         self.port: int = self._listener.getsockname()[1]
         self.admission = Admission(self.loop, self._listener, self._on_accept, self.limits, self.stats)
+        self.admission.plain_http = ssl_context is None
         self._accepting = True
         self._shutting_down = False
         self._all_closed = threading.Event()
@@ -105,7 +110,7 @@ class Server:
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"ws://{host}:{self.port}"
+        return f"{'wss' if self.ssl_context else 'ws'}://{host}:{self.port}"
 
     def start(self) -> Server:
         """Start the IO thread; the server accepts connections when this returns."""
@@ -151,8 +156,9 @@ class Server:
 
     @property
     def page_url(self) -> str:
-        """The ``http://`` address of the same port (for a route that serves a page)."""
-        return "http" + self.url[2:] + "/"
+        """The ``http://`` (``https://`` with TLS) address of the same port (for a route that serves a page)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'https' if self.ssl_context else 'http'}://{host}:{self.port}/"
 
     # -- any thread ------------------------------------------------------
 
@@ -349,7 +355,9 @@ class Server:
             conn.start()
 
     def make_transport(self, sock: socket.socket) -> SocketTransport:
-        """The transport for a socket just accepted (IO thread); a subclass may wrap the socket."""
+        """The transport for a socket just accepted (IO thread): TLS with ``ssl_context``; a subclass may wrap the socket."""
+        if self.ssl_context is not None:
+            return TlsTransport(self.loop, sock, self.ssl_context)
         return SocketTransport(self.loop, sock)
 
     def _on_closed(self, conn: Connection) -> None:

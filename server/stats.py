@@ -17,7 +17,8 @@ class Stats:
         self.closed_by_policy = 0
         self.dropped_messages = 0
         self.protocol_errors = 0
-        self.handshake_timeouts = 0
+        self.handshake_timeouts = 0  # no complete request (or no TLS handshake) within handshake_timeout
+        self.tls_handshake_errors = 0  # the TLS handshake failed: plain HTTP, garbage, a reset, an untrusted peer, ...
         self.ping_timeouts = 0
         self.keepalive_pings = 0  # keepalive pings sent
         self.keepalive_pongs = 0  # pongs received (answers to keepalive pings)

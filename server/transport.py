@@ -32,6 +32,8 @@ RECV_SIZE = 256 * 1024
 class SocketTransport:
     """A non-blocking TCP socket driven by one IO thread."""
 
+    established = True  # ready for HTTP bytes (a TLS transport: once its handshake is done)
+
     def __init__(self, loop: IOLoop, sock: socket.socket) -> None:
         self._loop = loop
         self._sock = sock
