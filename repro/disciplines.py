@@ -13,6 +13,7 @@ import contextlib
 import logging
 import select
 import socket
+import ssl
 import threading
 from collections.abc import Iterator
 from typing import Protocol
@@ -20,6 +21,7 @@ from typing import Protocol
 from server import CloseCode, ConnectionClosed, DemoApp, Limits, Server, SocketTransport
 from server.connection import Connection, State
 from server.frames import OutMessage
+from server.tls import TlsTransport
 
 from .guard import Violation, WriteGuard
 from .simple_ws import SimpleWebsocketServer
@@ -46,6 +48,8 @@ class KnobServer(Server):
     def make_transport(self, sock: socket.socket) -> SocketTransport:
         if self.sndbuf:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.sndbuf)
+        if self.ssl_context is not None:
+            return TlsTransport(self.loop, sock, self.ssl_context)  # (the write guard wraps plain sockets only)
         if self.guards is not None:
             # Accepted on the IO thread: it is the owner, as it should be.
             guard = WriteGuard(sock, owner=threading.current_thread(), on_violation="record")
@@ -139,15 +143,22 @@ def serve(
     publishers: int = 0,
     rate: float = 10.0,
     guard: bool = False,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> Iterator[Served]:
     """Run the demo routes with one write discipline; shut down afterwards.
 
     ``guard=True`` wraps every connection's socket in a recording
     :class:`~repro.guard.WriteGuard` owned by the thread that accepted it.
+    ``ssl_context``: serve wss:// (the unsafe disciplines then write to the
+    SSL object from worker threads: the TLS half of the bug).
     """
+    if guard and ssl_context is not None:
+        raise ValueError("the write guard wraps plain sockets; run it without TLS")
     if discipline not in DISCIPLINES:
         raise ValueError(f"unknown discipline {discipline!r}; choose from {', '.join(DISCIPLINES)}")
     if discipline.startswith("simple-websocket"):
+        if ssl_context is not None:
+            raise NotImplementedError("simple-websocket over TLS is not wired yet")
         sws = SimpleWebsocketServer(
             host, port, lock=discipline.endswith("+lock"), workers=workers, sndbuf=sndbuf, ping_interval=ping_interval,
             guard=guard,
@@ -164,7 +175,8 @@ def serve(
     guards: list[WriteGuard] | None = [] if guard else None
     # The unsafe modes write off the IO thread by design: their writes skip the affinity check.
     limits = Limits(ping_interval=ping_interval, deflate=deflate, max_queue_bytes=64 * 1024 * 1024)
-    srv = KnobServer(DemoApp, host=host, port=port, workers=workers, limits=limits, connection_class=conn_cls)
+    srv = KnobServer(DemoApp, host=host, port=port, workers=workers, limits=limits, connection_class=conn_cls,
+                     ssl_context=ssl_context)
     srv.sndbuf, srv.guards = sndbuf, guards
     srv.start()
     if publishers:
