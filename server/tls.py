@@ -75,7 +75,7 @@ class TlsTransport(SocketTransport):
             return b""
         chunks: list[bytes] = []
         total = 0
-        self._read_wants_write = False
+        wanted_write, self._read_wants_write = self._read_wants_write, False
         while total < _READ_BURST or self._pending_in_ssl():
             try:
                 data = self._sock.recv(RECV_SIZE)
@@ -83,7 +83,6 @@ class TlsTransport(SocketTransport):
                 break
             except ssl.SSLWantWriteError:
                 self._read_wants_write = True
-                self._set_writing(True)
                 break
             if not data:
                 self._eof_seen = True  # say so on the next read: the socket may not be readable again
@@ -93,6 +92,8 @@ class TlsTransport(SocketTransport):
                 return b""
             chunks.append(data)
             total += len(data)
+        if wanted_write != self._read_wants_write:
+            self._update_interest()
         return b"".join(chunks) if chunks else None
 
     def write(self, outbox: Outbox) -> None:
@@ -114,14 +115,18 @@ class TlsTransport(SocketTransport):
                 return
             except ssl.SSLWantReadError:
                 outbox.written(0, offered, frames, reserved)
-                self._write_wants_read = True
+                if not self._write_wants_read:
+                    self._write_wants_read = True
+                    self._update_interest()
                 return
             self._pending = None
             outbox.in_flight = 0
-            self._write_wants_read = False
+            if self._write_wants_read:
+                self._write_wants_read = False
+                self._update_interest()
             outbox.written(sent, offered, frames, reserved)
             self.last_progress = time.monotonic()
-        self._set_writing(self._read_wants_write)
+        self._set_writing(False)
 
     def shutdown_write(self) -> None:
         """Best-effort ``close_notify``, then half-close; never blocks the loop. Raises OSError."""
@@ -132,15 +137,28 @@ class TlsTransport(SocketTransport):
             pass  # want-read / want-write: sent, or the buffer is full; the FIN still goes out
         socket.socket.shutdown(self._tls, socket.SHUT_WR)
 
+    def _update_interest(self) -> None:
+        # A read may need the socket writable, and a write readable (TLS, not us, decides).
+        if self.closed:
+            return
+        read = self.reading or self._write_wants_read or not self.established
+        write = self.writing or self._read_wants_write
+        self._loop.set_interest(self._sock, self._on_ready, read=read, write=write)
+
     def _on_ready(self, mask: int) -> None:
         if not self.established:
             self._handshake()
             return
-        if mask & selectors.EVENT_WRITE and self._read_wants_write and not self.closed:
-            self._on_readable()
-        if mask & selectors.EVENT_READ and self._write_wants_read and not self.closed:
-            self._on_writable()
-        super()._on_ready(mask)
+        if mask & selectors.EVENT_WRITE and not self.closed:
+            if self._read_wants_write:
+                self._on_readable()
+            if self.writing and not self.closed:
+                self._on_writable()
+        if mask & selectors.EVENT_READ and not self.closed:
+            if self._write_wants_read:
+                self._on_writable()
+            if self.reading and not self.closed:
+                self._on_readable()
 
     def _handshake(self) -> None:
         affinity.check_io_thread(self._loop.thread_id, f"TLS handshake with {self.peer}")
