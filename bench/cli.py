@@ -11,7 +11,7 @@ import tempfile
 import time
 from typing import TYPE_CHECKING
 
-from .run import Workload, median_of, run_once, workloads
+from .run import PLAIN, Workload, median_of, run_once, workloads
 from .servers import TLS_KINDS
 
 if TYPE_CHECKING:
@@ -27,6 +27,7 @@ LABEL = {
     "websockets-sync": "websockets.sync",
     "raw": "raw reference",
     "direct": "direct (info only)",
+    "ours-loop" + PLAIN: "ours: send() loop, ws://",
 }
 # per workload: (metric key, unit, higher is better)
 HEADLINE = {
@@ -55,6 +56,7 @@ def summarize(name: str, runs: dict[str, list[dict]]) -> dict[str, dict]:
                 r["p50_ms"], r["p99_ms"], r["max_ms"] = (r["latency_ms"].get(k) for k in ("p50", "p99", "max"))
         row: dict[str, object] = {"runs": rs}
         for key in ("msg_per_s", "mb_per_s", "cpu_us_per_msg", "peak_rss_mb", "rss_per_conn_kib", "threads", "seconds",
+                    "handshakes_per_s",
                     "max_send_ms", "p999_send_ms", "p50_ms", "p99_ms", "max_ms"):
             med, lo, hi = median_of(rs, key)
             row[key] = {"median": med, "min": lo, "max": hi}
@@ -101,7 +103,11 @@ def print_workload(w: Workload, summary: dict[str, dict], a_summary: dict[str, d
                 slow_closed = sum(1 for n in row["closed_by_policy"] if n)
                 notes.append(f"slow client closed by policy in {slow_closed}/{len(row['closed_by_policy'])} runs")
         if w.name == "D":
-            notes.append(f"{fmt(row['rss_per_conn_kib']['median'], 1)} KiB RSS/conn, {fmt(row['threads']['median'])} threads")
+            notes.append(f"{fmt(row['rss_per_conn_kib']['median'], 1)} KiB RSS/conn, {fmt(row['threads']['median'])} threads, "
+                         f"{fmt(row['handshakes_per_s']['median'])} handshakes/s")
+        plain = summary.get("ours-loop" + PLAIN, {}).get(key, {}).get("median")
+        if kind in OURS and plain and m["median"]:
+            notes.append(f"{ratio(m['median'], plain, higher):.2f}x ours over ws://")
         if w.name in ("E", "E2"):
             notes.append(f"p50 {fmt(row['p50_ms']['median'], 2)} ms, max {fmt(row['max_ms']['median'], 2)} ms")
         # Clients the policy closed (ours: the server's count; the peers have no such policy) and the reading
@@ -179,6 +185,10 @@ def _main(ns: argparse.Namespace, tls: TLSFiles | None) -> int:
             w.servers = [k for k in w.servers if k in ns.servers.split(",")]
         elif tls:
             w.servers = [k for k in w.servers if k in TLS_KINDS]
+            if w.name in ("A", "B") and "ours-loop" in w.servers:
+                w.servers.append("ours-loop" + PLAIN)  # the TLS cost, measured in the same run
+            if w.name == "D":
+                w.clients = 2000 if not ns.quick else w.clients  # issue 9: RSS per idle TLS connection at 2,000
         if tls:
             w.title += " (wss://)"
         if not w.servers:

@@ -202,10 +202,12 @@ def main() -> None:
     args = p.parse_args()
     raise_fd_limit()
     context = client_context(args.cafile) if args.tls else None
+    started = time.monotonic()
     opened = open_connections(args.port, args.connections, path=args.path, ssl_context=context)
+    connect_s = time.monotonic() - started
     socks = [sock for sock, _ in opened]
     slow = [sock for sock, _ in open_connections(args.port, args.slow, rcvbuf=4096, ssl_context=context)] if args.slow else []
-    print(json.dumps({"connected": len(socks), "slow": len(slow)}), flush=True)
+    print(json.dumps({"connected": len(socks), "slow": len(slow), "connect_s": connect_s}), flush=True)
     sel = selectors.DefaultSelector()
     counters = {}
     for s, rest in opened:

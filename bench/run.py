@@ -94,11 +94,16 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+PLAIN = "-plain"  # a kind with this suffix runs without TLS even in a --tls run
+
+
 def run_once(kind: str, w: Workload, tls: TLSFiles | None = None) -> dict:
     """One server, one workload, one run. Returns the figures (or an error/stall note).
 
     ``tls``: the server serves wss:// with ``tls.cert``/``tls.key`` and the client verifies it against ``tls.ca``.
     """
+    if kind.endswith(PLAIN):  # ours without TLS in a --tls run: the baseline of the TLS ratios
+        kind, tls = kind.removesuffix(PLAIN), None
     args = ["--outbox", str(w.outbox)] if w.outbox is not None and kind.startswith("ours") else []
     if tls is not None:
         args += ["--certfile", str(tls.cert), "--keyfile", str(tls.key)]
@@ -122,7 +127,7 @@ def run_once(kind: str, w: Workload, tls: TLSFiles | None = None) -> dict:
             + (["--tls", "--cafile", str(tls.ca)] if tls is not None else []),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_pinned(CLIENT_CPU))
         try:
-            _line(client, 180)
+            connect_s = _line(client, 180).get("connect_s")
         except (RuntimeError, TimeoutError) as exc:
             return {"error": f"clients could not connect: {exc}"}
         deadline = time.monotonic() + 60
@@ -157,6 +162,8 @@ def run_once(kind: str, w: Workload, tls: TLSFiles | None = None) -> dict:
             "peak_rss_mb": (after or stats).get("peak_rss_kib", 0) / 1024,
             "rss_per_conn_kib": (connected["rss_kib"] - base["rss_kib"]) / (w.clients + w.slow),
             "threads": connected["threads"],
+            # WebSocket handshakes (TLS first with --tls) per second, the client opening 200 at a time
+            "handshakes_per_s": (w.clients + w.slow) / connect_s if connect_s else None,
             "max_send_ms": produced["max_send"] * 1000 if produced else None,
             "p999_send_ms": produced["p999_send"] * 1000 if produced else None,
             "latency_ms": got["latency_ms"],

@@ -21,8 +21,7 @@ Kinds: ``ours-loop`` (ours, the per-client loop users write:
 ``sws-lock`` (the accepted socket wrapped, its handshake on the connection's
 thread; simple-websocket's reader thread and the producers then share one SSL
 object, as in a Flask app behind no proxy), ``websockets-asyncio``
-(``serve(ssl=...)``) and ``raw``. Ours passes the context to
-``Server(ssl_context=...)``, which fails until the server takes one.
+(``serve(ssl=...)``), ``raw`` and ours (``Server(ssl_context=...)``).
 """
 
 from __future__ import annotations
@@ -45,7 +44,7 @@ from server.handshake import Handshake
 KINDS = ["ours-loop", "ours-broadcast", "sws-lock", "websockets-asyncio", "websockets-sync", "raw", "direct"]
 OURS = ("ours-loop", "ours-broadcast")
 # Kinds that serve wss:// with --certfile/--keyfile. Ours joins once Server takes ssl_context (issue 9).
-TLS_KINDS = ["sws-lock", "websockets-asyncio", "raw"]
+TLS_KINDS = ["ours-loop", "ours-broadcast", "sws-lock", "websockets-asyncio", "raw"]
 
 
 def rss_kib() -> int:

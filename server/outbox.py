@@ -286,8 +286,13 @@ class Outbox:
             assert self._room is not None
             self._room.notify_all()
 
-    def gather(self) -> tuple[list[memoryview | bytes], int, int, int]:
-        """Up to IOV_MAX buffers from the head of the queue: (buffers, frames, bytes, reserved)."""
+    def gather(self, max_bytes: int | None = None) -> tuple[list[memoryview | bytes], int, int, int]:
+        """Up to IOV_MAX buffers from the head of the queue: (buffers, frames, bytes, reserved).
+
+        ``max_bytes``: stop adding frames once this many bytes are offered (a
+        TLS transport sends one bounded buffer at a time; gathering the whole
+        queue for it would cost a pass over every queued frame per send).
+        """
         queue = self.frames
         skip = self._head_sent
         if not skip and len(queue) == 1:  # one frame (a broadcast to many idle clients): no loop
@@ -309,6 +314,15 @@ class Outbox:
         extend = buffers.extend
         # A frame has at most 2 buffers: this many more frames never pass IOV_MAX.
         room = (IOV_MAX - len(buffers)) // 2
+        if max_bytes is not None:
+            for frame in itertools.islice(queue, frames, frames + room):
+                if offered >= max_bytes:
+                    break
+                extend(frame.buffers)
+                offered += frame.length
+                reserved += frame.reserved
+                frames += 1
+            return buffers, frames, offered, reserved
         for frame in itertools.islice(queue, frames, frames + room) if frames or len(queue) > room else queue:
             extend(frame.buffers)
             offered += frame.length

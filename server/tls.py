@@ -39,7 +39,7 @@ from .transport import RECV_SIZE, SocketTransport
 
 logger = logging.getLogger(__name__)
 
-TLS_CHUNK = 128 * 1024  # plaintext per SSL_write when frames are coalesced
+TLS_CHUNK = 256 * 1024  # plaintext per SSL_write when frames are coalesced
 _READ_BURST = 4 * RECV_SIZE  # per readiness event, unless the SSL object still holds bytes
 _PLAIN_HTTP_400 = http_response(400, b"this port speaks TLS: use https:// or wss://\n")
 
@@ -199,7 +199,7 @@ class TlsTransport(SocketTransport):
     @staticmethod
     def _take(outbox: Outbox) -> tuple[bytes | memoryview, int, int, int]:
         """The next bytes for one ``send``: one big buffer as it is, or small ones joined up to TLS_CHUNK."""
-        buffers, frames, offered, reserved = outbox.gather()
+        buffers, frames, offered, reserved = outbox.gather(TLS_CHUNK)
         if len(buffers) == 1 or len(buffers[0]) >= TLS_CHUNK:
             return buffers[0], offered, frames, reserved
         parts: list[bytes | memoryview] = []

@@ -276,6 +276,19 @@ def test_gather_offers_at_most_iov_max_buffers() -> None:
     assert len(h.sock.calls) > 2 and h.outbox.queued == 0
 
 
+def test_gather_with_max_bytes_stops_at_the_first_frame_past_it() -> None:
+    outs = [msg(1000, fill=i) for i in range(10)]
+    h = Harness(limit=1 << 30)
+    queue(h, *outs)
+    buffers, frames, offered, reserved = h.outbox.gather(2500)
+    assert frames == 3 and offered == reserved == sum(o.size for o in outs[:3])
+    assert b"".join(bytes(b) for b in buffers) == wire_of(*outs[:3])
+    h.step(offered - 10)  # the third frame partly written: the next gather starts with its rest
+    buffers, frames, offered, _ = h.outbox.gather(1)
+    assert frames == 1 and offered == 10
+    assert b"".join(bytes(b) for b in buffers) == wire_of(*outs[:3])[-10:]
+
+
 def test_a_single_partly_written_frame_resumes_where_it_stopped() -> None:
     h = Harness()
     queue(h, msg(300, fill=7))
