@@ -25,15 +25,15 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from functools import partial
 
+from .backlog import Backlog
 from .codes import CloseCode, check_close
 from .dispatch import Dispatcher
 from .frames import OutMessage
 from .handler import Handler, Router
-from .handshake import Handshake, HttpError, HttpRequest
-from .http import Response
+from .handshake import HttpError
+from .http_phase import HttpPhase, Reply, Upgrade
 from .limits import Limits
 from .loop import IOLoop, Timers
-from .outbox import Backlog
 from .session import (
     Closing,
     Deadline,
@@ -94,7 +94,6 @@ class Connection:
     ) -> None:
         self._loop = loop
         self.transport = transport
-        self._router = router
         self._executor = executor
         self.limits = limits
         self._stats = stats
@@ -105,7 +104,7 @@ class Connection:
         self.deflate = False
         self._dispatcher: Dispatcher | None = None  # once open
 
-        self._handshake: Handshake | None = Handshake()
+        self._http: HttpPhase | None = HttpPhase(router, limits, stats, transport.peer)
         self.session: Session | None = None
         self._writer = Writer(
             loop, transport, limits, stats, backlog or Backlog(1 << 62),
@@ -200,7 +199,7 @@ class Connection:
         if self._write_shut:
             return State.DRAINING
         if self.session is None:
-            return State.HANDSHAKE if self._handshake is not None else State.CLOSING
+            return State.HANDSHAKE if self._http is not None else State.CLOSING
         return State.OPEN if self.session.accepts_data else State.CLOSING
 
     # ------------------------------------------------------------------
@@ -219,8 +218,8 @@ class Connection:
 
     def reject_now(self, error: HttpError) -> None:
         """Answer ``error`` to a connection still in its handshake and close it now (no lingering)."""
-        if self.state is State.HANDSHAKE:
-            self._reply_and_close(error)
+        if self._http is not None:
+            self._reply(self._http.reject(error))
             self._writer.flush()  # a few bytes on a socket that has sent nothing yet: written at once
         self.abort(CloseCode.ABNORMAL, f"HTTP {error.status}")
 
@@ -237,7 +236,7 @@ class Connection:
             return
         if not data:
             self._on_eof()
-        elif self._handshake is not None:
+        elif self._http is not None:
             self._on_handshake_data(data)
         elif self.session is not None and not self._write_shut:
             self.session.receive_data(data)
@@ -245,76 +244,48 @@ class Connection:
         # else: draining after our half-close (or an HTTP reply); discard until EOF
 
     def _on_eof(self) -> None:
-        if self._handshake is not None:
+        if self._http is not None:
             self.abort(CloseCode.ABNORMAL, "client closed during handshake")
         elif self._write_shut:
             self.abort(self._close_code or CloseCode.NORMAL, self._close_reason)
         else:
             self.abort(CloseCode.ABNORMAL, "client vanished without a close frame")
 
-    # -- HTTP phase -----------------------------------------------------
+    # -- HTTP phase (decided by HttpPhase) ------------------------------
 
     def _on_handshake_data(self, data: bytes) -> None:
-        assert self._handshake is not None
-        try:
-            request = self._handshake.receive_data(data)
-            if request is not None:
-                self._route(request)
-        except HttpError as exc:
-            self._stats.http_errors += 1
-            logger.info("%s: HTTP %s: %s", self.peer, exc.status, exc.message)
-            self._reply_and_close(exc)
-        except Exception:
-            # A bug in route() (or on the way to the 101): answer 500 now, not at the handshake timeout.
-            if self._handshake is None:
-                raise
-            self._stats.http_errors += 1
-            self._stats.route_errors += 1
-            logger.exception("%s: routing %s failed", self.peer, self.path or "the request")
-            self._reply_and_close(HttpError(500, "internal server error"))
+        assert self._http is not None
+        outcome = self._http.receive_data(data)
+        if self._http.request is not None:
+            self.path, self.query = self._http.request.path, self._http.request.query
+        if isinstance(outcome, Upgrade):
+            self._open(outcome)
+        elif outcome is not None:
+            self._reply(outcome)
 
-    def _route(self, request: HttpRequest) -> None:
-        assert self._handshake is not None
-        self.path, self.query = request.path, request.query
-        target = self._router.route(request)
-        if isinstance(target, Response):  # a plain HTTP route
-            self._reply(self._handshake.respond(target.status, *target.encoded()), target.status)
-            return
-        if isinstance(target, bytes):  # a complete response, built by the route itself
-            self._reply(target, 200)
-            return
-        if not hasattr(target, "on_message"):
-            raise TypeError(f"route() returned {type(target).__name__}; expected a Handler, a Response or bytes")
-        reply, extension = self._handshake.accept(self.limits.deflate, self.limits.max_message_bytes)
-        self._open(target, reply, extension, request)
-
-    def _open(self, handler: Handler, reply: bytes, extension: object, request: HttpRequest) -> None:
+    def _open(self, upgrade: Upgrade) -> None:
         self._timers.cancel(ConnectionTimer.HANDSHAKE)
-        self._handshake = None
-        self._dispatcher = Dispatcher(self, handler, self._loop, self._executor, self._stats, self._message_done)
-        self.session = self._writer.session = Session(self.limits, extension)  # type: ignore[arg-type]
+        self._http = None
+        self._dispatcher = Dispatcher(self, upgrade.handler, self._loop, self._executor, self._stats, self._message_done)
+        self.session = self._writer.session = Session(self.limits, upgrade.extension)
         self.deflate = self.session.deflate
         self._stats.opened += 1
-        self._writer.append_raw(reply)
+        self._writer.append_raw(upgrade.reply)
         self._writer.flush()  # the 101 goes out before any handler can queue a frame
-        logger.debug("%s: WebSocket open on %s (deflate=%s)", self.peer, request.target, self.deflate)
+        logger.debug("%s: WebSocket open on %s (deflate=%s)", self.peer, upgrade.request.target, self.deflate)
         self._apply_session()  # the keepalive deadline
         if not self._dispatcher.open():
             self._fail(CloseCode.INTERNAL_ERROR, "internal error")
             return
-        if request.trailing:  # frames the client sent right behind its request
-            self.session.receive_data(request.trailing)
+        if upgrade.request.trailing:  # frames the client sent right behind its request
+            self.session.receive_data(upgrade.request.trailing)
             self._apply_session()
 
-    def _reply_and_close(self, error: HttpError) -> None:
-        assert self._handshake is not None
-        self._reply(self._handshake.reject(error), error.status)
-
-    def _reply(self, response: bytes, status: int) -> None:
+    def _reply(self, reply: Reply) -> None:
         self._timers.cancel(ConnectionTimer.HANDSHAKE)
-        self._handshake = None
-        self._record_close(CloseCode.ABNORMAL, f"HTTP {status}")
-        self._writer.append_raw(response)
+        self._http = None
+        self._record_close(CloseCode.ABNORMAL, f"HTTP {reply.status}")
+        self._writer.append_raw(reply.data)
         self._close_after_flush()
 
     def _on_handshake_timeout(self) -> None:
@@ -322,10 +293,8 @@ class Connection:
             self._stats.handshake_timeouts += 1
             logger.info("%s: no TLS handshake within %.1fs", self.peer, self.limits.handshake_timeout)
             self.abort(CloseCode.ABNORMAL, "TLS handshake timeout")
-        elif self._handshake is not None:
-            self._stats.handshake_timeouts += 1
-            logger.info("%s: no complete request within %.1fs", self.peer, self.limits.handshake_timeout)
-            self._reply_and_close(HttpError(408, "request timeout"))
+        elif self._http is not None:
+            self._reply(self._http.timed_out())
 
     # -- the session's decisions ----------------------------------------
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from operator import attrgetter
 
 from .admission import Admission
+from .backlog import Backlog
 from .broker import Broker, MemoryBroker
 from .codes import CloseCode
 from .connection import Connection, State
@@ -22,7 +23,7 @@ from .handler import Router
 from .http import OriginCheck
 from .limits import Limits
 from .loop import IOLoop
-from .outbox import Backlog, put_shared
+from .outbox import put_shared
 from .stats import Stats
 from .tls import TlsTransport
 from .transport import SocketTransport

@@ -15,9 +15,10 @@ import time
 from collections.abc import Callable
 from functools import partial
 
+from .backlog import Backlog
 from .limits import Limits
 from .loop import IOLoop, Timer
-from .outbox import Backlog, Outbox
+from .outbox import Outbox
 from .session import Session
 from .stats import Stats
 from .transport import SocketTransport

@@ -39,6 +39,14 @@ class Mutant:
 
 MUTANTS = [
     Mutant(
+        "drop-unsent-ignores-tls-retry",
+        "a failing connection drops the frames a TLS send must retry with the same bytes: bad write retry, or a torn stream",
+        "server/outbox.py",
+        "keep = max(self.in_flight, 1 if self._head_sent else 0)",
+        "keep = 1 if self._head_sent else 0",
+        1,
+    ),
+    Mutant(
         "close-before-replies",
         "a client's protocol error sends the close frame at once, before the replies its earlier messages are owed",
         "server/session.py",
@@ -172,16 +180,16 @@ MUTANTS = [
         "drop-unsent-drops-started-head",
         "drop_unsent() drops the partly written head frame too: the rest of the stream starts mid-frame",
         "server/outbox.py",
-        "head = [self.frames.popleft()] if self._head_sent else []",
-        "head = []",
+        "keep = max(self.in_flight, 1 if self._head_sent else 0)",
+        "keep = self.in_flight",
         1,
     ),
     Mutant(
         "drop-unsent-restarts-started-head",
         "drop_unsent() keeps the partly written head frame but forgets how much of it went out: it is sent again from its first byte",
         "server/outbox.py",
-        "head = [self.frames.popleft()] if self._head_sent else []",
-        "head, self._head_sent = ([self.frames.popleft()] if self._head_sent else []), 0",
+        "            self.frames = deque(kept)\n",
+        "            self.frames = deque(kept)\n            self._head_sent = 0\n",
         1,
     ),
     # -- flow control (server/outbox.py: put / release / put_shared / Backlog) --
@@ -261,7 +269,7 @@ MUTANTS = [
     Mutant(
         "backlog-no-wake",
         "the IO thread taking messages never wakes producers waiting for the server-wide backlog",
-        "server/outbox.py",
+        "server/backlog.py",
         "if self._waiters and self.bytes < self.limit:",
         "if False:",
         1,

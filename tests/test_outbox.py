@@ -317,6 +317,24 @@ def test_drop_unsent_keeps_a_partly_written_head_whole_and_protocol_frames() -> 
     assert h.outbox.queued == 0
 
 
+def test_drop_unsent_keeps_the_frames_a_tls_write_must_retry() -> None:
+    """A TLS send that got want-write must be retried with the same bytes: its frames are not droppable."""
+    first, second, third = msg(100, 1), msg(200, 2), msg(300, 3)
+    h = Harness(limit=1 << 20)
+    queue(h, first, second, third)
+    h.outbox.append((PONG,), 0, 2)
+    _, frames, offered, reserved = h.outbox.gather(250)  # what a TLS transport takes for one send
+    assert frames == 2
+    h.outbox.in_flight = frames
+    h.outbox.written(0, offered, frames, reserved)  # want-write: nothing went out yet
+    h.outbox.drop_unsent()
+    assert list(h.outbox.frames)[:2] == [first, second] and len(h.outbox.frames) == 3
+    assert h.outbox.queued == first.size + second.size
+    h.outbox.written(offered, offered, frames, reserved)  # the retry took them
+    h.outbox.in_flight = 0
+    assert h.write() == PONG and h.outbox.queued == 0
+
+
 def test_drop_unsent_with_nothing_started_drops_every_data_frame() -> None:
     h = Harness(limit=1 << 20)
     queue(h, msg(10), msg(20))
