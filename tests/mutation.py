@@ -22,7 +22,7 @@ from dataclasses import dataclass
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Fast socket-free tests first: -x stops at the first failure.
 UNIT_TESTS = ["tests/test_frames.py", "tests/test_deflate.py", "tests/test_streamformat.py", "tests/test_app.py",
-              "tests/test_outbox.py", "tests/test_transport.py", "tests/test_session.py"]
+              "tests/test_outbox.py", "tests/test_transport.py", "tests/test_session.py", "tests/test_http_phase.py"]
 TESTS = [*UNIT_TESTS, "tests/test_stall.py", "tests/test_flow_control.py", "tests/test_regression.py"]
 
 
