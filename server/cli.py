@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         from .supervisor import supervise
 
-        return supervise(sys.argv[1:] if argv is None else argv, args.host, args.port, processes)
+        return supervise(sys.argv[1:] if argv is None else argv, args.host, args.port, processes,
+                         "wss" if ssl_context else "ws")
     from .supervisor import watch_supervisor
 
     watch_supervisor()  # a child of --processes: leave with the supervisor

@@ -85,8 +85,8 @@ def child_argv(argv: list[str], port: int, index: int) -> list[str]:
     return [*argv, *extra]
 
 
-def supervise(argv: list[str], host: str, port: int, processes: int) -> int:
-    """Run ``processes`` children serving ``host:port``; returns the exit status."""
+def supervise(argv: list[str], host: str, port: int, processes: int, scheme: str = "ws") -> int:
+    """Run ``processes`` children serving ``host:port`` (``scheme``: ws or wss); returns the exit status."""
     try:
         reserved = reserve_port(host, port)
     except OSError as exc:
@@ -116,8 +116,8 @@ def supervise(argv: list[str], host: str, port: int, processes: int) -> int:
                     _stop_all(children, signal.SIGTERM)
                     return 2 if not stop.is_set() else 0
         shown = f"[{host}]" if ":" in host else host
-        print(f"listening on ws://{shown}:{port}", flush=True)
-        logger.info("%d processes serving ws://%s:%d (SO_REUSEPORT)", processes, shown, port)
+        print(f"listening on {scheme}://{shown}:{port}", flush=True)
+        logger.info("%d processes serving %s://%s:%d (SO_REUSEPORT)", processes, scheme, shown, port)
         while not stop.wait(0.2):
             _keep_running(children)
         signum = received[0] if received else signal.SIGTERM
