@@ -86,9 +86,9 @@ def format_results(results: list[Result], label: str = "discipline") -> list[str
     out.append(head)
     out.append("-" * len(head))
     for r in results:
-        seen = [f"{k}={v}" for k, v in r.anomalies.items()] + r.signs
+        seen = "; ".join(x for x in [", ".join(f"{k}={v}" for k, v in r.anomalies.items()), *r.signs] if x) or "none"
         close = str(r.close_code) if r.close_code is not None else "-"
-        out.append(f"{r.label:<{width}} {r.expected:>8} {r.valid:>8} {close:>6}  {r.verdict:<{vw}} {'; '.join(seen) or 'none'}")
+        out.append(f"{r.label:<{width}} {r.expected:>8} {r.valid:>8} {close:>6}  {r.verdict:<{vw}} {seen}")
     for r in results:
         if r.tls and r.symptoms:
             out.append("")
@@ -183,6 +183,7 @@ TLS_VERDICTS = {
     "CLEAN": "every message intact, close 1000",
 }
 _SSL_REASON = re.compile(r"\[SSL: ([A-Z0-9_]+)\]")
+_SSL_FILE = re.compile(r"\s*\(_ssl\.c:\d+\)")
 # Not the TLS layer breaking: the peer went away (an EOF without close_notify, a close_notify, a reset).
 _GONE = ("UNEXPECTED_EOF_WHILE_READING", "SSLEOFError", "SSLZeroReturnError", "ECONNRESET", "EPIPE", "EBADF",
          "ValueError", "ENOTCONN")
@@ -277,7 +278,7 @@ def _classify_tls(result: Result, summary: Summary | None, outcome: ServerOutcom
     if primary:
         verdicts.append("SERVER-ERROR")
     for key in sorted(errors, key=lambda k: (not _server_error_is_primary(k), k)):
-        example = (outcome.report or {}).get("examples", {}).get(key, "")
+        example = _SSL_FILE.sub("", (outcome.report or {}).get("examples", {}).get(key, ""))
         times = f" x{errors[key]}" if errors[key] > 1 else ""
         symptoms.append(f"server: {key}{times}" + (f" ({example})" if example and example not in key else ""))
     signs.extend("server " + _short(k) + (f" x{errors[k]}" if errors[k] > 1 else "") for k in primary)
