@@ -20,9 +20,10 @@ $(STAMP): $(RUNTIME)
 
 install: $(STAMP)
 
-## make repro: reproduce the bug with every write discipline and show the fix is clean
+## make repro: reproduce the bug with every write discipline, then over wss:// (--tls), and show the fix is clean
 repro: $(RUNTIME)
 	$(PY) -m repro
+	$(PY) -m repro --tls
 
 ## make serve: run the fixed server on ws://127.0.0.1:8765 (open http://127.0.0.1:8765/)
 serve: $(RUNTIME)

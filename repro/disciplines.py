@@ -21,10 +21,10 @@ from typing import Protocol
 from server import CloseCode, ConnectionClosed, DemoApp, Limits, Server, SocketTransport
 from server.connection import Connection, State
 from server.frames import OutMessage
-from server.tls import TlsTransport
 
 from .guard import Violation, WriteGuard
 from .simple_ws import SimpleWebsocketServer
+from .tlsrace import RecordingTlsTransport, TlsEvents
 
 logger = logging.getLogger(__name__)
 
@@ -44,12 +44,15 @@ class KnobServer(Server):
 
     sndbuf: int | None = None
     guards: list[WriteGuard] | None = None  # set: wrap every socket in a recording WriteGuard
+    tls_events: TlsEvents | None = None  # over TLS: what the SSL calls raised, by thread
 
     def make_transport(self, sock: socket.socket) -> SocketTransport:
         if self.sndbuf:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.sndbuf)
-        if self.ssl_context is not None:
-            return TlsTransport(self.loop, sock, self.ssl_context)  # (the write guard wraps plain sockets only)
+        if self.ssl_context is not None:  # (the write guard wraps plain sockets only)
+            transport = RecordingTlsTransport(self.loop, sock, self.ssl_context)
+            transport.events = self.tls_events or TlsEvents()
+            return transport
         if self.guards is not None:
             # Accepted on the IO thread: it is the owner, as it should be.
             guard = WriteGuard(sock, owner=threading.current_thread(), on_violation="record")
@@ -91,16 +94,25 @@ class DirectConnection(Connection):
         # What socket.sendall() does on a socket with a timeout: send, and wait
         # for writability when the buffer is full. Another thread's bytes can
         # land in the socket between two of these partial sends.
+        # Over TLS (an SSLSocket): what a blocking SSLSocket does inside send() —
+        # on want-write, wait and call SSL_write again with the same bytes — on
+        # the SSL object that the IO thread reads and writes at the same time.
         sock = self.transport.socket
+        events: TlsEvents | None = getattr(self.transport, "events", None)
         view = memoryview(data)
         while view:
             try:
                 try:
                     sent = sock.send(view)
-                except BlockingIOError:
+                except (BlockingIOError, ssl.SSLWantWriteError):
                     select.select([], [sock], [], 1.0)
                     continue
+                except ssl.SSLWantReadError:  # the IO thread reads; try again shortly
+                    select.select([sock], [], [], 0.05)
+                    continue
             except (OSError, ValueError) as exc:  # ValueError: the IO thread closed the socket (fd -1)
+                if events is not None:
+                    events.record("write", exc)
                 raise ConnectionClosed(CloseCode.ABNORMAL, f"write failed: {exc}") from None
             view = view[sent:]
 
@@ -120,12 +132,13 @@ class RunningServer(Protocol):
 
 
 class Served:
-    """What :func:`serve` yields: the port, and the write guards' findings when guarded."""
+    """What :func:`serve` yields: the port, the write guards' findings when guarded, over TLS what the SSL calls raised."""
 
-    def __init__(self, server: RunningServer, guards: list[WriteGuard] | None) -> None:
+    def __init__(self, server: RunningServer, guards: list[WriteGuard] | None, tls_events: TlsEvents | None = None) -> None:
         self.server = server
         self.port = server.port
         self.guards = guards
+        self.tls_events = tls_events
 
     def violations(self) -> list[Violation]:
         return [v for g in self.guards or [] for v in g.violations]
@@ -144,32 +157,33 @@ def serve(
     rate: float = 10.0,
     guard: bool = False,
     ssl_context: ssl.SSLContext | None = None,
+    shutdown_timeout: float = 5.0,
 ) -> Iterator[Served]:
     """Run the demo routes with one write discipline; shut down afterwards.
 
     ``guard=True`` wraps every connection's socket in a recording
     :class:`~repro.guard.WriteGuard` owned by the thread that accepted it.
     ``ssl_context``: serve wss:// (the unsafe disciplines then write to the
-    SSL object from worker threads: the TLS half of the bug).
+    SSL object from worker threads: the TLS half of the bug); ``Served.tls_events``
+    counts what the server's SSL calls raised, by thread.
     """
     if guard and ssl_context is not None:
         raise ValueError("the write guard wraps plain sockets; run it without TLS")
     if discipline not in DISCIPLINES:
         raise ValueError(f"unknown discipline {discipline!r}; choose from {', '.join(DISCIPLINES)}")
+    tls_events = TlsEvents() if ssl_context is not None else None
     if discipline.startswith("simple-websocket"):
-        if ssl_context is not None:
-            raise NotImplementedError("simple-websocket over TLS is not wired yet")
         sws = SimpleWebsocketServer(
             host, port, lock=discipline.endswith("+lock"), workers=workers, sndbuf=sndbuf, ping_interval=ping_interval,
-            guard=guard,
+            guard=guard, ssl_context=ssl_context, tls_events=tls_events,
         )
         sws.start()
         if publishers:
             sws.start_tickers(publishers, rate)
         try:
-            yield Served(sws, sws.guards)
+            yield Served(sws, sws.guards, tls_events)
         finally:
-            sws.shutdown()
+            sws.shutdown(shutdown_timeout)
         return
     conn_cls: type[Connection] = {"direct": DirectConnection, "locked": LockedConnection, "queued": Connection}[discipline]
     guards: list[WriteGuard] | None = [] if guard else None
@@ -177,11 +191,11 @@ def serve(
     limits = Limits(ping_interval=ping_interval, deflate=deflate, max_queue_bytes=64 * 1024 * 1024)
     srv = KnobServer(DemoApp, host=host, port=port, workers=workers, limits=limits, connection_class=conn_cls,
                      ssl_context=ssl_context)
-    srv.sndbuf, srv.guards = sndbuf, guards
+    srv.sndbuf, srv.guards, srv.tls_events = sndbuf, guards, tls_events
     srv.start()
     if publishers:
         srv.router.hub.start_tickers(publishers, rate)  # type: ignore[attr-defined]
     try:
-        yield Served(srv, guards)
+        yield Served(srv, guards, tls_events)
     finally:
-        srv.shutdown(timeout=5)
+        srv.shutdown(timeout=shutdown_timeout)

@@ -5,6 +5,13 @@ A thread per connection (like Werkzeug's dev server) parses the request,
 threads call ``ws.send()`` — optionally under a per-connection lock, the usual
 workaround. simple-websocket's own reader thread still writes pongs, pings
 and close replies outside that lock.
+
+Over TLS (``ssl_context``) the connection thread wraps the accepted socket in
+a blocking ``SSLSocket`` and does the handshake, as Werkzeug's dev server with
+``ssl_context`` does; then simple-websocket's reader thread sits in
+``SSL_read`` while the workers (and the reader's own pongs) call ``SSL_write``
+on the same ``SSL`` object: simple-websocket#43, python-socketio#1568. A lock
+around ``ws.send()`` cannot cover the reader's read.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import ssl
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +34,7 @@ from server.frames import OutMessage
 from server.handshake import Handshake, HttpError
 
 from .guard import WriteGuard
+from .tlsrace import RecordingSocket, TlsEvents
 
 logger = logging.getLogger(__name__)
 
@@ -74,14 +83,22 @@ class SimpleWebsocketServer:
         sndbuf: int | None = None,
         ping_interval: float | None = None,
         guard: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
+        tls_events: TlsEvents | None = None,
+        handshake_timeout: float = 5.0,
     ) -> None:
+        if guard and ssl_context is not None:
+            raise ValueError("the write guard wraps plain sockets; run it without TLS")
         self.lock = lock
+        self.ssl_context = ssl_context
+        self.tls_events = tls_events if tls_events is not None else (TlsEvents() if ssl_context is not None else None)
+        self.handshake_timeout = handshake_timeout
         self.guards: list[WriteGuard] | None = [] if guard else None
         self.sndbuf = sndbuf
         self.ping_interval = ping_interval
         self._listener = socket.create_server((host, port))
         self.port: int = self._listener.getsockname()[1]
-        self.url = f"ws://{host}:{self.port}"
+        self.url = f"{'wss' if ssl_context else 'ws'}://{host}:{self.port}"
         self.executor = ThreadPoolExecutor(workers, thread_name_prefix="sws-worker")
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -112,7 +129,16 @@ class SimpleWebsocketServer:
         sock.settimeout(None)
         if self.sndbuf:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.sndbuf)
-        peer = "{}:{}".format(*sock.getpeername()[:2])
+        try:
+            peer = "{}:{}".format(*sock.getpeername()[:2])
+        except OSError:
+            sock.close()
+            return
+        if self.ssl_context is not None:
+            wrapped = self._tls_handshake(sock)
+            if wrapped is None:
+                return
+            sock = wrapped
         handshake = Handshake()
         try:
             request = None
@@ -134,7 +160,9 @@ class SimpleWebsocketServer:
         except OSError:
             sock.close()
             return
-        ws_sock: socket.socket | WriteGuard = sock
+        ws_sock: socket.socket | WriteGuard | RecordingSocket = sock
+        if isinstance(sock, ssl.SSLSocket) and self.tls_events is not None:
+            ws_sock = RecordingSocket(sock, self.tls_events)  # counts what SSL_read/SSL_write raise, by thread
         if self.guards is not None:
             # Wrapped before accept(): this thread writes the 101 and owns the socket.
             ws_sock = WriteGuard(sock, owner=threading.current_thread(), on_violation="record")
@@ -168,6 +196,25 @@ class SimpleWebsocketServer:
         with self._sub_lock:
             if conn in self.subscribers:
                 self.subscribers.remove(conn)
+
+    def _tls_handshake(self, sock: socket.socket) -> ssl.SSLSocket | None:
+        """A blocking SSLSocket after its handshake (bounded by ``handshake_timeout``), or None (closed) if it failed."""
+        assert self.ssl_context is not None
+        try:
+            tls = self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        except OSError:
+            sock.close()
+            return None
+        try:
+            tls.settimeout(self.handshake_timeout)
+            tls.do_handshake()
+            tls.settimeout(None)
+        except (OSError, ValueError) as exc:
+            if self.tls_events is not None:
+                self.tls_events.record("handshake", exc)
+            tls.close()
+            return None
+        return tls
 
     @staticmethod
     def _guarded(fn, conn: SimpleWsConnection, message: str | bytes) -> None:  # type: ignore[no-untyped-def]
