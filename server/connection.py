@@ -365,7 +365,12 @@ class Connection:
         reads, instead of the outbox overflowing.
         """
         session = self.session
-        if session is None or session.state is not SessionState.OPEN or self._write_shut:
+        if session is None or self._write_shut:
+            return
+        if session.state is SessionState.CLOSING:  # our close frame is out: its answer is all we read for now
+            self.transport.set_reading(True)
+            return
+        if session.state is not SessionState.OPEN:
             return
         busy = session.inflight >= self.limits.max_inflight_messages
         full = self._outbox.queued + session.inflight_bytes > self.limits.max_queue_bytes // 2

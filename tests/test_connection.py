@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import socket
 import threading
 import time
 
@@ -10,9 +11,18 @@ import pytest
 from websockets.exceptions import ConnectionClosed as WsConnectionClosed
 from websockets.sync.client import connect
 
-from server import ConnectionClosed, Limits
+from server import Connection, ConnectionClosed, Limits
 
-from .helpers import assert_same_messages, close_code_of, read_server_frames, running_server, wait_until, ws_handshake
+from .helpers import (
+    assert_same_messages,
+    client_frame,
+    close_code_of,
+    read_server_frames,
+    running_server,
+    stalled_client,
+    wait_until,
+    ws_handshake,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -151,3 +161,56 @@ def test_close_refuses_codes_and_reasons_a_close_frame_cannot_carry(server, code
         with pytest.raises(WsConnectionClosed):
             ws.recv(timeout=5)
         assert ws.close_code == 4000
+
+
+BURST = 64
+
+
+class _Burst:
+    """On open, queue 64 messages of 64 KiB (on the IO thread: never waits), more than the kernel takes."""
+
+    def on_open(self, conn: Connection) -> None:
+        for _ in range(BURST):
+            conn.send(bytes(65536))
+
+    def on_message(self, conn: Connection, message: str | bytes) -> None:
+        pass
+
+    def on_close(self, conn: Connection) -> None:
+        pass
+
+
+class _BurstRouter:
+    def route(self, request: object) -> _Burst:
+        return _Burst()
+
+
+def test_a_server_close_is_finished_at_once_even_while_reading_was_paused() -> None:
+    """Input flow control pauses reading while the queue is past half full; the server's close must resume it.
+
+    Otherwise the client's close reply sits unread and the connection ends only at ``close_timeout``.
+    """
+    limits = Limits(max_queue_bytes=1024 * 1024, close_timeout=30.0, ping_interval=None, deflate=False)
+    with running_server(limits, router=_BurstRouter()) as srv:
+        sock = stalled_client(srv.port, "/burst")  # reads nothing yet: most of the 4 MiB stays queued
+        with sock:
+            assert wait_until(lambda: len(srv.connections) == 1, 5)
+            conn = next(iter(srv.connections))
+            assert wait_until(lambda: conn.queued_bytes > limits.max_queue_bytes // 2, 10)
+            sock.sendall(client_frame(0x9, b"are you there"))  # read while the queue is past half full
+            assert wait_until(lambda: not conn.transport.reading, 5), "reading should pause"
+            conn.close(1000, "bye")  # closing while reading is paused
+            sock.settimeout(10)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += sock.recv(65536)
+            frames, _ = read_server_frames(sock, head.split(b"\r\n\r\n", 1)[1], timeout=10)  # up to the close
+            assert [op for op, _ in frames].count(0x2) == BURST and close_code_of(frames) == 1000
+            sock.sendall(client_frame(0x8, frames[-1][1][:2]))  # the close reply
+            try:
+                assert sock.recv(1) == b"", "the server sent more after its close frame"  # its FIN, once it read the reply
+            except TimeoutError:
+                pytest.fail("the client's close reply was never read: the server would wait for close_timeout")
+            sock.shutdown(socket.SHUT_WR)
+            assert conn.wait_closed(5)
+        assert conn.close_code == 1000 and conn.close_reason == "bye"
