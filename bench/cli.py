@@ -189,6 +189,7 @@ def _main(ns: argparse.Namespace, tls: TLSFiles | None) -> int:
                 w.servers.append("ours-loop" + PLAIN)  # the TLS cost, measured in the same run
             if w.name == "D":
                 w.clients = 2000 if not ns.quick else w.clients  # issue 9: RSS per idle TLS connection at 2,000
+                w.title = f"{w.clients:,} idle connections, then one 64-byte broadcast"
         if tls:
             w.title += " (wss://)"
         if not w.servers:
