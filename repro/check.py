@@ -104,7 +104,9 @@ class CheckResult:
 def _verdict(url: str, options: CheckOptions, runs: list[Result]) -> tuple[str, str]:
     bad = next((r for r in runs if r.verdict in ("CORRUPTED", "PROTOCOL-ERROR")), None)
     if bad is not None and bad.verdict == "CORRUPTED":
-        first = bad.first_anomaly or {}
+        first = bad.first_anomaly
+        if first is None:  # nothing to point at in the frames: the TLS records broke first
+            return "CORRUPTED", f"{bad.discipline}: {bad.reason}."
         return "CORRUPTED", (f"{bad.discipline}: the server's byte stream broke ({first.get('class')} at byte "
                              f"{first.get('offset')}): its writes to one socket interleave — the cross-thread write bug, "
                              f"or a relative of it.")

@@ -37,6 +37,12 @@ from .client import (
 )
 from .run import Result, describe_anomaly
 
+# Client-side TLS errors that only a damaged record stream produces (a server writing one SSL object from two
+# threads, or bytes spliced into the encrypted stream), and the alert a server sends when its own SSL object broke.
+TLS_RECORD_ERRORS = ("DECRYPTION_FAILED_OR_BAD_RECORD_MAC", "BAD_RECORD_MAC", "WRONG_VERSION_NUMBER",
+                     "PACKET_LENGTH_TOO_LONG", "RECORD_LAYER_FAILURE", "UNEXPECTED_RECORD", "BAD_DECRYPT")
+TLS_SERVER_ALERTS = ("TLSV1_ALERT_INTERNAL_ERROR",)
+
 logger = logging.getLogger(__name__)
 
 MODES = ("echo", "drain")
@@ -243,6 +249,7 @@ class _Session:
         self.stop = threading.Event()
         self.sent = 0
         self.we_closed = False
+        self.tls_error: ssl.SSLError | None = None  # what broke the TLS stream, if something did
 
     def _write(self, frame: bytes, wait: float = -1) -> bool:
         """Send one whole frame; ``wait``: give up after that many seconds if a blocked writer holds the lock."""
@@ -328,6 +335,9 @@ class _Session:
                         continue
                     data = sock.recv(262144)
             except OSError as exc:
+                if isinstance(exc, ssl.SSLError) and (exc.reason or "") in (*TLS_RECORD_ERRORS, *TLS_SERVER_ALERTS):
+                    self.tls_error = exc
+                    return f"TLS error: {exc.reason}"
                 return f"connection error: {exc}"
             if not data:
                 return "EOF without a close frame"
@@ -363,8 +373,19 @@ class _Session:
             first_anomaly=None if first is None else describe_anomaly(first),
             first_framing=describe_anomaly(framing[0]) if framing and framing[0] is not first else None,
         )
+        tls = self.tls_error
+        if tls is not None and not corrupted:
+            result.anomalies[f"tls:{(tls.reason or '?').lower()}"] = 1
         if corrupted:
             result.verdict, result.reason = "CORRUPTED", f"{first.cls if first else '?'}: {first.detail if first else ''}"
+        elif tls is not None and tls.reason in TLS_RECORD_ERRORS:
+            result.verdict = "CORRUPTED"
+            result.reason = (f"the TLS records themselves were corrupted ({tls.reason}) after {summary.received_messages} "
+                             "message(s): the server wrote one SSL object from two threads, or spliced bytes into its stream")
+        elif tls is not None:
+            result.verdict = "PROTOCOL-ERROR"
+            result.reason = (f"the server's TLS layer failed and sent an alert ({tls.reason}) after "
+                             f"{summary.received_messages} message(s): one SSL object used from two threads fails this way")
         elif code in PROTOCOL_ERROR_CODES and not self.we_closed:
             result.verdict = "PROTOCOL-ERROR"
             result.reason = (f"the server failed the connection with {code} ({PROTOCOL_ERROR_CODES[code]}"

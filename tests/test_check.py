@@ -5,6 +5,9 @@ and assert what a broken checker could not produce.
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import hashlib
 import json
 import os
 import re
@@ -12,6 +15,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 
@@ -157,3 +161,42 @@ def test_pytest_plugin_gives_a_user_project_the_fixture(tmp_path) -> None:
     assert "1 failed, 1 passed" in out, out[-3000:]
     assert "AssertionError: wsrace-check ws://127.0.0.1" in out and "run 1: first anomaly:" in out, out[-3000:]
     assert "CORRUPTED" in out and re.search(r"\[[0-9a-f]{2}\]", out.split("first anomaly", 1)[1]), "the message carries the hex dump"
+
+
+def _tls_server_that_splices_into_its_record_stream(tls_files, garbage: bytes) -> tuple[socket.socket, threading.Thread]:
+    """A TLS server that answers the upgrade, then writes ``garbage`` under the SSL layer (as a racing thread would)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    context = tls_files.server_context()
+
+    def serve() -> None:
+        with listener:
+            raw, _ = listener.accept()
+            with context.wrap_socket(raw, server_side=True) as sock:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    request += sock.recv(4096)
+                key = re.search(rb"(?i)sec-websocket-key: *(\S+)", request)
+                assert key is not None
+                accept = base64.b64encode(hashlib.sha1(key[1] + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+                sock.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                             b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+                sock.sendall(b"\x82\x05hello")
+                socket.socket.send(sock, garbage)  # below TLS: the client's record layer must notice
+                sock.settimeout(5)
+                with contextlib.suppress(OSError):
+                    sock.recv(4096)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener, thread
+
+
+def test_a_broken_tls_record_stream_is_corrupted_not_incomplete(tls_files) -> None:
+    # An application-data record header with a bogus body: the client's AEAD check fails (bad record MAC).
+    listener, thread = _tls_server_that_splices_into_its_record_stream(tls_files, b"\x17\x03\x03\x00\x40" + os.urandom(64))
+    port = listener.getsockname()[1]
+    result = check(f"wss://127.0.0.1:{port}/", ssl_context=tls_files.client_context(), mode="drain", runs=1,
+                   time_limit=10)
+    thread.join(10)
+    assert result.verdict == "CORRUPTED", result
+    assert "TLS records themselves were corrupted" in result.sentence and result.exit_code == 1
