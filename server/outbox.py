@@ -312,6 +312,16 @@ class Outbox:
         if freed:
             self.release(freed)
 
+    def frames_in(self, nbytes: int) -> int:
+        """How many frames from the head the next ``nbytes`` bytes to write belong to."""
+        count, left = 0, nbytes + self._head_sent
+        for frame in self.frames:
+            if left <= 0:
+                break
+            count += 1
+            left -= frame.length
+        return count
+
     @property
     def head_started(self) -> bool:
         """Part of the head frame is on the wire: it must be finished before anything else."""

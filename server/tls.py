@@ -98,15 +98,15 @@ class TlsTransport(SocketTransport):
 
     def write(self, outbox: Outbox) -> None:
         """Write as much of ``outbox`` as TLS takes; after a want-write, the same bytes again. Raises OSError."""
+        affinity.check_io_thread(self._loop.thread_id, f"TLS write to {self.peer}")  # before anything changes
         self._outbox = outbox
         if not self.established:
             return  # queued bytes wait for the handshake; it flushes when done
         while self._pending is not None or outbox.frames:
             if self._pending is None:
                 self._pending = self._take(outbox)
-                outbox.in_flight = self._pending[2]
+                outbox.in_flight = outbox.frames_in(len(self._pending[0]))
             data, offered, frames, reserved = self._pending
-            affinity.check_io_thread(self._loop.thread_id, f"TLS write to {self.peer}")
             try:
                 sent = self._sock.send(data)
             except ssl.SSLWantWriteError:

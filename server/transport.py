@@ -73,9 +73,9 @@ class SocketTransport:
 
         Raises OSError when the socket fails (the peer reset, ...).
         """
+        affinity.check_io_thread(self._loop.thread_id, f"socket write to {self.peer}")
         while outbox.frames:
             buffers, frames, offered, reserved = outbox.gather()
-            affinity.check_io_thread(self._loop.thread_id, f"socket write to {self.peer}")
             try:
                 sent = self._sock.sendmsg(buffers)
             except (BlockingIOError, InterruptedError):

@@ -335,6 +335,15 @@ def test_drop_unsent_keeps_the_frames_a_tls_write_must_retry() -> None:
     assert h.write() == PONG and h.outbox.queued == 0
 
 
+def test_frames_in_counts_the_frames_the_next_bytes_belong_to() -> None:
+    h = Harness(limit=1 << 20)
+    queue(h, msg(100, 1), msg(100, 2), msg(100, 3))
+    size = msg(100).size
+    assert [h.outbox.frames_in(n) for n in (0, 1, size, size + 1, 3 * size, 10 * size)] == [0, 1, 1, 2, 3, 3]
+    h.step(size - 1)  # one byte of the first frame left
+    assert [h.outbox.frames_in(n) for n in (1, 2, size + 1)] == [1, 2, 2]
+
+
 def test_drop_unsent_with_nothing_started_drops_every_data_frame() -> None:
     h = Harness(limit=1 << 20)
     queue(h, msg(10), msg(20))
