@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import socket
 import ssl
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -98,8 +98,11 @@ def with_websocket_client(port: int, target: str, check: StreamCheck, deflate: b
         return Outcome(None, f"connection closed: {exc}")
     except websocket.WebSocketTimeoutException:
         return Outcome(None, f"no message for {IDLE_TIMEOUT} s after {check.received}")
+    except OSError as exc:  # over TLS: a torn record (DECRYPTION_FAILED_OR_BAD_RECORD_MAC, ...), or a reset
+        return Outcome(None, f"{type(exc).__name__}: {exc}")
     finally:
-        ws.close()
+        with suppress(Exception):  # the connection may be broken already
+            ws.close()
         # After a close frame from the server, recv_data has answered it and marked the socket disconnected, so
         # close() returns without closing the socket: the server would wait its close_timeout (5 s) for our EOF.
         ws.shutdown()
@@ -170,6 +173,10 @@ def with_wsproto(port: int, target: str, check: StreamCheck, deflate: bool, smal
                     return Outcome(event.code)
             if not data:
                 return Outcome(1006, "EOF")
+    except TimeoutError:
+        return Outcome(None, f"no data for {IDLE_TIMEOUT} s after {check.received} messages")
+    except OSError as exc:  # over TLS: a torn record (DECRYPTION_FAILED_OR_BAD_RECORD_MAC, ...), or a reset
+        return Outcome(None, f"{type(exc).__name__}: {exc}")
     finally:
         sock.close()
 

@@ -5,6 +5,15 @@ per-producer order, with close code 1000. Against ``direct`` and ``locked``
 each client must notice (protocol error, or a message that fails its CRC or
 sequence check) — proof that these tests can fail. ``make mutation`` runs this
 module against mutated servers and requires it to go red.
+
+The fixed-server tests run again over wss:// (the throwaway CA of tests/tls.py),
+with fewer messages. Over TLS the unsafe ``direct`` discipline breaks the SSL
+object itself: the IO thread's retry of a write the worker threads interleaved
+with fails (``SSL: BAD_LENGTH``) and the server drops the connection, or a torn
+record reaches the client (``DECRYPTION_FAILED_OR_BAD_RECORD_MAC``). Every
+client then ends without the complete stream and a 1000 — the assertion of the
+fixed-server tests fails — though raw wsproto and simple_websocket.Client
+mostly see only an abnormal close (1006/1005) with nothing delivered.
 """
 
 from __future__ import annotations
@@ -13,8 +22,9 @@ import pytest
 
 from repro.disciplines import serve
 
-from .clients import CLIENTS
+from .clients import CLIENTS, Outcome
 from .helpers import StreamCheck
+from .tls import TLSFiles
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -31,6 +41,14 @@ SNDBUF = 16 * 1024
 # In the unsafe runs the server's IO thread also sends keepalive pings every 2 ms, as
 # simple-websocket's reader thread does: that is what tears the `locked` discipline.
 KEEPALIVE = 0.002
+
+# Over wss:// (fewer messages: the regression is the same, TLS costs CPU).
+TLS_COUNT = 150  # per producer: 1,200 messages per run
+TLS_MIXED = MIXED.replace(f"count={COUNT}", f"count={TLS_COUNT}")
+# 24 MiB, under half the repro server's 64 MiB queue: past half, the server pauses reading (input flow control)
+# and, once it is closing, never resumes, so it reads the client's close reply only at its 5 s close timeout.
+TLS_TEARING_COUNT = 12
+TLS_TEARING = TEARING.replace("count=100", f"count={TLS_TEARING_COUNT}")
 
 CASES = [pytest.param(name, deflate, id=f"{name}-{'deflate' if deflate else 'plain'}")
          for name, (_, supports) in CLIENTS.items() for deflate in ([False, True] if supports else [False])]
@@ -69,3 +87,41 @@ def test_unsafe_server_is_caught_by_every_client(client: str, discipline: str) -
         outcome = run(served.port, TEARING, check, False, True)
     caught = outcome.protocol_error or bool(check.errors)
     assert caught, f"{client} accepted a {discipline} stream: {outcome}, {check.received} messages, no errors"
+
+
+def _assert_clean(outcome: Outcome, check: StreamCheck) -> None:
+    assert not outcome.error, outcome
+    assert outcome.close_code == 1000, outcome
+    check.assert_complete()
+
+
+@pytest.mark.parametrize("client,deflate", CASES)
+def test_fixed_server_over_wss_delivers_every_message_intact(client: str, deflate: bool, tls_files: TLSFiles) -> None:
+    run, _ = CLIENTS[client]
+    check = StreamCheck(PRODUCERS, TLS_COUNT)
+    with serve("queued", ssl_context=tls_files.server_context()) as served:
+        outcome = run(served.port, TLS_MIXED, check, deflate, False, ssl_context=tls_files.client_context())
+    _assert_clean(outcome, check)
+
+
+@pytest.mark.parametrize("client,deflate", CASES)
+def test_fixed_server_over_wss_under_backpressure_and_pings(client: str, deflate: bool, tls_files: TLSFiles) -> None:
+    """Small buffers on both sides: the server's TLS writes keep meeting want-write and retrying the same bytes."""
+    run, _ = CLIENTS[client]
+    check = StreamCheck(8, TLS_TEARING_COUNT)
+    with serve("queued", sndbuf=None if client == "simple_websocket.Client" else SNDBUF,
+               ssl_context=tls_files.server_context()) as served:
+        outcome = run(served.port, TLS_TEARING, check, deflate, True, ssl_context=tls_files.client_context())
+    _assert_clean(outcome, check)
+
+
+@pytest.mark.parametrize("client", list(CLIENTS))
+def test_unsafe_server_over_wss_is_caught_by_every_client(client: str, tls_files: TLSFiles) -> None:
+    """``direct`` over TLS: what the fixed-server tests assert (every message intact, then 1000) fails for every client."""
+    run, _ = CLIENTS[client]
+    check = StreamCheck(8, TEARING_COUNT)
+    with serve("direct", sndbuf=SNDBUF, ping_interval=KEEPALIVE, ssl_context=tls_files.server_context()) as served:
+        outcome = run(served.port, TEARING, check, False, True, ssl_context=tls_files.client_context())
+    with pytest.raises(AssertionError):
+        _assert_clean(outcome, check)
+    print(f"{client} against direct over TLS: {outcome}, {check.received} messages, {len(check.errors)} bad")
