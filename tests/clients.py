@@ -15,9 +15,12 @@ import socket
 import ssl
 from contextlib import nullcontext, suppress
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .helpers import StreamCheck, pinging, raw_connect
+
+if TYPE_CHECKING:
+    from websockets.sync.client import ClientConnection
 
 RCVBUF = 8192
 # No client waits longer than this for its next message: a stalled server fails the test fast.
@@ -45,15 +48,59 @@ def _url(port: int, target: str, ssl_context: ssl.SSLContext | None) -> str:
     return f"{'wss' if ssl_context is not None else 'ws'}://127.0.0.1:{port}{target}"
 
 
+class _TakingTurnsTLS:
+    """A TLS connection for ``websockets``' sync client, its threads taking turns in the one SSL object.
+
+    The sync client reads on its own thread while the caller's thread (and the pinger) write, each straight into
+    one ``SSLSocket``: one SSL object used from two threads at once, which OpenSSL forbids. Here the TLS 1.3
+    session tickets the server sends after the handshake were being read while the request was written, and
+    about one request in 200 never reached the wire (the server then answered 408 at its handshake timeout;
+    never with TLS 1.2, which sends no tickets then). So the TLS is the repro's :class:`TLSStream` (non-blocking
+    calls one at a time, waits outside its lock) and websockets speaks ws:// through it: its framing, deflate and
+    close handling are still its own.
+    """
+
+    def __init__(self, sock: ssl.SSLSocket) -> None:
+        from repro.client import TLSStream
+
+        self._sock = sock
+        self._stream = TLSStream(sock)
+        self.family = sock.family
+        self.recv, self.sendall, self.settimeout = self._stream.recv, self._stream.sendall, self._stream.settimeout
+        self.shutdown, self.close, self.fileno = self._stream.shutdown, self._stream.close, self._stream.fileno
+        self.setsockopt, self.getsockname, self.getpeername = sock.setsockopt, sock.getsockname, sock.getpeername
+
+
+def connect_websockets(port: int, target: str, ssl_context: ssl.SSLContext | None = None, rcvbuf: int | None = None,
+                       **kwargs: Any) -> ClientConnection:
+    """``websockets.sync.client.connect`` to ws://127.0.0.1:PORT, or wss:// through :class:`_TakingTurnsTLS`.
+
+    ``rcvbuf``: a small SO_RCVBUF set before connect. ``kwargs`` go to ``connect`` (``open_timeout`` 10 s unless given).
+    """
+    from websockets.sync.client import connect
+
+    kwargs.setdefault("open_timeout", 10)
+    if ssl_context is None:
+        sock = raw_connect(port, IDLE_TIMEOUT, rcvbuf=rcvbuf) if rcvbuf else None
+        return connect(_url(port, target, None), sock=sock, **kwargs)
+    raw = raw_connect(port, IDLE_TIMEOUT, rcvbuf=rcvbuf, ssl_context=ssl_context)
+    assert isinstance(raw, ssl.SSLSocket)
+    tls = _TakingTurnsTLS(raw)
+    try:
+        return connect(_url(port, target, None), sock=tls, **kwargs)  # type: ignore[call-overload]  # ws:// over TLS done here
+    except BaseException:
+        tls.close()
+        raise
+
+
 def with_websockets(port: int, target: str, check: StreamCheck, deflate: bool, small: bool,
                     ssl_context: ssl.SSLContext | None = None) -> Outcome:
     from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidHandshake
-    from websockets.sync.client import connect
 
-    sock = raw_connect(port, IDLE_TIMEOUT, rcvbuf=RCVBUF) if small else None  # websockets does the TLS handshake on it
     try:
-        with connect(_url(port, target, ssl_context), sock=sock, ssl=ssl_context, max_size=None, open_timeout=10,
-                     compression="deflate" if deflate else None) as ws, (pinging(ws.ping) if small else nullcontext()):
+        with connect_websockets(port, target, ssl_context, rcvbuf=RCVBUF if small else None, max_size=None,
+                                compression="deflate" if deflate else None) as ws, \
+                (pinging(ws.ping) if small else nullcontext()):
             try:
                 while True:
                     try:
