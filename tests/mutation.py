@@ -24,6 +24,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNIT_TESTS = ["tests/test_frames.py", "tests/test_deflate.py", "tests/test_streamformat.py", "tests/test_app.py",
               "tests/test_outbox.py", "tests/test_transport.py", "tests/test_session.py", "tests/test_http_phase.py"]
 TESTS = [*UNIT_TESTS, "tests/test_stall.py", "tests/test_flow_control.py", "tests/test_regression.py"]
+# wss:// only: the five clients over TLS, then tests/test_tls.py (a mutant with its own list runs only those)
+TLS_TESTS = ("tests/test_regression.py::test_fixed_server_over_wss_delivers_every_message_intact",
+             "tests/test_regression.py::test_fixed_server_over_wss_under_backpressure_and_pings", "tests/test_tls.py")
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class Mutant:
     new: str
     occurrences: int
     env: tuple[tuple[str, str], ...] = ()
+    tests: tuple[str, ...] = ()  # the tests to run instead of TESTS (pytest paths or node ids)
 
 
 MUTANTS = [
@@ -70,6 +74,37 @@ MUTANTS = [
         "schedule=lambda: (self._drain(), self.flush()),",
         1,
         (("WSRACE_CHECK_AFFINITY", "0"),),
+    ),
+    Mutant(
+        "tls-direct-writes-no-affinity-check",
+        "over wss://: producers write the SSL socket on their own thread while the IO thread reads it (no affinity check); "
+        "run against the TLS tests only",
+        "server/writer.py",
+        "schedule=partial(loop.post, self._drain),",
+        "schedule=lambda: (self._drain(), self.flush()),",
+        1,
+        (("WSRACE_CHECK_AFFINITY", "0"),),
+        TLS_TESTS,
+    ),
+    Mutant(
+        "tls-silent-client-kept",
+        "a client that never completes the TLS handshake is answered 408 into a connection that cannot carry it, and kept "
+        "until the close timeout",
+        "server/connection.py",
+        "        if not self.transport.established:  # no TLS yet: no way to send an HTTP answer",
+        "        if False:",
+        1,
+        tests=("tests/test_tls.py",),
+    ),
+    Mutant(
+        "tls-fail-forgets-in-flight",
+        "failing a connection drops the frames of a pending TLS write (Outbox.in_flight ignored): the retried bytes "
+        "end inside a dropped frame",
+        "server/outbox.py",
+        "            keep = max(self.in_flight, 1 if self._head_sent else 0)",
+        "            keep = 1 if self._head_sent else 0",
+        1,
+        tests=(*UNIT_TESTS, "tests/test_tls.py"),
     ),
     Mutant(
         "unordered-queue",
@@ -380,15 +415,20 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if ns.list:
         for m in mutants:
-            print(f"{m.name:<48} {m.path:<20} {m.what}")
+            print(f"{m.name:<48} {m.path:<20} {m.what}{' [tests: ' + ', '.join(m.tests) + ']' if m.tests else ''}")
         return 0
-    tests = UNIT_TESTS if ns.unit else TESTS
+
+    def tests_for(mutant: Mutant) -> list[str]:
+        return UNIT_TESTS if ns.unit else list(mutant.tests) or TESTS
+
+    # The control runs every test some selected mutant will run, in order, each once.
+    control_tests = list(dict.fromkeys(test for mutant in mutants for test in tests_for(mutant)))
     results: list[tuple[str, bool, str]] = []
     with tempfile.TemporaryDirectory(prefix="wsrace-mutation-") as tmp:
         control = os.path.join(tmp, "control")
         copy_tree(control)
-        print(f"control: unmutated copy, running {' '.join(tests)} ...", flush=True)
-        code, output, secs = run_tests(control, (), timeout=180, tests=tests)
+        print(f"control: unmutated copy, running {' '.join(control_tests)} ...", flush=True)
+        code, output, secs = run_tests(control, (), timeout=180, tests=control_tests)
         if code != 0:
             print(output[-3000:])
             print(f"control FAILED in {secs:.0f} s: the tests must pass on the real code before mutants mean anything")
@@ -407,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
             with open(path, "w") as f:
                 f.write(source.replace(mutant.old, mutant.new))
             print(f"mutant {mutant.name}: {mutant.what} ...", flush=True)
-            code, output, secs = run_tests(tree, mutant.env, timeout=60, tests=tests)
+            code, output, secs = run_tests(tree, mutant.env, timeout=60, tests=tests_for(mutant))
             killed = code != 0
             caught_by = first_failure(output) if killed else "nothing: every test passed"
             print(f"  {'KILLED' if killed else 'SURVIVED'} in {secs:.1f} s by {caught_by}", flush=True)
