@@ -7,7 +7,7 @@ sequence check) — proof that these tests can fail. ``make mutation`` runs this
 module against mutated servers and requires it to go red.
 
 The fixed-server tests run again over wss:// (the throwaway CA of tests/tls.py),
-with fewer messages. Over TLS the unsafe ``direct`` discipline breaks the SSL
+with the same workloads. Over TLS the unsafe ``direct`` discipline breaks the SSL
 object itself: the IO thread's retry of a write the worker threads interleaved
 with fails (``SSL: BAD_LENGTH``) and the server drops the connection, or a torn
 record reaches the client (``DECRYPTION_FAILED_OR_BAD_RECORD_MAC``). Every
@@ -41,14 +41,6 @@ SNDBUF = 16 * 1024
 # In the unsafe runs the server's IO thread also sends keepalive pings every 2 ms, as
 # simple-websocket's reader thread does: that is what tears the `locked` discipline.
 KEEPALIVE = 0.002
-
-# Over wss:// (fewer messages: the regression is the same, TLS costs CPU).
-TLS_COUNT = 150  # per producer: 1,200 messages per run
-TLS_MIXED = MIXED.replace(f"count={COUNT}", f"count={TLS_COUNT}")
-# 24 MiB, under half the repro server's 64 MiB queue: past half, the server pauses reading (input flow control)
-# and, once it is closing, never resumes, so it reads the client's close reply only at its 5 s close timeout.
-TLS_TEARING_COUNT = 12
-TLS_TEARING = TEARING.replace("count=100", f"count={TLS_TEARING_COUNT}")
 
 CASES = [pytest.param(name, deflate, id=f"{name}-{'deflate' if deflate else 'plain'}")
          for name, (_, supports) in CLIENTS.items() for deflate in ([False, True] if supports else [False])]
@@ -98,9 +90,9 @@ def _assert_clean(outcome: Outcome, check: StreamCheck) -> None:
 @pytest.mark.parametrize("client,deflate", CASES)
 def test_fixed_server_over_wss_delivers_every_message_intact(client: str, deflate: bool, tls_files: TLSFiles) -> None:
     run, _ = CLIENTS[client]
-    check = StreamCheck(PRODUCERS, TLS_COUNT)
+    check = StreamCheck(PRODUCERS, COUNT)
     with serve("queued", ssl_context=tls_files.server_context()) as served:
-        outcome = run(served.port, TLS_MIXED, check, deflate, False, ssl_context=tls_files.client_context())
+        outcome = run(served.port, MIXED, check, deflate, False, ssl_context=tls_files.client_context())
     _assert_clean(outcome, check)
 
 
@@ -108,10 +100,11 @@ def test_fixed_server_over_wss_delivers_every_message_intact(client: str, deflat
 def test_fixed_server_over_wss_under_backpressure_and_pings(client: str, deflate: bool, tls_files: TLSFiles) -> None:
     """Small buffers on both sides: the server's TLS writes keep meeting want-write and retrying the same bytes."""
     run, _ = CLIENTS[client]
-    check = StreamCheck(8, TLS_TEARING_COUNT)
+    check = StreamCheck(8, 30)
     with serve("queued", sndbuf=None if client == "simple_websocket.Client" else SNDBUF,
                ssl_context=tls_files.server_context()) as served:
-        outcome = run(served.port, TLS_TEARING, check, deflate, True, ssl_context=tls_files.client_context())
+        outcome = run(served.port, TEARING.replace("count=100", "count=30"), check, deflate, True,
+                      ssl_context=tls_files.client_context())
     _assert_clean(outcome, check)
 
 
