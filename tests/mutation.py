@@ -97,16 +97,6 @@ MUTANTS = [
         tests=("tests/test_tls.py",),
     ),
     Mutant(
-        "tls-fail-forgets-in-flight",
-        "failing a connection drops the frames of a pending TLS write (Outbox.in_flight ignored): the retried bytes "
-        "end inside a dropped frame",
-        "server/outbox.py",
-        "            keep = max(self.in_flight, 1 if self._head_sent else 0)",
-        "            keep = 1 if self._head_sent else 0",
-        1,
-        tests=(*UNIT_TESTS, "tests/test_tls.py"),
-    ),
-    Mutant(
         "unordered-queue",
         "the IO loop runs posted callables newest first (LIFO) instead of in the order posted",
         "server/loop.py",
