@@ -198,7 +198,11 @@ class TlsTransport(SocketTransport):
 
     @staticmethod
     def _take(outbox: Outbox) -> tuple[bytes | memoryview, int, int, int]:
-        """The next bytes for one ``send``: one big buffer as it is, or small ones joined up to TLS_CHUNK."""
+        """The next bytes for one ``send``: one big buffer as it is, or buffers joined up to TLS_CHUNK.
+
+        A large frame's header is joined with the start of its payload (no
+        10-byte record of its own); the rest of the payload goes out uncopied.
+        """
         buffers, frames, offered, reserved = outbox.gather(TLS_CHUNK)
         if len(buffers) == 1 or len(buffers[0]) >= TLS_CHUNK:
             return buffers[0], offered, frames, reserved
@@ -206,6 +210,7 @@ class TlsTransport(SocketTransport):
         size = 0
         for buf in buffers:
             if size + len(buf) > TLS_CHUNK:
+                parts.append(memoryview(buf)[: TLS_CHUNK - size])
                 break
             parts.append(buf)
             size += len(buf)
@@ -223,12 +228,19 @@ def server_context(certfile: str, keyfile: str) -> ssl.SSLContext:
     Raises :class:`TlsConfigError` naming the file for a missing, unreadable,
     malformed or mismatched certificate or key.
     """
+    pem: dict[str, bytes] = {}
     for flag, path in (("--certfile", certfile), ("--keyfile", keyfile)):
         try:
             with open(path, "rb") as f:
-                f.read(1)
+                pem[flag] = f.read(1 << 20)
         except OSError as exc:
             raise TlsConfigError(f"cannot read {flag} {path}: {exc.strerror or exc}") from None
+    if b"-----BEGIN CERTIFICATE-----" not in pem["--certfile"]:
+        raise TlsConfigError(f"--certfile {certfile} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
+    if b"PRIVATE KEY-----" not in pem["--keyfile"]:
+        raise TlsConfigError(f"--keyfile {keyfile} holds no PEM private key (-----BEGIN ... PRIVATE KEY-----)")
+    if b"ENCRYPTED" in pem["--keyfile"]:
+        raise TlsConfigError(f"--keyfile {keyfile} is encrypted: give an unencrypted key (openssl pkey -in {keyfile} -out plain.pem)")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:

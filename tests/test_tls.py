@@ -200,8 +200,9 @@ def test_cli_unusable_certificate_or_key_is_one_clear_line_and_exit_2(tls_files:
         "a directory": ((tls_files.cert, tmp_path), [f"cannot read --keyfile {tmp_path}"]),
         "mismatched key": ((tls_files.cert, other.key), [f"the key in {other.key} does not belong to the certificate in "
                                                          f"{tls_files.cert}"]),
-        "certificate not PEM": ((junk, tls_files.key), [f"cannot load the certificate {junk}", "PEM"]),
-        "key not PEM": ((tls_files.cert, junk), [f"with the key {junk}", "PEM"]),
+        "certificate not PEM": ((junk, tls_files.key), [f"--certfile {junk} holds no PEM certificate"]),
+        "key not PEM": ((tls_files.cert, junk), [f"--keyfile {junk} holds no PEM private key"]),
+        "certificate where the key goes": ((tls_files.cert, tls_files.cert), [f"--keyfile {tls_files.cert} holds no PEM"]),
     }
     for name, ((cert, key), phrases) in cases.items():
         proc = _server_cli("--certfile", str(cert), "--keyfile", str(key))
