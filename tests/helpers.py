@@ -12,10 +12,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from repro.checker import WireChecker
 from repro.client import open_socket, start_pinger
 from server import DemoApp, Limits, Server, streamformat
+from server.affinity import WriteAffinityError
 
 
 @contextlib.contextmanager
@@ -284,3 +286,35 @@ def stop_process(proc: subprocess.Popen, timeout: float = 20.0) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def raised_on(thread_name: str, call: Callable[[], object]) -> str:
+    """Run ``call`` on a new thread named ``thread_name``; the WriteAffinityError's message ('' if none was raised)."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except WriteAffinityError as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=run, name=thread_name)
+    t.start()
+    t.join()
+    return str(errors[0]) if errors else ""
+
+
+def drain_in_background(ws: Any) -> threading.Thread:
+    """Keep reading ``ws`` (a websockets sync client) until the server closes, as a live client would."""
+
+    def run() -> None:
+        try:
+            while True:
+                ws.recv(timeout=20)
+        except Exception:
+            pass
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+

@@ -13,29 +13,13 @@ from server.affinity import WriteAffinityError
 from server.loop import IOLoop
 from server.outbox import Backlog, Outbox, OverflowPolicy
 
-from .helpers import wait_until, ws_handshake
+from .helpers import raised_on, wait_until, ws_handshake
 
 pytestmark = pytest.mark.timeout(30)
 
 
 def _nothing() -> None:
     pass
-
-
-def _raised_on(thread_name: str, call: Callable[[], object]) -> str:
-    """Run ``call`` on a new thread; the WriteAffinityError's message ('' if nothing was raised)."""
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            call()
-        except WriteAffinityError as exc:
-            errors.append(exc)
-
-    t = threading.Thread(target=run, name=thread_name)
-    t.start()
-    t.join()
-    return str(errors[0]) if errors else ""
 
 
 def test_off_thread_socket_write_and_read_raise_naming_both_threads(server) -> None:
@@ -50,11 +34,11 @@ def test_off_thread_socket_write_and_read_raise_naming_both_threads(server) -> N
                         backlog=Backlog(1 << 20), in_io_thread=lambda: False)
         outbox.append((b"\x81\x00",), 0, 2)  # something to write
 
-        message = _raised_on("rogue-writer", lambda: conn.transport.write(outbox))
+        message = raised_on("rogue-writer", lambda: conn.transport.write(outbox))
         assert "socket write to" in message and "rogue-writer" in message and "wsrace-io" in message
         assert outbox.frames, "nothing may have been written"
 
-        message = _raised_on("rogue-reader", conn.transport.read)
+        message = raised_on("rogue-reader", conn.transport.read)
         assert "socket read from" in message and "rogue-reader" in message and "wsrace-io" in message
 
 
@@ -70,7 +54,7 @@ def test_every_io_thread_only_loop_call_checks_its_thread() -> None:
             "remove": lambda: loop.remove(a),
         }
         for name, call in calls.items():
-            message = _raised_on("not-the-io-thread", call)
+            message = raised_on("not-the-io-thread", call)
             assert f"IOLoop.{name}()" in message and "not-the-io-thread" in message, (name, message)
         ran = threading.Event()
         loop.post(lambda: (loop.call_later(0, ran.set), None)[1])  # on the IO thread: allowed

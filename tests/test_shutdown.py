@@ -13,24 +13,11 @@ from websockets.sync.client import connect
 
 from server import DemoApp, Limits, Server
 
+from .helpers import drain_in_background
+
 pytestmark = pytest.mark.timeout(60)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _drain_in_background(ws) -> threading.Thread:
-    """Keep reading until the server closes, as a live client would."""
-
-    def run() -> None:
-        try:
-            while True:
-                ws.recv(timeout=20)
-        except Exception:
-            pass
-
-    t = threading.Thread(target=run)
-    t.start()
-    return t
 
 
 def _start_cli(*args: str) -> tuple[subprocess.Popen, str]:
@@ -52,7 +39,7 @@ def test_signal_closes_clients_with_1001_and_exits_0(signum: int) -> None:
         with connect(f"{url}/broadcast") as sub, connect(f"{url}/stream?producers=2&count=1000000&size=64") as stream:
             sub.recv(timeout=5)
             stream.recv(timeout=5)
-            readers = [_drain_in_background(ws) for ws in (sub, stream)]
+            readers = [drain_in_background(ws) for ws in (sub, stream)]
             proc.send_signal(signum)
             for ws, reader in zip((sub, stream), readers, strict=True):
                 reader.join(20)
@@ -75,7 +62,7 @@ def test_in_process_shutdown_leaves_no_thread() -> None:
         ws.send("x")
         assert ws.recv(timeout=5) == "x"
         st.recv(timeout=5)
-        readers = [_drain_in_background(c) for c in (ws, st)]
+        readers = [drain_in_background(c) for c in (ws, st)]
         assert srv.shutdown(timeout=10)
         for reader in readers:
             reader.join(20)

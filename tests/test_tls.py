@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -30,7 +30,6 @@ from repro.checker import StreamSpec, Summary, WireChecker
 from repro.client import ClientOptions, check_url
 from repro.disciplines import KnobServer, serve
 from server import DemoApp, Limits, Server, streamformat
-from server.affinity import WriteAffinityError
 from server.connection import Connection
 from server.outbox import Backlog, Outbox, OverflowPolicy
 from server.tls import TlsTransport
@@ -40,7 +39,9 @@ from .clients import connect_websockets
 from .helpers import (
     StreamCheck,
     client_frame,
+    drain_in_background,
     echo_works,
+    raised_on,
     raw_connect,
     read_server_frames,
     running_server,
@@ -169,7 +170,7 @@ def test_cli_serves_wss_the_page_over_https_and_passes_the_strict_checker(tls_fi
         with connect_websockets(port, "/echo", tls_files.client_context()) as ws:
             ws.send("before SIGTERM")
             assert ws.recv(timeout=5) == "before SIGTERM"
-            reader = _drain(ws)
+            reader = drain_in_background(ws)
             proc.send_signal(signal.SIGTERM)
             reader.join(20)
             assert ws.close_code == 1001, (ws.close_code, ws.close_reason)
@@ -338,7 +339,7 @@ def test_shutdown_over_tls_closes_websockets_and_the_strict_checker_with_1001(tl
             stream.recv(timeout=5)
             checker.start()
             assert wait_until(lambda: len(srv.open_connections()) == 3 and stream_check.received > 0, 5)
-            readers = [_drain(ws) for ws in (echo, stream)]
+            readers = [drain_in_background(ws) for ws in (echo, stream)]
             assert srv.shutdown(timeout=10), "the shutdown had to cut connections"
             for reader in readers:
                 reader.join(20)
@@ -351,36 +352,7 @@ def test_shutdown_over_tls_closes_websockets_and_the_strict_checker_with_1001(tl
         srv.shutdown(timeout=5)
 
 
-def _drain(ws) -> threading.Thread:
-    def run() -> None:
-        try:
-            while True:
-                ws.recv(timeout=20)
-        except Exception:
-            pass
-
-    t = threading.Thread(target=run)
-    t.start()
-    return t
-
-
 # -- (d) the affinity check covers TLS reads and writes ------------------------------------------
-
-
-def _raised_on(thread_name: str, call: Callable[[], object]) -> str:
-    """Run ``call`` on a new thread; the WriteAffinityError's message ('' if nothing was raised)."""
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            call()
-        except WriteAffinityError as exc:
-            errors.append(exc)
-
-    t = threading.Thread(target=run, name=thread_name)
-    t.start()
-    t.join()
-    return str(errors[0]) if errors else ""
 
 
 def _rogue_outbox() -> Outbox:
@@ -405,11 +377,11 @@ def test_off_thread_tls_write_and_read_raise_naming_the_thread(tls_server: Serve
     sock, _, conn = _open_tls_echo(tls_server, tls_files)
     with sock:
         outbox = _rogue_outbox()
-        message = _raised_on("rogue-tls-writer", lambda: conn.transport.write(outbox))
+        message = raised_on("rogue-tls-writer", lambda: conn.transport.write(outbox))
         assert "TLS write to" in message and "rogue-tls-writer" in message and "wsrace-io" in message, message
         assert outbox.frames, "nothing may have been written"
 
-        message = _raised_on("rogue-tls-reader", conn.transport.read)
+        message = raised_on("rogue-tls-reader", conn.transport.read)
         assert "TLS read from" in message and "rogue-tls-reader" in message and "wsrace-io" in message, message
 
 
@@ -417,7 +389,7 @@ def test_a_refused_off_thread_tls_write_leaves_the_connection_unharmed(tls_serve
     """The check runs before the transport changes anything: nothing of the refused write goes out later."""
     sock, rest, conn = _open_tls_echo(tls_server, tls_files)
     with sock:
-        assert _raised_on("rogue-tls-writer", lambda: conn.transport.write(_rogue_outbox()))
+        assert raised_on("rogue-tls-writer", lambda: conn.transport.write(_rogue_outbox()))
         sock.sendall(client_frame(0x1, b"after the rogue call"))
         frames, _ = read_server_frames(sock, rest, timeout=3, max_frames=1)
         assert frames == [(0x1, b"after the rogue call")], "the refused write's bytes reached the client"
