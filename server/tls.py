@@ -40,6 +40,7 @@ from .transport import RECV_SIZE, SocketTransport
 logger = logging.getLogger(__name__)
 
 TLS_CHUNK = 256 * 1024  # plaintext per SSL_write when frames are coalesced
+_JOIN_OVERSHOOT = 64 * 1024  # gather stops past TLS_CHUNK; a last frame this small is joined whole
 _READ_BURST = 4 * RECV_SIZE  # per readiness event, unless the SSL object still holds bytes
 _PLAIN_HTTP_400 = http_response(400, b"this port speaks TLS: use https:// or wss://\n")
 
@@ -206,6 +207,8 @@ class TlsTransport(SocketTransport):
         buffers, frames, offered, reserved = outbox.gather(TLS_CHUNK)
         if len(buffers) == 1 or len(buffers[0]) >= TLS_CHUNK:
             return buffers[0], offered, frames, reserved
+        if offered <= TLS_CHUNK + _JOIN_OVERSHOOT:  # the common case (small frames): one join in C, no loop here
+            return b"".join(buffers), offered, frames, reserved
         parts: list[bytes | memoryview] = []
         size = 0
         for buf in buffers:
