@@ -19,16 +19,15 @@ from __future__ import annotations
 
 import enum
 import logging
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from functools import partial
 
 from .backlog import Backlog
-from .codes import CloseCode, check_close
+from .codes import CloseCode
 from .dispatch import Dispatcher
-from .frames import OutMessage
+from .handle import ConnectionHandle
 from .handler import Handler, Router
 from .handshake import HttpError
 from .http_phase import HttpPhase, Reply, Upgrade
@@ -72,13 +71,12 @@ class ConnectionTimer(enum.Enum):
 TimerName = Deadline | ConnectionTimer
 
 
-class Connection:
+class Connection(ConnectionHandle):
     """A WebSocket connection owned by an :class:`IOLoop`.
 
-    Public API (any thread): :meth:`send`, :meth:`send_paced`, :meth:`close`, :attr:`close_code`,
-    :attr:`close_reason`, :meth:`wait_closed`, :attr:`path`, :attr:`query`,
-    :attr:`deflate`, :attr:`peer`. IO thread only: :meth:`start`, :meth:`abort`,
-    :meth:`reject_now`, :attr:`transport`, :attr:`session`.
+    Any thread: what :class:`~server.handle.ConnectionHandle` offers (``send``,
+    ``close``, ``wait_closed``, ...). IO thread only: :meth:`start`,
+    :meth:`abort`, :meth:`reject_now`, :attr:`transport`, :attr:`session`.
     """
 
     def __init__(
@@ -92,100 +90,22 @@ class Connection:
         on_closed: Callable[[Connection], None] = lambda conn: None,
         backlog: Backlog | None = None,
     ) -> None:
-        self._loop = loop
+        self._writer = Writer(
+            loop, transport, limits, stats, backlog or Backlog(1 << 62),
+            on_flushed=self._on_flushed, on_error=self._on_write_error, on_stalled=self._close_for_overflow,
+        )
+        super().__init__(loop, self._writer.outbox, transport.peer)  # producers put into the writer's outbox
         self.transport = transport
         self._executor = executor
         self.limits = limits
         self._stats = stats
         self._on_closed = on_closed
-        self.peer = transport.peer
-        self.path = ""
-        self.query: dict[str, str] = {}
-        self.deflate = False
         self._dispatcher: Dispatcher | None = None  # once open
-
         self._http: HttpPhase | None = HttpPhase(router, limits, stats, transport.peer)
         self.session: Session | None = None
-        self._writer = Writer(
-            loop, transport, limits, stats, backlog or Backlog(1 << 62),
-            on_flushed=self._on_flushed, on_error=self._on_write_error, on_stalled=self._close_for_overflow,
-        )
-        self._outbox = self._writer.outbox  # producers put here, from any thread
         self._shut_when_flushed = False
         self._write_shut = False
         self._timers: Timers[TimerName] = Timers(loop)
-
-        self._close_code: int | None = None
-        self._close_reason = ""
-        self._closed_event = threading.Event()
-
-    # ------------------------------------------------------------------
-    # Any thread
-    # ------------------------------------------------------------------
-
-    def send(self, message: str | bytes | OutMessage, timeout: float | None = None) -> bool:
-        """Queue one message for this client. Safe from any thread.
-
-        Returns at once while the client's queue has room. When it is full
-        (``Limits.max_queue_bytes``), the ``close`` policy waits while the
-        client drains — a client whose socket takes no bytes for
-        ``Limits.stall_timeout`` is closed with 1008 and this raises — and the
-        ``drop`` policy discards the message and returns False. On the IO
-        thread it never waits. Messages sent by one thread are delivered in
-        the order sent. Raises :class:`ConnectionClosed` once the connection is
-        closing or closed, :class:`TimeoutError` after ``timeout`` seconds.
-        """
-        return self._outbox.put(OutMessage.of(message), timeout)
-
-    def send_paced(self, message: str | bytes | OutMessage, timeout: float | None = None) -> None:
-        """Like :meth:`send`, but wait for room under either policy, and never ask for the client to be closed.
-
-        For producers that would rather slow down to this client than lose it
-        (like awaiting asyncio's ``drain()``). Raises :class:`TimeoutError`
-        after ``timeout``.
-        """
-        self._outbox.put(OutMessage.of(message), timeout, paced=True)
-
-    def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
-        """Start the closing handshake after everything already queued. Any thread.
-
-        ``code`` must be one an endpoint may send (RFC 6455 7.4: 1000-1003,
-        1007-1014, 3000-4999) and ``reason`` at most 123 bytes of UTF-8.
-        """
-        check_close(code, reason)
-        if self._outbox.shut(code, reason):
-            self._loop.post(partial(self._close_session, code, reason, True))
-
-    @property
-    def closed(self) -> bool:
-        return self._closed_event.is_set()
-
-    @property
-    def close_code(self) -> int | None:
-        """The close code the connection ended with (None while open)."""
-        return self._close_code
-
-    @property
-    def close_reason(self) -> str:
-        return self._close_reason
-
-    def wait_closed(self, timeout: float | None = None) -> bool:
-        return self._closed_event.wait(timeout)
-
-    @property
-    def queued_bytes(self) -> int:
-        """Bytes sent to this client and not yet accepted by its socket (posted or queued)."""
-        return self._outbox.queued
-
-    @property
-    def dropped_messages(self) -> int:
-        """Messages the ``drop`` policy discarded for this client."""
-        return self._outbox.dropped
-
-    @property
-    def waits(self) -> int:
-        """How often a producer had to wait for room in this client's queue."""
-        return self._outbox.waits
 
     @property
     def handler(self) -> Handler | None:
@@ -336,6 +256,9 @@ class Connection:
         if self.session is not None and not self.transport.closed:
             self.session.deadline_passed(deadline)
             self._apply_session()
+
+    def _close_requested(self, code: int, reason: str) -> None:
+        self._close_session(code, reason, wait_for_reply=True)
 
     def _close_session(self, code: int, reason: str, wait_for_reply: bool) -> None:
         if self.session is not None and not self.transport.closed:
