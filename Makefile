@@ -38,7 +38,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check server repro wsrace tests $(wildcard bench) $(wildcard examples)
-	$(PY) -m mypy server repro wsrace tests/conformance.py $(wildcard bench)
+	$(PY) -m mypy server repro wsrace tests $(wildcard bench)
 
 mutation: $(STAMP)
 	$(PY) -m tests.mutation

@@ -29,7 +29,7 @@ from . import affinity
 
 logger = logging.getLogger(__name__)
 
-Callback = Callable[[], None]
+Callback = Callable[[], object]  # what it returns is ignored
 IOHandler = Callable[[int], None]
 K = TypeVar("K", bound=Hashable)
 
@@ -252,7 +252,7 @@ class IOLoop:
             self._wake_pending = False
 
     @staticmethod
-    def _guarded(callback: Callable[..., None], *args: int) -> None:
+    def _guarded(callback: Callable[..., object], *args: int) -> None:
         try:
             callback(*args)
         except Exception:

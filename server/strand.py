@@ -17,7 +17,7 @@ from concurrent.futures import Executor
 
 logger = logging.getLogger(__name__)
 
-Job = Callable[[], None]
+Job = Callable[[], object]  # what it returns is ignored
 
 
 class Strand:

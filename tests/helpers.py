@@ -10,7 +10,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -256,7 +256,8 @@ def describe(message: str | bytes) -> str:
     return f"{kind}[{len(message)}] {head!r}{'…' if len(message) > 16 else ''}"
 
 
-def assert_same_messages(got: list[str | bytes] | Counter, want: list[str | bytes] | Counter, ordered: bool = True) -> None:
+def assert_same_messages(got: Sequence[str | bytes] | Counter, want: Sequence[str | bytes] | Counter,
+                         ordered: bool = True) -> None:
     """Compare received with sent messages; on failure say what differs in a bounded message, not a payload dump."""
     if ordered and not isinstance(got, Counter) and not isinstance(want, Counter):
         if got == want:

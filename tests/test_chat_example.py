@@ -35,7 +35,7 @@ def chat() -> Iterator[str]:
 
 def events(ws: ClientConnection, kind: str, n: int) -> list[dict]:
     """The next ``n`` events of ``kind`` (ticks and others are skipped)."""
-    out = []
+    out: list[dict] = []
     while len(out) < n:
         event = json.loads(ws.recv(timeout=10))
         if event["type"] == kind:

@@ -6,6 +6,7 @@ import os
 import random
 import threading
 from collections import Counter
+from collections.abc import Sequence
 from contextlib import nullcontext
 
 import pytest
@@ -31,7 +32,7 @@ def _messages(n: int, seed: int) -> list[str | bytes]:
 WINDOW = 8 * 1024 * 1024  # bytes sent but not yet echoed
 
 
-def _echo_run(url: str, messages: list[str | bytes], ping_every: int, ping_thread: bool) -> Counter:
+def _echo_run(url: str, messages: Sequence[str | bytes], ping_every: int, ping_thread: bool) -> Counter:
     """Pipeline ``messages`` with a send window, reading replies on another thread.
 
     The window matters: websockets' sync client holds its protocol lock while a

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import cast
 
 import pytest
 
@@ -62,7 +63,7 @@ def fan_out(limits: Limits, clients: int, producers: int, count: int, size: int,
             stalled: int = 0, **server_args) -> Iterator[tuple[Server, dict, list]]:
     """Start checking clients (and never-reading ones), run the producers, close every connection; yield results."""
     with running_server(limits, router=FanOut, **server_args) as srv:
-        app = srv.router
+        app = cast(FanOut, srv.router)
         results: dict[int, tuple] = {}
         spec = StreamSpec(producers, count)
         options = ClientOptions(rcvbuf=None, ping_interval=None, time_limit=90)
@@ -182,8 +183,9 @@ def test_a_message_larger_than_the_limit_is_delivered_whatever_is_queued() -> No
         from websockets.sync.client import connect
 
         with connect(f"{srv.url}/fanout", max_size=None) as ws:
-            assert wait_until(lambda: len(srv.router.conns) == 1, 5)
-            conn = srv.router.conns[0]
+            app = cast(FanOut, srv.router)
+            assert wait_until(lambda: len(app.conns) == 1, 5)
+            conn = app.conns[0]
             gate = threading.Event()
             srv.loop.post(gate.wait)  # the IO thread holds everything: "tick" is certainly still queued
             assert conn.send("tick")
@@ -201,8 +203,9 @@ def test_drop_policy_drops_exactly_what_does_not_fit() -> None:
         from websockets.sync.client import connect
 
         with connect(f"{srv.url}/fanout", max_size=None) as ws:
-            assert wait_until(lambda: len(srv.router.conns) == 1, 5)
-            conn = srv.router.conns[0]
+            app = cast(FanOut, srv.router)
+            assert wait_until(lambda: len(app.conns) == 1, 5)
+            conn = app.conns[0]
             gate = threading.Event()
             srv.loop.post(gate.wait)  # nothing drains while the producer sends
             accepted = [conn.send(bytes(size)) for _ in range(100)]

@@ -67,7 +67,12 @@ def test_in_io_thread_is_false_elsewhere(loop: IOLoop) -> None:
     assert not loop.in_io_thread()
     answer: list[bool] = []
     ev = threading.Event()
-    loop.post(lambda: (answer.append(loop.in_io_thread()), ev.set()))
+
+    def answer_it() -> None:
+        answer.append(loop.in_io_thread())
+        ev.set()
+
+    loop.post(answer_it)
     assert ev.wait(5)
     assert answer == [True]
 
@@ -77,7 +82,11 @@ def test_timers_fire_in_order_and_cancel(loop: IOLoop) -> None:
     ev = threading.Event()
 
     def schedule() -> None:
-        loop.call_later(0.10, lambda: (fired.append("late"), ev.set()))
+        def late() -> None:
+            fired.append("late")
+            ev.set()
+
+        loop.call_later(0.10, late)
         loop.call_later(0.02, lambda: fired.append("early"))
         t = loop.call_later(0.05, lambda: fired.append("cancelled"))
         t.cancel()

@@ -395,7 +395,7 @@ def test_topics_in_process_with_the_memory_broker() -> None:
 
     with running_server() as srv:
         with connect(f"{srv.url}/broadcast?topic=news") as news, connect(f"{srv.url}/broadcast") as default:
-            assert wait_until(lambda: len(srv.subscribers("news")) == 1 and len(srv.router.hub.subscribers) == 1, 5)
+            assert wait_until(lambda: len(srv.subscribers("news")) == 1 and len(srv.router.hub.subscribers) == 1, 5)  # type: ignore[attr-defined]
             news.send("for news")
             assert news.recv(timeout=5) == "for news"
             default.send("for everyone")

@@ -136,7 +136,8 @@ def test_our_close_waits_for_the_clients_reply() -> None:
     assert s.events() == []
     c.receive_data(data)
     [event] = list(c.events())
-    s.receive_data(c.send(event.response()))  # type: ignore[union-attr]
+    assert isinstance(event, CloseConnection)
+    s.receive_data(c.send(event.response()))
     assert s.events() == [ShutAfterFlush()] and s.state is SessionState.CLOSED
     assert s.data_to_send() == b"", "the closing handshake is complete: nothing more to say"
     s.close(1001)

@@ -28,7 +28,7 @@ def _start_cli(*args: str) -> tuple[subprocess.Popen, str]:
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
-    assert line.startswith("listening on ws://127.0.0.1:"), (line, proc.stderr.read() if proc.poll() is not None else "")
+    assert line.startswith("listening on ws://127.0.0.1:"), (line, proc.stderr.read() if proc.stderr and proc.poll() is not None else "")
     return proc, line.split()[-1]
 
 
@@ -57,7 +57,7 @@ def test_signal_closes_clients_with_1001_and_exits_0(signum: int) -> None:
 def test_in_process_shutdown_leaves_no_thread() -> None:
     before = set(threading.enumerate())
     srv = Server(DemoApp, port=0, workers=4, limits=Limits(max_queue_bytes=256 * 1024)).start()
-    srv.router.hub.start_tickers(2, 100)
+    srv.router.hub.start_tickers(2, 100)  # type: ignore[attr-defined]
     with connect(f"{srv.url}/echo") as ws, connect(f"{srv.url}/stream?producers=3&count=1000000&size=32") as st:
         ws.send("x")
         assert ws.recv(timeout=5) == "x"

@@ -25,7 +25,7 @@ WINDOW = 8  # messages the healthy client may be behind: 256 KiB, a quarter of i
 
 def test_broadcast_closes_the_stalled_client_and_serves_the_rest() -> None:
     with running_server(Limits(ping_interval=None, max_queue_bytes=LIMIT, close_timeout=1.0, stall_timeout=0.3)) as srv:
-        hub = srv.router.hub
+        hub = srv.router.hub  # type: ignore[attr-defined]
         received: list[bytes] = []
         with connect(f"{srv.url}/broadcast", max_size=None, compression=None) as healthy:
             stalled = stalled_client(srv.port, "/broadcast")
@@ -36,7 +36,9 @@ def test_broadcast_closes_the_stalled_client_and_serves_the_rest() -> None:
 
             def read() -> None:
                 for _ in range(MESSAGES):
-                    received.append(healthy.recv(timeout=20))
+                    message = healthy.recv(timeout=20)
+                    assert isinstance(message, bytes)
+                    received.append(message)
                     credit.release()
 
             reader = threading.Thread(target=read)

@@ -55,7 +55,12 @@ def pair() -> Iterator[tuple[Connection, socket.socket, Stats]]:
     conn = Connection(loop, SocketTransport(loop, ours), _Router(), executor=None, limits=limits, stats=stats)  # type: ignore[arg-type]
     conn.start()
     client.sendall(upgrade_request("/"))
-    assert wait_until(lambda: (conn._on_readable(), conn.state is State.OPEN)[1], 5)  # the real handshake
+
+    def handshake_done() -> bool:
+        conn._on_readable()  # what the loop would call: the real handshake, driven by hand
+        return conn.state is State.OPEN
+
+    assert wait_until(handshake_done, 5)
     while conn.queued_bytes < LIMIT:
         conn.send(bytes(64 * 1024))  # on "the IO thread": never waits
     conn._writer._drain()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +33,7 @@ def test_jobs_run_in_order_and_never_overlap() -> None:
                 finished.set()
 
         for i in range(300):
-            strand.submit(lambda i=i: job(i))
+            strand.submit(functools.partial(job, i))
         assert finished.wait(20)
     assert overlaps[0] == 0
     assert done == list(range(300))
@@ -56,7 +57,7 @@ def test_a_busy_strand_gives_its_worker_back() -> None:
         gate = threading.Event()
         busy.submit(gate.wait)  # holds the only worker until everything is queued
         for i in range(20):
-            busy.submit(lambda i=i: order.append(f"busy{i}"))
+            busy.submit(functools.partial(order.append, f"busy{i}"))
         other.submit(lambda: order.append("other"))
         finished = threading.Event()
         busy.submit(finished.set)

@@ -24,7 +24,7 @@ def test_stream_websockets_client(server, count: int, size: int, deflate: bool) 
     url = f"{server.url}/stream?producers={PRODUCERS}&count={count}&size={size}"
     check = StreamCheck(PRODUCERS, count)
     with connect(url, compression="deflate" if deflate else None, max_size=None, open_timeout=10) as ws:
-        negotiated = ws.response.headers.get("Sec-WebSocket-Extensions") or ""
+        negotiated = (ws.response.headers.get("Sec-WebSocket-Extensions") if ws.response else None) or ""
         assert ("permessage-deflate" in negotiated) == deflate
         for message in ws:  # ends when the server closes normally
             check.add(message)
