@@ -30,7 +30,6 @@ from .transport import SocketTransport
 
 logger = logging.getLogger(__name__)
 _outbox_of = attrgetter("_outbox")
-_OPEN = State.OPEN
 
 TRY_AGAIN_LATER = 1013
 MAX_REASON = 100  # characters; a close reason holds at most 123 bytes
@@ -174,8 +173,8 @@ class Server:
         with self._conn_lock:
             conns = list(self._connections)
         if path is None:
-            return [c for c in conns if c.state is _OPEN]
-        return [c for c in conns if c.state is _OPEN and c.path == path]
+            return [c for c in conns if c.is_open]
+        return [c for c in conns if c.is_open and c.path == path]
 
     def broadcast(self, message: str | bytes | OutMessage, targets: Iterable[Connection] | None = None) -> BroadcastResult:
         """Send one message to many connections: encoded once, the same frame bytes queued to each.

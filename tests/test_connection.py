@@ -12,6 +12,7 @@ from websockets.exceptions import ConnectionClosed as WsConnectionClosed
 from websockets.sync.client import connect
 
 from server import Connection, ConnectionClosed, Limits
+from server.connection import State
 
 from .helpers import (
     assert_same_messages,
@@ -214,3 +215,14 @@ def test_a_server_close_is_finished_at_once_even_while_reading_was_paused() -> N
             sock.shutdown(socket.SHUT_WR)
             assert conn.wait_closed(5)
         assert conn.close_code == 1000 and conn.close_reason == "bye"
+
+
+def test_open_connections_lists_a_connection_from_its_101_until_its_close_begins(server) -> None:
+    sock, _ = ws_handshake(server.port, "/echo")  # a raw client: it never answers our close frame
+    with sock:
+        assert wait_until(lambda: len(server.open_connections()) == 1, 5)
+        conn = server.open_connections()[0]
+        assert conn.state is State.OPEN and conn.is_open
+        conn.close(1000, "bye")
+        assert wait_until(lambda: conn.state is State.CLOSING, 5)  # waiting for the client's close frame
+        assert server.open_connections() == [] and not conn.is_open and conn in server.connections
