@@ -58,7 +58,6 @@ class TlsTransport(SocketTransport):
         self._read_wants_write = False  # a read needs the socket writable (TLS 1.3 key update, ...)
         self._write_wants_read = False  # a write needs the socket readable
         self._eof_seen = False
-        self._write_shut = False
 
     @property
     def version(self) -> str | None:
@@ -131,7 +130,6 @@ class TlsTransport(SocketTransport):
 
     def shutdown_write(self) -> None:
         """Best-effort ``close_notify``, then half-close; never blocks the loop. Raises OSError."""
-        self._write_shut = True
         try:
             self._tls.unwrap()  # sends close_notify; the peer's answer does not matter
         except (ssl.SSLError, OSError, ValueError):
