@@ -224,9 +224,20 @@ class Connection(ConnectionHandle):
     # -- the session's decisions ----------------------------------------
 
     def _apply_session(self) -> None:
-        """Carry out what the session decided: events, bytes, deadlines (in that order)."""
+        """Carry out what the session decided: deadlines, events, bytes (in that order).
+
+        Deadlines first, so a ShutAfterFlush finds the session's CLOSE timer
+        already armed instead of arming one that is replaced at once.
+        """
         session = self.session
         assert session is not None
+        for deadline, delay in session.deadlines().items():
+            if delay is None:
+                self._timers.cancel(deadline)
+            elif deadline is Deadline.CLOSE:
+                self._timers.arm(deadline, delay, self._on_close_timeout)
+            else:
+                self._timers.arm(deadline, delay, partial(self._deadline_passed, deadline))
         for event in session.events():
             if isinstance(event, MessageReceived):
                 assert self._dispatcher is not None
@@ -248,13 +259,6 @@ class Connection(ConnectionHandle):
                 logger.info("%s: no pong within %.1fs", self.peer, self.limits.ping_timeout)
                 self._fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
         self._writer.append_raw(session.data_to_send())
-        for deadline, delay in session.deadlines().items():
-            if delay is None:
-                self._timers.cancel(deadline)
-            elif deadline is Deadline.CLOSE:
-                self._timers.arm(deadline, delay, self._on_close_timeout)
-            else:
-                self._timers.arm(deadline, delay, partial(self._deadline_passed, deadline))
         self._update_reading()
 
     def _deadline_passed(self, deadline: Deadline) -> None:
