@@ -457,6 +457,22 @@ def tls_sends(monkeypatch: pytest.MonkeyPatch) -> TlsSends:
     return sends
 
 
+def _read_to_the_end(sock: socket.socket, rest: bytes, spec: StreamSpec, timeout: float = 20, chunk: int = 65536,
+                     pause: float = 0.0) -> WireChecker:
+    """Feed the strict checker everything up to the close (or EOF, or ``timeout``); ``pause`` after each read."""
+    checker = WireChecker(stream=spec)
+    checker.feed(rest)
+    deadline = time.monotonic() + timeout
+    while not checker.done and time.monotonic() < deadline:
+        data = sock.recv(chunk)
+        if not data:
+            break
+        checker.feed(data)
+        if pause:
+            time.sleep(pause)
+    return checker
+
+
 SLOW_STREAM = StreamSpec(4, 8)  # 4 producers x 8 messages of 256 KiB: 8 MiB
 SLOW_TARGET = f"/stream?producers={SLOW_STREAM.producers}&count={SLOW_STREAM.count}&size=262144"
 
@@ -470,15 +486,8 @@ def test_slow_reader_with_small_buffers_gets_every_byte_through_want_write_retri
             while b"\r\n\r\n" not in head:
                 head += sock.recv(65536)
             assert head.startswith(b"HTTP/1.1 101"), head[:100]
-            checker = WireChecker(stream=SLOW_STREAM)
-            checker.feed(head.split(b"\r\n\r\n", 1)[1])
-            deadline = time.monotonic() + 40
-            while not checker.done and time.monotonic() < deadline:
-                data = sock.recv(16384)
-                if not data:
-                    break
-                checker.feed(data)
-                time.sleep(0.002)  # a slow reader: the server's socket stays full
+            # A slow reader: 16 KiB at a time with a pause, so the server's socket stays full.
+            checker = _read_to_the_end(sock, head.split(b"\r\n\r\n", 1)[1], SLOW_STREAM, 40, chunk=16384, pause=0.002)
     summary = checker.summary()
     assert not summary.anomalies, {k: (a.count, a.detail) for k, a in summary.anomalies.items()}
     assert summary.valid_messages == 32 and summary.close_code == 1000, summary
@@ -542,16 +551,6 @@ def _stop_reading_until_a_tls_write_is_pending(srv: Server, tls_files: TLSFiles,
     return sock, first.split(b"\r\n\r\n", 1)[1]
 
 
-def _read_to_the_end(sock: ssl.SSLSocket, rest: bytes) -> WireChecker:
-    checker = WireChecker(stream=StreamSpec(1, _Burst.COUNT))
-    checker.feed(rest)
-    deadline = time.monotonic() + 20
-    while not checker.done and time.monotonic() < deadline:
-        data = sock.recv(65536)
-        if not data:
-            break
-        checker.feed(data)
-    return checker
 
 
 def test_protocol_error_while_a_tls_write_is_pending_never_tears_a_frame(tls_files: TLSFiles, tls_sends: TlsSends) -> None:
@@ -563,7 +562,7 @@ def test_protocol_error_while_a_tls_write_is_pending_never_tears_a_frame(tls_fil
             pending = tls_sends.snapshot()[-1]
             sock.sendall(client_frame(0x1, b"bad", rsv=2))  # RSV2 without an extension: 1002
             assert wait_until(lambda: srv.stats.protocol_errors == 1, 5), "the server did not read the bad frame"
-            checker = _read_to_the_end(sock, rest)
+            checker = _read_to_the_end(sock, rest, StreamSpec(1, _Burst.COUNT))
     summary = checker.summary()
     assert not summary.corrupted, {k: (a.count, a.detail) for k, a in summary.anomalies.items()}
     assert summary.close_code == 1002 and summary.valid_messages > 0, summary
@@ -582,7 +581,7 @@ def test_stalled_tls_client_failed_while_a_write_is_pending_never_sees_a_torn_fr
         with sock:
             assert wait_until(lambda: srv.stats.closed_by_policy == 1, 5), "the client was not judged stalled"
             assert tls_sends.snapshot()[-1][3] == "want-write", "the TLS write was not pending when the server failed it"
-            checker = _read_to_the_end(sock, rest)
+            checker = _read_to_the_end(sock, rest, StreamSpec(1, _Burst.COUNT))
     summary = checker.summary()
     assert not summary.corrupted, {k: (a.count, a.detail) for k, a in summary.anomalies.items()}
     assert summary.close_code == 1008, summary
