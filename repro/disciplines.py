@@ -76,7 +76,7 @@ class DirectConnection(Connection):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.worker_lock = contextlib.nullcontext()
 
-    def send(self, message: str | bytes | OutMessage, timeout: float | None = None) -> bool:
+    def send(self, message: str | bytes | OutMessage, timeout: float | None = None, fanout: bool = False) -> bool:
         out = OutMessage.of(message)
         with self.worker_lock:
             session = self.session

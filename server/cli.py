@@ -31,11 +31,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-client queue limit in bytes: past it producers wait (close) or messages are dropped (drop) "
                         "(default: %(default)s)")
     p.add_argument("--overflow", choices=[p.value for p in OverflowPolicy], default="close",
-                   help="when a client's queue is full: wait while it drains and close it with 1008 if it stalls, "
-                        "or drop the new message (default: %(default)s)")
+                   help="when a client's queue is full: wait while it drains (a fan-out: at most --fanout-wait) and "
+                        "close it with 1008 if it stalls or falls behind the feed, or drop the new message "
+                        "(default: %(default)s)")
     p.add_argument("--stall-timeout", type=float, default=Limits.stall_timeout,
-                   help="a client whose queue is full and whose socket takes no bytes this long is closed with 1008 "
-                        "(default: %(default)s s)")
+                   help="a client whose queue is full and that takes nothing this long (no byte accepted by its socket, "
+                        "none acknowledged by its TCP) is closed with 1008 (default: %(default)s s)")
+    p.add_argument("--fanout-wait", type=float, default=Limits.fanout_wait,
+                   help="the longest a broadcast or publish waits for one member's full queue before that member is "
+                        "closed (1008, too slow for this feed) or, with --overflow drop, skipped (default: %(default)s s)")
     p.add_argument("--max-backlog-bytes", type=int, default=64 * 1024 * 1024,
                    help="server-wide: bytes sent by producers and not yet taken by the IO thread; "
                         "past it producers wait (default: %(default)s)")
@@ -88,6 +92,8 @@ def positive(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.stall_timeout <= 0:
         parser.error("--stall-timeout must be > 0")
+    if args.fanout_wait < 0:
+        parser.error("--fanout-wait must be >= 0")
     if args.busy_handshake_timeout <= 0:
         parser.error("--busy-handshake-timeout must be > 0")
     if args.publishers < 0 or args.rate <= 0:
@@ -152,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         max_queue_bytes=args.max_queue_bytes,
         overflow=OverflowPolicy(args.overflow),
         stall_timeout=args.stall_timeout,
+        fanout_wait=args.fanout_wait,
         max_message_bytes=args.max_message_bytes,
         ping_interval=args.ping_interval or None,
         ping_timeout=args.ping_timeout,

@@ -92,9 +92,10 @@ class Connection(ConnectionHandle):
     ) -> None:
         self._writer = Writer(
             loop, transport, limits, stats, backlog or Backlog(1 << 62),
-            on_flushed=self._on_flushed, on_error=self._on_write_error, on_stalled=self._close_for_overflow,
+            on_flushed=self._on_flushed, on_error=self._on_write_error,
+            on_stalled=self._close_stalled, on_behind=self._close_too_slow,
         )
-        super().__init__(loop, self._writer.outbox, transport.peer)  # producers put into the writer's outbox
+        super().__init__(loop, self._writer.outbox, transport.peer, limits.fanout_wait)  # producers put into the writer's outbox
         self.transport = transport
         self._executor = executor
         self.limits = limits
@@ -263,8 +264,26 @@ class Connection(ConnectionHandle):
 
     def _deadline_passed(self, deadline: Deadline) -> None:
         if self.session is not None and not self.transport.closed:
-            self.session.deadline_passed(deadline)
+            late_behind_data = self._pong_behind_data() if deadline is Deadline.PONG else None
+            if late_behind_data is not None:
+                self.session.wait_for_pong(late_behind_data)
+            else:
+                self.session.deadline_passed(deadline)
             self._apply_session()
+
+    def _pong_behind_data(self) -> float | None:
+        """Seconds more to wait for a pong whose ping is still behind data the client is taking; None: it is late.
+
+        A keepalive ping is queued behind the data before it: a slow reader
+        sees it only after that data. While data is still on its way and the
+        client keeps taking it (within the longer of ``ping_timeout`` and
+        ``stall_timeout``), a late pong is no sign of a dead client.
+        """
+        if not self._outbox.frames and not self.transport.unacknowledged():
+            return None
+        patience = max(self.limits.ping_timeout, self.limits.stall_timeout)
+        idle = time.monotonic() - self.transport.idle_since()
+        return patience - idle if idle < patience else None
 
     def _close_requested(self, code: int, reason: str) -> None:
         self._close_session(code, reason, wait_for_reply=True)
@@ -316,11 +335,21 @@ class Connection(ConnectionHandle):
             self._close_code, self._close_reason = code, reason
         self._outbox.shut(code, reason)  # producers waiting for room get ConnectionClosed
 
-    def _close_for_overflow(self, reason: str) -> None:
+    def _close_stalled(self, reason: str) -> None:
         if self.state is State.OPEN:
-            self._stats.closed_by_policy += 1
-            logger.warning("%s: closing with 1008: %s", self.peer, reason)
-            self._fail(CloseCode.POLICY_VIOLATION, reason)
+            self._stats.closed_stalled += 1
+            self._close_for_overflow(reason)
+
+    def _close_too_slow(self, reason: str) -> None:
+        """A fan-out found this client a full queue behind the feed (its outbox is shut already)."""
+        if self.state is State.OPEN:
+            self._stats.closed_too_slow += 1
+            self._close_for_overflow(reason)
+
+    def _close_for_overflow(self, reason: str) -> None:
+        self._stats.closed_by_policy += 1
+        logger.warning("%s: closing with 1008: %s", self.peer, reason)
+        self._fail(CloseCode.POLICY_VIOLATION, reason)
 
     def _close_after_flush(self) -> None:
         """Half-close the socket once the outbox is empty."""
@@ -332,7 +361,7 @@ class Connection(ConnectionHandle):
     def _on_close_timeout(self) -> None:
         # The timeout bounds a *stalled* close, not a long flush: a client that
         # is still reading what was queued before the close frame gets its data.
-        idle = time.monotonic() - self.transport.last_progress
+        idle = time.monotonic() - self.transport.idle_since()
         if idle < self.limits.close_timeout and not self._write_shut and self._outbox.frames:
             self._timers.arm(Deadline.CLOSE, self.limits.close_timeout - idle, self._on_close_timeout)
             return

@@ -21,9 +21,10 @@ from .outbox import Outbox
 class ConnectionHandle:
     """Send to, close and wait for one client, from any thread."""
 
-    def __init__(self, loop: IOLoop, outbox: Outbox, peer: str) -> None:
+    def __init__(self, loop: IOLoop, outbox: Outbox, peer: str, fanout_wait: float = 0.1) -> None:
         self._loop = loop
         self._outbox = outbox
+        self._fanout_wait = fanout_wait
         self.peer = peer
         self.path = ""
         self.query: dict[str, str] = {}
@@ -32,19 +33,31 @@ class ConnectionHandle:
         self._close_reason = ""
         self._closed_event = threading.Event()
 
-    def send(self, message: str | bytes | OutMessage, timeout: float | None = None) -> bool:
+    def send(self, message: str | bytes | OutMessage, timeout: float | None = None, fanout: bool = False) -> bool:
         """Queue one message for this client. Safe from any thread.
 
-        Returns at once while the client's queue has room. When it is full
-        (``Limits.max_queue_bytes``), the ``close`` policy waits while the
-        client drains — a client whose socket takes no bytes for
-        ``Limits.stall_timeout`` is closed with 1008 and this raises — and the
-        ``drop`` policy discards the message and returns False. On the IO
-        thread it never waits. Messages sent by one thread are delivered in
-        the order sent. Raises :class:`ConnectionClosed` once the connection is
-        closing or closed, :class:`TimeoutError` after ``timeout`` seconds.
+        Returns at once while the client's queue has room
+        (``Limits.max_queue_bytes``). When it is full:
+
+        * point-to-point (the default), policy ``close``: wait while the client
+          drains, however slowly — like awaiting asyncio's ``drain()``. Only a
+          client that takes nothing (no byte accepted by its socket, none
+          acknowledged by its TCP) for ``Limits.stall_timeout`` is closed with
+          1008 "client stalled", and this raises. A loop over many clients with
+          plain ``send()`` is therefore paced by the slowest of them.
+        * ``fanout=True``: this message is one member's copy of a fan-out (a
+          per-client loop over a feed): wait at most ``Limits.fanout_wait``;
+          a client still a full queue behind then is closed with 1008 "too
+          slow for this feed" and this raises — what :meth:`Server.broadcast`
+          does for each member.
+        * policy ``drop``: discard the message and return False, never wait.
+
+        On the IO thread it never waits. Messages sent by one thread are
+        delivered in the order sent. Raises :class:`ConnectionClosed` once the
+        connection is closing or closed, :class:`TimeoutError` after ``timeout``
+        seconds.
         """
-        return self._outbox.put(OutMessage.of(message), timeout)
+        return self._outbox.put(OutMessage.of(message), timeout, fanout_wait=self._fanout_wait if fanout else None)
 
     def send_paced(self, message: str | bytes | OutMessage, timeout: float | None = None) -> None:
         """Like :meth:`send`, but wait for room under either policy, and never ask for the client to be closed.

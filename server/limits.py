@@ -13,7 +13,14 @@ class Limits:
 
     max_queue_bytes: int = 16 * 1024 * 1024  # per client: producers wait (or drop) while this much is unsent
     overflow: OverflowPolicy = OverflowPolicy.CLOSE
-    stall_timeout: float = 1.0  # a full queue whose socket takes no bytes this long: the client is stalled
+    # A client whose queue is full and that takes nothing this long — no byte accepted by its socket, none
+    # acknowledged by its TCP — is stalled: closed with 1008. Linux shows a slow reader's progress each time it
+    # frees about half its receive buffer (~64-128 KiB), so readers faster than that per stall_timeout are
+    # never judged stalled: with 60 s (nginx's send_timeout), ~2 KB/s and up.
+    stall_timeout: float = 60.0
+    # broadcast()/publish()/send(fanout=True): the longest a producer waits for one member's full queue; then
+    # that member gets the overflow action (drop, or 1008 "too slow for this feed").
+    fanout_wait: float = 0.1
     max_message_bytes: int = 16 * 1024 * 1024
     ping_interval: float | None = 20.0
     ping_timeout: float = 20.0

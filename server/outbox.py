@@ -18,11 +18,19 @@ The rules, modelled on asyncio's high-water flow control:
 * **Full**: a producer that finds no room waits for it (policy ``close``) or
   its message is dropped and counted (policy ``drop``). A producer on the IO
   thread never waits: its message is queued over the limit.
-* **The client is judged by its socket alone**, on the IO thread: it is
-  stalled when the socket has refused bytes for ``stall_timeout`` while the
-  queue is full (see :meth:`Writer.check_stall <server.writer.Writer.check_stall>`). Bytes that producers
-  have posted but the IO thread has not processed yet make producers wait;
-  they never make a client look slow.
+* **Point-to-point** (:meth:`Outbox.put`): the producer waits while its
+  client drains, however slowly. The client is judged on the IO thread by
+  what its TCP connection really takes: it is stalled only when, with its
+  queue full, the socket has accepted nothing and the client's TCP has
+  acknowledged nothing for ``stall_timeout`` (see
+  :meth:`Writer.check_stall <server.writer.Writer.check_stall>`).
+* **Fan-out** (``put(..., fanout_wait=W)``, what ``broadcast`` does for each
+  member): a member with a full queue holds producers at most ``W`` seconds;
+  if it is still a full queue behind the feed then, it gets the overflow
+  action (drop, or a 1008 close that says how far behind it was) — one slow
+  member never paces the others.
+* Bytes that producers have posted but the IO thread has not processed yet
+  make producers wait; they never make a client look slow.
 
 The server-wide :class:`Backlog` bounds what all producers together have
 posted and the IO thread has not taken yet.
@@ -45,6 +53,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 
 from .backlog import Backlog
+from .codes import CloseCode
 from .errors import ConnectionClosed
 from .frames import OutMessage
 
@@ -54,10 +63,12 @@ IOV_MAX = 512  # buffers per sendmsg call; Linux allows 1024
 class OverflowPolicy(enum.Enum):
     """What happens when a client's queue is full.
 
-    ``CLOSE`` (default): producers wait while the client drains; a client
-    whose socket takes no bytes for ``Limits.stall_timeout`` while its queue
-    is full is closed with 1008 and waiting producers get
-    :class:`ConnectionClosed`. No message is silently lost.
+    ``CLOSE`` (default): a point-to-point producer waits while the client
+    drains; a client that takes nothing for ``Limits.stall_timeout`` while its
+    queue is full is closed with 1008 ("client stalled"). A fan-out waits for a
+    full member at most ``Limits.fanout_wait``, then closes it with 1008 ("too
+    slow for this feed"). Waiting producers get :class:`ConnectionClosed`. No
+    message is silently lost.
     ``DROP``: the new message is discarded and counted, and the producer never
     waits — for feeds where only the latest value matters.
     """
@@ -93,12 +104,14 @@ class Outbox:
         on_drop: Callable[[], None],
         backlog: Backlog,
         in_io_thread: Callable[[], bool],
+        on_behind: Callable[[str], None] = lambda reason: None,
     ) -> None:
         self.limit = limit
         self.policy = policy
         self._schedule = schedule  # ask the IO thread to take() the pending messages
         self._on_full = on_full  # ask the IO thread to judge the client (a producer is about to wait)
         self._on_drop = on_drop  # count a dropped message (called with the lock held)
+        self._on_behind = on_behind  # a fan-out found the client too slow for the feed: close it (lock held)
         self._backlog = backlog
         self._in_io_thread = in_io_thread
 
@@ -134,12 +147,14 @@ class Outbox:
     def full(self) -> bool:
         return self._queued >= self.limit
 
-    def put(self, out: OutMessage, timeout: float | None = None, paced: bool = False) -> bool:
+    def put(self, out: OutMessage, timeout: float | None = None, paced: bool = False, fanout_wait: float | None = None) -> bool:
         """Queue ``out``; False if the ``drop`` policy discarded it.
 
         Waits while the queue is full (unless on the IO thread, or the policy
         is ``drop`` and not ``paced``). ``paced`` waits without asking for the
-        client to be judged. Raises :class:`ConnectionClosed` once the
+        client to be judged. ``fanout_wait``: this is one member of a fan-out —
+        wait at most that long, then close the client as too slow for the feed
+        (:meth:`_wait_for_feed`). Raises :class:`ConnectionClosed` once the
         connection is closing, :class:`TimeoutError` after ``timeout``.
         """
         size = out.size
@@ -152,7 +167,10 @@ class Outbox:
                     self.dropped += 1
                     self._on_drop()
                     return False
-                self._wait_for_room(size, timeout, report=not paced)
+                if fanout_wait is not None and not paced:
+                    self._wait_for_feed(fanout_wait)
+                else:
+                    self._wait_for_room(size, timeout, report=not paced)
                 if self._closed is not None:
                     raise ConnectionClosed(*self._closed)
             self._queued += size
@@ -184,6 +202,32 @@ class Outbox:
                 self._room = threading.Condition(self._lock)
             if not self._room.wait_for(lambda: self._closed is not None or self._queued < self.limit, timeout):
                 raise TimeoutError(f"no room for {size} bytes in the client's queue within {timeout} s")
+        finally:
+            self._waiters -= 1
+
+    def _wait_for_feed(self, wait: float) -> None:
+        """A fan-out member's full queue: wait at most ``wait`` for room, then judge (lock held).
+
+        The client is behind the feed when, after the wait, at least half its
+        queue is frames the IO thread has offered its socket and the socket
+        refused (``blocked_since``): then the queue is shut with 1008 and the
+        connection told to close. A queue full of messages the IO thread has
+        not taken yet is the server's backlog, not the client's: that waits on.
+        """
+        self.waits += 1
+        self._waiters += 1
+        try:
+            if self._room is None:
+                self._room = threading.Condition(self._lock)
+            while not self._room.wait_for(lambda: self._closed is not None or self._queued < self.limit, wait):
+                behind = self._queued - self._pending_bytes
+                if self.blocked_since is not None and behind >= self.limit // 2:
+                    reason = f"too slow for this feed: {behind / (1 << 20):.1f} MiB behind"
+                    self._closed = (CloseCode.POLICY_VIOLATION, reason)
+                    self._room.notify_all()
+                    self._on_behind(reason)
+                    return
+                wait = max(wait, 0.01)  # the IO thread is behind, not the client: look again soon
         finally:
             self._waiters -= 1
 

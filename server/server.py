@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from operator import attrgetter
 
 from .admission import Admission
@@ -23,7 +24,7 @@ from .handler import Router
 from .http import OriginCheck
 from .limits import Limits
 from .loop import IOLoop
-from .outbox import put_shared
+from .outbox import Outbox, put_shared
 from .stats import Stats
 from .tls import TlsTransport
 from .transport import SocketTransport
@@ -41,7 +42,7 @@ class BroadcastResult:
 
     queued: int = 0  # connections the message was queued to
     dropped: int = 0  # discarded by the ``drop`` policy (queue full)
-    closed: int = 0  # closing or closed already (or closed while this waited: stalled)
+    closed: int = 0  # closing or closed already, or closed by this broadcast as too slow for the feed
 
 
 class Server:
@@ -181,10 +182,12 @@ class Server:
 
         ``targets`` defaults to every open connection; it is iterated on the
         calling thread, so pass a snapshot (:meth:`open_connections`) or a
-        collection you guard yourself. Flow control is :meth:`Connection.send`'s
-        for each target: the caller waits while a full client drains, and a
-        stalled one is closed (policy ``close``) or skipped (``drop``). Returns
-        how many targets got it, dropped it or were closed.
+        collection you guard yourself. One slow target never paces the rest:
+        for a target whose queue is full the caller waits at most
+        ``Limits.fanout_wait`` (``send(fanout=True)``); a target still a full
+        queue behind the feed then is closed with 1008 "too slow for this feed"
+        (policy ``close``), or the message is dropped for it (``drop``, no
+        wait). Returns how many targets got it, dropped it or were closed.
         """
         out = OutMessage.of(message)
         result = BroadcastResult()
@@ -193,6 +196,7 @@ class Server:
             for conn in conns:
                 self._count_send(conn.send, out, result)
             return result
+        fanout_put = partial(Outbox.put, fanout_wait=self.limits.fanout_wait)
         # Fast path: queue to every target with room under one lock acquisition; a target that
         # must wait (or drop, or be judged) gets send()'s own path, Outbox.put, then the rest go on.
         outboxes = map(_outbox_of, conns)
@@ -202,7 +206,7 @@ class Server:
             result.closed += closed
             if blocked is None:
                 return result
-            self._count_send(blocked.put, out, result)
+            self._count_send(partial(fanout_put, blocked), out, result)
 
     @staticmethod
     def _count_send(send: Callable[[OutMessage], bool], out: OutMessage, result: BroadcastResult) -> None:
@@ -256,8 +260,8 @@ class Server:
         return result if isinstance(result, BroadcastResult) else None
 
     def _deliver(self, topic: str, message: str | bytes) -> BroadcastResult:
-        # The broker's delivery: local fan-out, encoded once (the reader thread may wait here
-        # while a full subscriber drains, at most stall_timeout for a stalled one).
+        # The broker's delivery: local fan-out, encoded once (the reader thread waits for a full
+        # subscriber at most fanout_wait, then that subscriber gets the overflow action).
         return self.broadcast(message, self.subscribers(topic))
 
     def _on_missed(self, topic: str, reason: str, count: int) -> None:

@@ -200,6 +200,12 @@ class Session:
         elif deadline is Deadline.FAIL:
             self._close_failed()
 
+    def wait_for_pong(self, delay: float) -> None:
+        """The PONG deadline passed but the ping is not late yet (still behind data on its way): wait ``delay`` more."""
+        self._armed.discard(Deadline.PONG)
+        if self.state is SessionState.OPEN:
+            self._arm(Deadline.PONG, delay)
+
     # -- internals ----------------------------------------------------------
 
     def _on_message_part(self, event: TextMessage | BytesMessage) -> None:

@@ -14,7 +14,9 @@ class Stats:
         self.opened = 0
         self.closed = 0
         self.http_errors = 0
-        self.closed_by_policy = 0
+        self.closed_by_policy = 0  # closed with 1008 by the overflow policy: the two below together
+        self.closed_stalled = 0  # a full queue and nothing taken or acknowledged for stall_timeout
+        self.closed_too_slow = 0  # a fan-out member a full queue behind the feed after fanout_wait
         self.dropped_messages = 0
         self.protocol_errors = 0
         self.handshake_timeouts = 0  # no complete request (or no TLS handshake) within handshake_timeout

@@ -28,7 +28,6 @@ import logging
 import selectors
 import socket
 import ssl
-import time
 
 from . import affinity
 from .errors import WsraceError
@@ -125,7 +124,7 @@ class TlsTransport(SocketTransport):
                 self._write_wants_read = False
                 self._update_interest()
             outbox.written(sent, offered, frames, reserved)
-            self.last_progress = time.monotonic()
+            self._took_bytes()
         self._set_writing(False)
 
     def shutdown_write(self) -> None:

@@ -13,10 +13,14 @@ same methods.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import select
 import selectors
 import socket
+import struct
+import sys
+import termios
 import time
 from collections.abc import Callable
 
@@ -27,6 +31,24 @@ from .outbox import Outbox
 logger = logging.getLogger(__name__)
 
 RECV_SIZE = 256 * 1024
+# SIOCOUTQ (Linux; the same number as TIOCOUTQ): bytes written to a TCP socket and not yet acknowledged by the peer.
+_SIOCOUTQ = termios.TIOCOUTQ if sys.platform.startswith("linux") else None
+
+
+def unacknowledged_bytes(sock: socket.socket) -> int | None:
+    """The kernel's count of bytes sent on ``sock`` and not yet acknowledged by the peer (None where unknown).
+
+    It falls whenever the client's TCP acknowledges data, however slowly the
+    client reads — unlike writability, which Linux reports only once about a
+    third of the send buffer is free (seconds apart for a reader at 1 MB/s;
+    ``shared/notes/flow-control.md``). For a TLS socket it counts ciphertext.
+    """
+    if _SIOCOUTQ is None:
+        return None
+    try:
+        return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), _SIOCOUTQ, b"\0\0\0\0"))[0])
+    except (OSError, ValueError):
+        return None
 
 
 class SocketTransport:
@@ -45,7 +67,9 @@ class SocketTransport:
         self.reading = False
         self.writing = False  # watching for EVENT_WRITE: the outbox has bytes the socket refused
         self.closed = False
-        self.last_progress = time.monotonic()  # when the socket last took bytes
+        self.last_progress = time.monotonic()  # when the socket last took bytes or the client's TCP acknowledged some
+        self._unacked: int | None = None  # unacknowledged_bytes() at the last look (None: look again first)
+        self._watched_since = 0.0  # when that look was the first since a write
         self._on_readable: Callable[[], None] = _nothing
         self._on_writable: Callable[[], None] = _nothing
 
@@ -82,10 +106,39 @@ class SocketTransport:
                 sent = 0
             outbox.written(sent, offered, frames, reserved)
             if sent:
-                self.last_progress = time.monotonic()
+                self._took_bytes()
             if sent < offered:
                 break  # the socket is full: resume when writable
         self._set_writing(bool(outbox.frames))
+
+    def _took_bytes(self) -> None:
+        self.last_progress = time.monotonic()
+        self._unacked = None  # the count just rose by what was written: the next look starts afresh
+
+    def idle_since(self) -> float:
+        """Since when the client is known to have taken nothing: no byte accepted, none acknowledged.
+
+        A client draining a full send buffer takes bytes long before the socket
+        is writable again: its TCP acknowledges them, and the kernel's count of
+        unacknowledged bytes falls. Each call looks at that count; a fall since
+        the previous look is progress. The first look after a write only sets
+        the baseline, so it counts as the start of the watch, not as idle time.
+        Where the count is unknown (not Linux), only accepted bytes count.
+        """
+        unacked = unacknowledged_bytes(self._sock)
+        if unacked is None:
+            return self.last_progress
+        now = time.monotonic()
+        if self._unacked is None:
+            self._watched_since = now
+        elif unacked < self._unacked:
+            self.last_progress = now
+        self._unacked = unacked
+        return max(self.last_progress, self._watched_since)
+
+    def unacknowledged(self) -> int:
+        """Bytes the kernel holds for the client, sent or not, not yet acknowledged (0 where unknown)."""
+        return unacknowledged_bytes(self._sock) or 0
 
     def can_write_now(self) -> bool:
         """Ask the socket (not the selector, which may be behind) whether it would take bytes now."""

@@ -5,8 +5,9 @@ thread; the outbox schedules :meth:`Writer._drain` on the IO thread (through
 ``IOLoop.post``, the thread boundary), which turns them into frames — shared
 as they are, or compressed by the session with deflate — and asks for one
 flush per loop turn. The flush hands the outbox to the transport. When a
-client's queue is full and its socket takes nothing for ``stall_timeout``, the
-writer reports it stalled.
+client's queue is full and it takes nothing for ``stall_timeout`` — no byte
+accepted by its socket, none acknowledged by its TCP — the writer reports it
+stalled.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class Writer:
         on_flushed: Callable[[], None],
         on_error: Callable[[OSError], None],
         on_stalled: Callable[[str], None],
+        on_behind: Callable[[str], None],
     ) -> None:
         self._loop = loop
         self._transport = transport
@@ -50,6 +52,7 @@ class Writer:
             schedule=partial(loop.post, self._drain),
             on_full=partial(loop.post, self.check_stall),
             on_drop=stats.count_drop,
+            on_behind=lambda reason: loop.post(partial(on_behind, reason)),
             backlog=backlog,
             in_io_thread=loop.in_io_thread,
         )
@@ -80,11 +83,15 @@ class Writer:
         except OSError as exc:
             self._on_error(exc)
             return
-        since = outbox.blocked_since
-        if since is not None and outbox.full and self._stall_timer is None:
-            delay = max(0.0, since + self._limits.stall_timeout - time.monotonic())
-            self._stall_timer = self._loop.call_later(delay, self.check_stall)
+        if outbox.blocked_since is not None and outbox.full and self._stall_timer is None:
+            self._transport.idle_since()  # the first look at the kernel's count: later looks see it fall
+            self._stall_timer = self._loop.call_later(self._look_interval, self.check_stall)
         self._on_flushed()
+
+    @property
+    def _look_interval(self) -> float:
+        # How often a full, blocked client's progress is looked at: a stop is seen within a quarter of the timeout.
+        return self._limits.stall_timeout / 4
 
     def cancel(self) -> None:
         """Stop the stall timer (the connection is finished)."""
@@ -114,11 +121,13 @@ class Writer:
         self.post_flush()
 
     def check_stall(self) -> None:
-        """Judge the client: its queue is full and producers wait. Is its socket stuck?
+        """Judge the client: its queue is full and producers wait. Has it taken anything lately?
 
-        Stalled means the socket has refused bytes for ``stall_timeout`` and
-        still cannot take any: a busy IO thread does not make a reading client
-        look stuck, because the socket is asked again here before judging.
+        Progress is a byte its socket accepted or a byte its TCP acknowledged
+        (:meth:`SocketTransport.idle_since <server.transport.SocketTransport.idle_since>`): a
+        client reading steadily shows it at any rate, long before its socket is
+        writable again. A busy IO thread does not make a reading client look
+        stuck: the socket is asked again here before judging.
         """
         self.cancel()
         outbox = self.outbox
@@ -126,14 +135,14 @@ class Writer:
         session = self.session
         if session is None or not session.accepts_data or self._transport.closed or not outbox.full:
             return
-        since = outbox.blocked_since
-        if since is None:
+        if outbox.blocked_since is None:
             return  # not blocked: the IO thread is just behind; the next partial flush looks again
         if self._transport.can_write_now():
             self.flush()  # it takes bytes again; the flush looks again if it fills up
             return
-        waited = time.monotonic() - since
-        if waited < self._limits.stall_timeout:
-            self._stall_timer = self._loop.call_later(self._limits.stall_timeout - waited, self.check_stall)
+        timeout = self._limits.stall_timeout
+        idle = time.monotonic() - self._transport.idle_since()
+        if idle < timeout:
+            self._stall_timer = self._loop.call_later(min(timeout - idle, self._look_interval), self.check_stall)
             return
-        self._on_stalled(f"queue full and no bytes taken for {self._limits.stall_timeout} s: client stalled")
+        self._on_stalled(f"client stalled: queue full and no bytes taken or acknowledged for {timeout:g} s")

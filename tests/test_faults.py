@@ -48,7 +48,7 @@ def test_faults_do_not_disturb_healthy_clients(monkeypatch) -> None:
     before = {t.ident for t in threading.enumerate()}
     target = f"/stream?producers={PRODUCERS}&count={COUNT}&size={SIZE}&pace=0"
 
-    with running_server(Limits(ping_interval=None, max_queue_bytes=LIMIT, close_timeout=2)) as srv:
+    with running_server(Limits(ping_interval=None, max_queue_bytes=LIMIT, close_timeout=2, stall_timeout=1.0)) as srv:
         results: dict[int, tuple] = {}
 
         def healthy(i: int) -> None:

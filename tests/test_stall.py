@@ -1,9 +1,10 @@
-"""The stall judgement on one connection, driven by hand: the IO thread asks the socket before it judges.
+"""The stall judgement on one connection, driven by hand: the client is judged by what its TCP really takes.
 
 A white-box test: no running loop, the test thread plays the IO thread (and
 calls the connection's IO-thread callbacks itself), a TCP pair on 127.0.0.1
-plays the client, and the clock is moved by shifting ``blocked_since`` (as if
-the IO thread had been busy for a long time).
+plays the client, and the clock is moved by shifting the times the judgement
+reads (``_idle_for``: as if the IO thread had been busy, or the client silent,
+for a long time).
 """
 
 from __future__ import annotations
@@ -76,6 +77,15 @@ def pair() -> Iterator[tuple[Connection, socket.socket, Stats]]:
     loop.close()
 
 
+def _idle_for(conn: Connection, seconds: float) -> None:
+    """As if the socket refused bytes, and nothing was seen to be taken or acknowledged, ``seconds`` ago."""
+    assert conn._outbox.blocked_since is not None
+    conn._outbox.blocked_since -= seconds
+    conn.transport.idle_since()  # the baseline look, if none was taken yet
+    conn.transport.last_progress -= seconds
+    conn.transport._watched_since -= seconds
+
+
 def _read_all(sock: socket.socket) -> int:
     sock.setblocking(False)
     total = 0
@@ -89,7 +99,7 @@ def _read_all(sock: socket.socket) -> int:
 
 def test_a_client_that_read_while_the_io_thread_was_busy_is_not_stalled(pair) -> None:
     conn, client, stats = pair
-    conn._outbox.blocked_since -= 10  # refused 10 s ago: the IO thread was busy ever since
+    _idle_for(conn, 10)  # refused 10 s ago: the IO thread was busy ever since
     # ... but the client read meanwhile, until the kernel had room again (window updates are asynchronous).
     assert wait_until(lambda: _read_all(client) >= 0 and conn.transport.can_write_now(), 5)
     conn._writer.check_stall()
@@ -99,10 +109,35 @@ def test_a_client_that_read_while_the_io_thread_was_busy_is_not_stalled(pair) ->
 
 def test_a_client_that_did_not_read_is_stalled(pair) -> None:
     conn, _, stats = pair
-    conn._outbox.blocked_since -= 10
+    _idle_for(conn, 10)
     conn._writer.check_stall()
-    assert stats.closed_by_policy == 1
+    assert stats.closed_by_policy == 1 and stats.closed_stalled == 1
     assert conn.state is State.CLOSING and conn.close_code == 1008
+    assert conn.close_reason.startswith("client stalled")
+
+
+def test_a_client_whose_tcp_acknowledged_bytes_is_not_stalled_while_the_socket_stays_unwritable(pair, monkeypatch) -> None:
+    """Linux reports writability only once a third of the send buffer is free (seconds apart for a reader at
+    1 MB/s); the client's TCP acknowledging bytes — the kernel's unacknowledged count falling — is progress."""
+    conn, client, stats = pair
+    monkeypatch.setattr(conn.transport, "can_write_now", lambda: False)  # the writability gap, for certain
+    _idle_for(conn, 10)
+    before = conn.transport.unacknowledged()
+    assert before > 0
+    assert wait_until(lambda: _read_all(client) >= 0 and conn.transport.unacknowledged() < before, 5)
+    conn._writer.check_stall()
+    assert stats.closed_by_policy == 0 and conn.state is State.OPEN
+    assert conn._writer.stall_pending  # still full: it is looked at again
+
+
+def test_a_client_is_watched_for_the_whole_timeout_before_it_is_judged(pair) -> None:
+    """The first look after a write only sets the baseline: a judgement needs stall_timeout of seeing nothing."""
+    conn, _, stats = pair
+    conn._outbox.blocked_since -= 10
+    conn.transport.last_progress -= 10  # the last write long ago, but nobody has looked since
+    conn.transport._unacked = None
+    conn._writer.check_stall()
+    assert stats.closed_by_policy == 0 and conn._writer.stall_pending
 
 
 def test_not_yet_stalled_arms_a_timer_instead(pair) -> None:
