@@ -145,6 +145,35 @@ MUTANTS = [
         1,
     ),
     Mutant(
+        "stall-judged-by-writability",
+        "a client is judged only by bytes its socket accepts, not by what its TCP acknowledges: a reader at 1 MB/s "
+        "draining a full send buffer looks stuck for seconds and is closed as stalled",
+        "server/transport.py",
+        "        elif unacked < self._unacked:\n            self.last_progress = now",
+        "        elif False:\n            self.last_progress = now",
+        1,
+        tests=("tests/test_stall.py", "tests/test_slow_readers.py::test_a_steady_reader_gets_the_whole_download[plain-1MB/s]"),
+    ),
+    Mutant(
+        "fanout-paced-by-its-slowest",
+        "broadcast waits for a full member like a point-to-point send: one slow reader paces the fan-out and is "
+        "closed as stalled, not as too slow for the feed",
+        "server/server.py",
+        "fanout_put = partial(Outbox.put, fanout_wait=self.limits.fanout_wait)",
+        "fanout_put = Outbox.put",
+        1,
+        tests=("tests/test_slow_readers.py::test_one_slow_member_is_closed_as_too_slow_and_the_rest_get_everything[20KB/s-broadcast]",),
+    ),
+    Mutant(
+        "pong-late-behind-data",
+        "a keepalive ping queued behind data a slow reader is still taking times out: the reader is failed with 1011",
+        "server/connection.py",
+        "late_behind_data = self._pong_behind_data() if deadline is Deadline.PONG else None",
+        "late_behind_data = None",
+        1,
+        tests=("tests/test_slow_readers.py::test_keepalive_waits_for_a_ping_stuck_behind_data_a_slow_reader_is_taking[plain]",),
+    ),
+    Mutant(
         "unbounded-backlog",
         "the server-wide backlog never makes producers wait",
         "server/outbox.py",
