@@ -125,9 +125,9 @@ class Writer:
 
         Progress is a byte its socket accepted or a byte its TCP acknowledged
         (:meth:`SocketTransport.idle_since <server.transport.SocketTransport.idle_since>`): a
-        client reading steadily shows it at any rate, long before its socket is
-        writable again. A busy IO thread does not make a reading client look
-        stuck: the socket is asked again here before judging.
+        client reading steadily shows it long before its socket is writable
+        again, and a client that read while the IO thread was busy shows it at
+        the next look: the kernel counted what it acknowledged meanwhile.
         """
         self.cancel()
         outbox = self.outbox
@@ -137,9 +137,6 @@ class Writer:
             return
         if outbox.blocked_since is None:
             return  # not blocked: the IO thread is just behind; the next partial flush looks again
-        if self._transport.can_write_now():
-            self.flush()  # it takes bytes again; the flush looks again if it fills up
-            return
         timeout = self._limits.stall_timeout
         idle = time.monotonic() - self._transport.idle_since()
         if idle < timeout:

@@ -138,10 +138,11 @@ MUTANTS = [
     ),
     Mutant(
         "stall-judged-by-the-clock",
-        "a client is judged stalled by elapsed time alone, without asking its socket: a busy IO thread gets readers evicted",
+        "a client is judged stalled by the time since its socket refused bytes, without asking the kernel what it "
+        "took since: a busy IO thread or a writability gap gets readers evicted",
         "server/writer.py",
-        "if self._transport.can_write_now():",
-        "if False:",
+        "idle = time.monotonic() - self._transport.idle_since()",
+        "idle = time.monotonic() - (outbox.blocked_since or 0.0)",
         1,
     ),
     Mutant(

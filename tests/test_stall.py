@@ -100,7 +100,8 @@ def _read_all(sock: socket.socket) -> int:
 def test_a_client_that_read_while_the_io_thread_was_busy_is_not_stalled(pair) -> None:
     conn, client, stats = pair
     _idle_for(conn, 10)  # refused 10 s ago: the IO thread was busy ever since
-    # ... but the client read meanwhile, until the kernel had room again (window updates are asynchronous).
+    # ... but the client read meanwhile, until the kernel had room again (window updates are asynchronous):
+    # its TCP acknowledged what it read, and the kernel's count says so at the next look.
     assert wait_until(lambda: _read_all(client) >= 0 and conn.transport.can_write_now(), 5)
     conn._writer.check_stall()
     assert stats.closed_by_policy == 0 and conn.state is State.OPEN
