@@ -11,7 +11,7 @@ import tempfile
 import time
 from typing import TYPE_CHECKING
 
-from .run import PLAIN, Workload, median_of, run_once, workloads
+from .run import PLAIN, SLOW_READERS, Workload, median_of, run_once, workloads
 from .servers import TLS_KINDS
 
 if TYPE_CHECKING:
@@ -34,6 +34,7 @@ HEADLINE = {
     "A": ("msg_per_s", "msg/s", True),
     "B": ("mb_per_s", "MB/s", True),
     "C": ("msg_per_s", "msg/s healthy", True),
+    **{name: ("msg_per_s", "msg/s healthy", True) for name, _, _ in SLOW_READERS},
     "D": ("seconds", "s to last client", False),
     "E": ("p99_ms", "ms p99", False),
     "E2": ("p99_ms", "ms p99", False),
@@ -57,13 +58,18 @@ def summarize(name: str, runs: dict[str, list[dict]]) -> dict[str, dict]:
         row: dict[str, object] = {"runs": rs}
         for key in ("msg_per_s", "mb_per_s", "cpu_us_per_msg", "peak_rss_mb", "rss_per_conn_kib", "threads", "seconds",
                     "handshakes_per_s",
-                    "max_send_ms", "p999_send_ms", "p50_ms", "p99_ms", "max_ms"):
+                    "max_send_ms", "p999_send_ms", "p50_ms", "p99_ms", "max_ms", "slow_bytes", "slow_read_bps",
+                    "slow_closed_s"):
             med, lo, hi = median_of(rs, key)
             row[key] = {"median": med, "min": lo, "max": hi}
         row["errors"] = [r["error"] for r in rs if "error" in r]
         row["stalled_runs"] = sum(1 for r in rs if r.get("stalled"))
         row["violations"] = sum(r.get("violations", 0) for r in rs)
         row["closed_by_policy"] = [r.get("closed_by_policy") for r in rs]
+        row["closed_too_slow"] = [r.get("closed_too_slow") for r in rs]
+        row["closed_stalled"] = [r.get("closed_stalled") for r in rs]
+        row["slow_closed"] = [r.get("slow_closed") for r in rs]
+        row["deadline_runs"] = sum(1 for r in rs if r.get("deadline_hit"))
         row["healthy_closed"] = [r.get("healthy_closed") for r in rs]
         row["delivered"] = [(r.get("deliveries"), r.get("expected")) for r in rs if "error" not in r]
         out[kind] = row
@@ -76,6 +82,35 @@ def ratio(a: float | None, b: float | None, higher_better: bool) -> float | None
     return a / b if higher_better else b / a
 
 
+def slow_fate(row: dict) -> str:
+    """Ours: what the server's policy did to the slow client, run by run (its stats: closed_too_slow, closed_stalled)."""
+    too_slow = stalled = not_closed = 0
+    for slow_n, stalled_n, policy_n in zip(row["closed_too_slow"], row["closed_stalled"], row["closed_by_policy"], strict=True):
+        if slow_n:
+            too_slow += 1
+        elif stalled_n:
+            stalled += 1
+        elif policy_n is not None:
+            not_closed += 1
+    runs = len(row["closed_by_policy"])
+    return f"slow client closed too slow in {too_slow}/{runs} runs, stalled {stalled}/{runs}, not closed {not_closed}/{runs}"
+
+
+def slow_reader(row: dict) -> str:
+    """What the slow reader read (median rate it achieved) and the close it saw, from the client's side."""
+    got, bps = row["slow_bytes"]["median"], row["slow_read_bps"]["median"]
+    kb = got / 1e3 if got is not None else None
+    note = f"slow client read {fmt(kb, 0 if kb is None or kb >= 100 else 1)} kB at {fmt(bps and bps / 1e3, 0)} kB/s"
+    seen = [c for c in row["slow_closed"] if c]
+    if seen:
+        code, reason = seen[0]
+        note += (f", saw close {code} '{reason[:40]}' in {len(seen)}/{len(row['slow_closed'])} runs "
+                 f"({fmt(row['slow_closed_s']['median'], 1)} s after the start)")
+    else:
+        note += ", saw no close frame"
+    return note
+
+
 def print_workload(w: Workload, summary: dict[str, dict], a_summary: dict[str, dict] | None) -> None:
     key, unit, higher = HEADLINE[w.name]
     print(f"\n== {w.name}: {w.title}")
@@ -85,7 +120,7 @@ def print_workload(w: Workload, summary: dict[str, dict], a_summary: dict[str, d
     for kind, row in summary.items():
         m = row[key]
         notes = []
-        if w.name in ("A", "C", "E", "E2"):
+        if w.name in ("A", "E", "E2") or w.slow:
             notes.append(f"cpu {fmt(row['cpu_us_per_msg']['median'], 2)} us/msg")
         if w.name == "A" and kind in OURS and m["median"]:
             for other, label in (("sws-lock", "simple-websocket+lock"), ("raw", "raw")):
@@ -95,13 +130,16 @@ def print_workload(w: Workload, summary: dict[str, dict], a_summary: dict[str, d
         if w.name == "B" and row["delivered"]:
             got = min(d for d, _ in row["delivered"])
             notes.append(f"delivered {'all' if all(d == e for d, e in row['delivered']) else f'{got:,} (worst run)'}")
-        if w.name == "C":
+        if w.slow:  # C and its slow-reader variants
             notes.append(f"longest send() {fmt(row['max_send_ms']['median'], 2)} ms, p99.9 {fmt(row['p999_send_ms']['median'], 3)} ms")
             if a_summary and kind in a_summary and a_summary[kind]["msg_per_s"]["median"] and m["median"]:
                 notes.append(f"{100 * m['median'] / a_summary[kind]['msg_per_s']['median']:.0f} % of A")
             if kind in OURS or kind == "direct":
-                slow_closed = sum(1 for n in row["closed_by_policy"] if n)
-                notes.append(f"slow client closed by policy in {slow_closed}/{len(row['closed_by_policy'])} runs")
+                notes.append(slow_fate(row))
+            if w.slow_rate:
+                notes.append(slow_reader(row))
+            if row["deadline_runs"]:
+                notes.append(f"cut at the {w.deadline:.0f} s deadline in {row['deadline_runs']} run(s)")
         if w.name == "D":
             notes.append(f"{fmt(row['rss_per_conn_kib']['median'], 1)} KiB RSS/conn, {fmt(row['threads']['median'])} threads, "
                          f"{fmt(row['handshakes_per_s']['median'])} handshakes/s")
@@ -132,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description="the fixed server against its peers, as ratios")
     p.add_argument("--quick", action="store_true", help="every workload once at small size (smoke check)")
     p.add_argument("--runs", type=int, default=None, help="runs per server per workload (default: 3, quick: 1)")
-    p.add_argument("--workloads", default="A,B,C,D,E,E2")
+    p.add_argument("--workloads", default="A,B,C,C20K,C200K,C1M,D,E,E2")
     p.add_argument("--servers", default=None, help="only these kinds, comma-separated (default: each workload's list)")
     p.add_argument("--e2-rate", type=float, default=None, metavar="DELIVERIES_PER_S",
                    help="E2's fixed rate (default: half of ours' send() loop median in A, which must then run first in the same "

@@ -7,6 +7,19 @@ expected size are checked in bulk with strided slices, so the client is not
 the bottleneck. Prints JSON lines: ``{"connected": N}`` when ready, then the
 result when every reading connection has ``M`` messages or progress stops.
 
+``--slow N`` adds N connections that are not counted as healthy: with
+``--slow-rate 0`` (the default) they never read (4 KiB receive buffer); with
+``--slow-rate R`` each reads at a steady R bytes/s (a token bucket, 10 ms
+ticks, from the same selector loop; default receive buffer), discards the data
+and watches only for a close frame or the end of the stream. The result line
+then says what they got (``slow_bytes``, ``slow``: one entry per connection)
+and how the server closed them (``slow_closed``: the first one's [code,
+reason], when its close frame was read).
+
+``--deadline S`` ends the run S seconds after the connections are open, however
+the healthy clients are doing (``deadline_hit`` in the result): a server that
+paces everyone to a slow reader makes progress too slowly for the idle timeout.
+
 ``--tls`` connects over TLS (``--cafile PEM`` verifies the server against that
 CA; without it nothing is verified: a benchmark measures, it does not
 authenticate). Each socket's TLS handshake is done, one socket at a time,
@@ -187,13 +200,121 @@ class Counter:
         return head + n
 
 
+SLOW_TICK = 0.01  # seconds between a slow reader's reads
+SLOW_BURST = 0.1  # the most a slow reader may catch up after the loop was busy: this many seconds of its rate
+
+
+class SlowReader:
+    """A connection that reads at ``rate`` bytes/s and discards what it reads, watching for the close frame.
+
+    Frames are parsed loosely (lengths and opcodes only, payloads skipped): the close frame's code and reason
+    are recorded when it arrives. ``end``: ``"eof"`` or ``"reset"`` when the stream ended, at ``end_ns``.
+    """
+
+    def __init__(self, sock: socket.socket, rest: bytes, rate: float, now: float) -> None:
+        self.sock = sock
+        self.rate = rate
+        self.tokens = 0.0
+        self.last = now
+        self.bytes = 0
+        self.first_ns = 0
+        self.first_bytes = 0  # the first read can hold the tokens saved up before the first byte came: not in the rate
+        self.last_ns = 0
+        self.buf = bytearray()
+        self.skip = 0  # payload bytes of the current frame still to come
+        self.close: tuple[int | None, str] | None = None
+        self.close_ns = 0
+        self.end: str | None = None
+        self.end_ns = 0
+        if rest:
+            self._got(rest, time.monotonic_ns())
+
+    @property
+    def done(self) -> bool:
+        return self.end is not None
+
+    def tick(self, now: float) -> None:
+        """Read what the bucket allows now. Over TLS one ``recv`` gives at most one record: read until the bucket
+        or the socket is empty."""
+        self.tokens = min(self.tokens + (now - self.last) * self.rate, max(1.0, self.rate * SLOW_BURST))
+        self.last = now
+        while self.tokens >= 1 and not self.done:
+            try:
+                data = self.sock.recv(min(int(self.tokens), 1 << 20))
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
+                return
+            except ssl.SSLZeroReturnError:  # TLS close_notify: the end of the stream
+                data = b""
+            except OSError:
+                self.end, self.end_ns = "reset", time.monotonic_ns()
+                return
+            if not data:
+                self.end, self.end_ns = "eof", time.monotonic_ns()
+                return
+            self.tokens -= len(data)
+            self._got(data, time.monotonic_ns())
+
+    def _got(self, data: bytes, now_ns: int) -> None:
+        if not self.first_ns:
+            self.first_ns, self.first_bytes = now_ns, len(data)
+        self.last_ns = now_ns
+        self.bytes += len(data)
+        if self.skip >= len(data):
+            self.skip -= len(data)
+            return
+        buf = self.buf
+        buf += memoryview(data)[self.skip :]
+        self.skip = 0
+        while len(buf) >= 2:
+            b0, b1 = buf[0], buf[1]
+            n, head = b1 & 0x7F, 2
+            if n == 126:
+                if len(buf) < 4:
+                    return
+                n, head = struct.unpack_from("!H", buf, 2)[0], 4
+            elif n == 127:
+                if len(buf) < 10:
+                    return
+                n, head = struct.unpack_from("!Q", buf, 2)[0], 10
+            if b1 & 0x80:
+                head += 4  # a masked frame (a server must not send one): skip its key too
+            if b0 & 0x0F == 0x8 and n <= 125:
+                if len(buf) < head + n:
+                    return  # a close frame's payload is at most 125 bytes: wait for all of it
+                payload = bytes(buf[head : head + n])
+                code = struct.unpack_from("!H", payload)[0] if n >= 2 else None
+                self.close = (code, payload[2:].decode("utf-8", "replace"))
+                self.close_ns = now_ns
+            if len(buf) >= head + n:
+                del buf[: head + n]
+            else:
+                self.skip = head + n - len(buf)
+                buf.clear()
+
+    def summary(self) -> dict[str, object]:
+        span = (self.last_ns - self.first_ns) / 1e9
+        return {
+            "bytes": self.bytes,
+            # the rate it achieved, from its first read to its last (None: fewer than two reads)
+            "read_bps": (self.bytes - self.first_bytes) / span if span > 0 else None,
+            "close": list(self.close) if self.close else None,
+            "close_ns": self.close_ns or None,
+            "end": self.end,
+            "end_ns": self.end_ns or None,
+        }
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--connections", type=int, required=True)
     p.add_argument("--expect", type=int, required=True, help="messages per reading connection")
     p.add_argument("--size", type=int, required=True)
-    p.add_argument("--slow", type=int, default=0, help="extra connections that never read (4 KiB receive buffer)")
+    p.add_argument("--slow", type=int, default=0, help="extra connections that are not counted (see --slow-rate)")
+    p.add_argument("--slow-rate", type=float, default=0.0, metavar="BYTES_PER_S",
+                   help="each --slow connection reads this many bytes/s (default 0: never reads, 4 KiB receive buffer)")
+    p.add_argument("--deadline", type=float, default=0.0, metavar="S",
+                   help="end the run this many seconds after the connections are open (default 0: no deadline)")
     p.add_argument("--latency", action="store_true")
     p.add_argument("--idle-timeout", type=float, default=10.0)
     p.add_argument("--path", default="/bench", help="request path (bench.scaleout: /broadcast)")
@@ -206,7 +327,10 @@ def main() -> None:
     opened = open_connections(args.port, args.connections, path=args.path, ssl_context=context)
     connect_s = time.monotonic() - started
     socks = [sock for sock, _ in opened]
-    slow = [sock for sock, _ in open_connections(args.port, args.slow, rcvbuf=4096, ssl_context=context)] if args.slow else []
+    slow_opened = open_connections(args.port, args.slow, rcvbuf=None if args.slow_rate > 0 else 4096,
+                                   ssl_context=context) if args.slow else []
+    slow = [sock for sock, _ in slow_opened]
+    readers = [SlowReader(sock, rest, args.slow_rate, time.monotonic()) for sock, rest in slow_opened] if args.slow_rate > 0 else []
     print(json.dumps({"connected": len(socks), "slow": len(slow), "connect_s": connect_s}), flush=True)
     sel = selectors.DefaultSelector()
     counters = {}
@@ -218,9 +342,20 @@ def main() -> None:
         sel.register(s, selectors.EVENT_READ, c)
     pending = sum(1 for c in counters.values() if c.messages < args.expect and not c.closed)
     last_progress = time.monotonic()
+    deadline = last_progress + args.deadline if args.deadline > 0 else float("inf")
+    deadline_hit = False
+    next_tick = last_progress + SLOW_TICK
     first_ns = 0
     while pending and time.monotonic() - last_progress < args.idle_timeout:
-        for key, _ in sel.select(0.5):
+        now = time.monotonic()
+        if now >= deadline:
+            deadline_hit = True
+            break
+        if readers and now >= next_tick:
+            for r in readers:
+                r.tick(now)
+            next_tick = now + SLOW_TICK
+        for key, _ in sel.select(min(0.5, max(0.0, next_tick - now)) if readers else 0.5):
             sock, c = key.fileobj, key.data
             assert isinstance(sock, socket.socket)
             try:
@@ -231,7 +366,7 @@ def main() -> None:
                 data, now = b"", time.monotonic_ns()
             if not first_ns:
                 first_ns = now
-            last_progress = time.monotonic()
+            last_progress = time.monotonic()  # healthy clients only: a slow reader's bytes are no progress
             before = c.messages >= args.expect
             if data:
                 c.feed(data, now, args.latency)
@@ -254,6 +389,11 @@ def main() -> None:
         "first_ns": first_ns,
         "last_ns": max((c.last_ns for c in counters.values()), default=0),
         "latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": lat[-1] / 1e6 if lat else None, "n": len(lat)},
+        "deadline_hit": deadline_hit,
+        # The slow connections (not counted above): with --slow-rate, what each read and how its stream ended.
+        "slow_bytes": sum(r.bytes for r in readers),
+        "slow_closed": list(readers[0].close) if readers and readers[0].close else None,
+        "slow": [r.summary() for r in readers],
     }
     print(json.dumps(result), flush=True)
     for s in socks + slow:

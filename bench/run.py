@@ -29,11 +29,17 @@ class Workload:
     size: int
     count: int  # messages per producer
     slow: int = 0
+    slow_rate: float = 0.0  # bytes/s each slow client reads; 0 = it never reads
     rate: float = 0.0  # deliveries per second in all; 0 = as fast as possible
     latency: bool = False
     idle_timeout: float = 10.0
     outbox: int | None = None  # ours' Limits.max_queue_bytes; None: the default (16 MiB)
+    deadline: float = 0.0  # the client ends the run this long after its connections are open; 0 = none
     servers: list[str] = field(default_factory=lambda: list(KINDS))
+
+
+# The slow-reader variants of C: (workload, label, bytes/s the slow client reads).
+SLOW_READERS = [("C20K", "20 KB/s", 20e3), ("C200K", "200 KB/s", 200e3), ("C1M", "1 MB/s", 1e6)]
 
 
 def workloads(quick: bool) -> dict[str, Workload]:
@@ -42,9 +48,16 @@ def workloads(quick: bool) -> dict[str, Workload]:
         "A": Workload("A", "fan-out, 256 B, 4 producers -> 20 clients", 4, 20, 256, 200 if q else 5000),
         "B": Workload("B", "large, 64 KiB, 4 producers -> 4 clients", 4, 4, 65536, 20 if q else 400),
         # The issue's case: 30,000 messages per producer; the never-reading client's share (31 MB) overflows
-        # ours' 4 MiB outbox many times over, and the 1 s stall timeout is a small part of the run.
+        # ours' 4 MiB outbox many times over: a fan-out closes it after Limits.fanout_wait (0.1 s).
         "C": Workload("C", f"slow consumer: A plus one client that never reads, {'200' if q else '30,000'} messages per producer",
                       4, 20, 256, 200 if q else 30000, slow=1, idle_timeout=5.0, outbox=4 * 1024 * 1024),
+        # C with a client that reads, slowly: its share of the feed (31 MB) takes 26 min at 20 KB/s, 31 s at 1 MB/s, so
+        # a server that paces every client to it makes progress too slowly to finish and too steadily for the idle
+        # timeout: the deadline (from the connections' opening) ends the run.
+        **{name: Workload(name, f"slow reader: A plus one client reading {label}, {'200' if q else '30,000'} messages per producer",
+                          4, 20, 256, 200 if q else 30000, slow=1, slow_rate=rate, idle_timeout=5.0, outbox=4 * 1024 * 1024,
+                          deadline=10.0 if q else 30.0)
+           for name, label, rate in SLOW_READERS},
         "D": Workload("D", f"{'500' if q else '10,000'} idle connections, then one 64-byte broadcast", 1,
                       500 if q else 10000, 64, 1, idle_timeout=20.0,
                       servers=["ours-loop", "ours-broadcast", "sws-lock", "websockets-asyncio", "websockets-sync", "raw"]),
@@ -122,7 +135,8 @@ def run_once(kind: str, w: Workload, tls: TLSFiles | None = None) -> dict:
         expect = w.producers * w.count
         client = subprocess.Popen(
             [PY, "-m", "bench.client", "--port", str(port), "--connections", str(w.clients), "--expect", str(expect),
-             "--size", str(w.size), "--slow", str(w.slow), "--idle-timeout", str(w.idle_timeout)]
+             "--size", str(w.size), "--slow", str(w.slow), "--slow-rate", str(w.slow_rate),
+             "--idle-timeout", str(w.idle_timeout), "--deadline", str(w.deadline)]
             + (["--latency"] if w.latency or w.name == "D" else [])
             + (["--tls", "--cafile", str(tls.ca)] if tls is not None else []),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_pinned(CLIENT_CPU))
@@ -140,12 +154,15 @@ def run_once(kind: str, w: Workload, tls: TLSFiles | None = None) -> dict:
         connected = stats
         per_producer_rate = w.rate / (w.clients * w.producers) if w.rate else 0
         stalled = False
+        # With a deadline, the producers of a server that paces them to the slow reader return once the client
+        # closes its sockets at the deadline.
+        produce_timeout = w.idle_timeout + 120 if not w.deadline else w.deadline + 30
         try:
             produced = ask({"cmd": "produce", "producers": w.producers, "count": w.count, "size": w.size,
-                            "rate": per_producer_rate}, timeout=w.idle_timeout + 120)
+                            "rate": per_producer_rate}, timeout=produce_timeout)
         except TimeoutError:
             stalled, produced = True, {}
-        got = _line(client, w.idle_timeout + 150)
+        got = _line(client, w.idle_timeout + 150 if not w.deadline else w.deadline + 60)
         after = ask({"cmd": "stats"}, timeout=10) if not stalled else {}
         deliveries = got["messages"]
         start_ns = produced.get("start_ns") or got["first_ns"]
@@ -167,10 +184,26 @@ def run_once(kind: str, w: Workload, tls: TLSFiles | None = None) -> dict:
             "max_send_ms": produced["max_send"] * 1000 if produced else None,
             "p999_send_ms": produced["p999_send"] * 1000 if produced else None,
             "latency_ms": got["latency_ms"],
-            "stalled": stalled or got["complete"] < w.clients,
+            # Cut at the deadline: paced (progress, too slow to finish in time), not stalled.
+            "deadline_hit": got.get("deadline_hit", False),
+            "stalled": stalled or (got["complete"] < w.clients and not got.get("deadline_hit")),
             "closed_by_policy": (after or {}).get("closed_by_policy"),  # ours only: the server's count
+            "closed_too_slow": (after or {}).get("closed_too_slow"),  # ours: fan-out members a full queue behind
+            "closed_stalled": (after or {}).get("closed_stalled"),  # ours: full queue, nothing taken for stall_timeout
             "healthy_closed": got.get("closed_early", 0),  # reading clients closed before they had every message
         }
+        if w.slow_rate:  # what the slow readers read, and the close they saw (from the client)
+            slow = got.get("slow") or []
+            ends = [s.get("close_ns") or s.get("end_ns") for s in slow]
+            result.update({
+                "slow_bytes": got.get("slow_bytes"),
+                "slow_read_bps": statistics.mean(s["read_bps"] for s in slow if s.get("read_bps")) if any(
+                    s.get("read_bps") for s in slow) else None,
+                "slow_closed": got.get("slow_closed"),  # [code, reason] of the first slow client's close frame, if it got that far
+                "slow_ended": [s.get("end") for s in slow],  # "eof", "reset" or None (still open when the run ended)
+                # seconds from the producers' start until the first slow client saw its close frame or its stream end
+                "slow_closed_s": (ends[0] - start_ns) / 1e9 if ends and ends[0] and start_ns else None,
+            })
         return result
     except (RuntimeError, TimeoutError, KeyError) as exc:
         return {"error": str(exc)}

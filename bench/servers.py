@@ -10,8 +10,11 @@ lines on stdout:
     {"cmd": "stats"}
     {"cmd": "quit"}
 
-Kinds: ``ours-loop`` (ours, the per-client loop users write:
-``for conn in server.open_connections(): conn.send(payload)``),
+Kinds: ``ours-loop`` (ours, the per-client loop users write for a fan-out,
+as documented: ``for conn in server.open_connections(): conn.send(payload,
+fanout=True)`` — in every workload: a full member is waited for at most
+``Limits.fanout_wait``, as by ``broadcast``; only C and its variants have a
+client that falls that far behind),
 ``ours-broadcast`` (ours, ``Server.broadcast``), ``sws-lock`` (simple-websocket + lock),
 ``websockets-asyncio`` (call_soon_threadsafe), ``websockets-sync``, ``raw``
 (pre-encoded frames, one writer thread per connection, batched sendall) and
@@ -84,7 +87,8 @@ class Base:
 
 
 class Ours(Base):
-    """``mode``: ``loop`` (``conn.send()`` per client), ``broadcast`` (``Server.broadcast``) or ``direct`` (the bug)."""
+    """``mode``: ``loop`` (``conn.send(payload, fanout=True)`` per client), ``broadcast`` (``Server.broadcast``) or
+    ``direct`` (the bug: the same loop over ``DirectConnection``)."""
 
     def __init__(self, mode: str, outbox: int | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
         from server import Limits, Server
@@ -133,15 +137,19 @@ class Ours(Base):
         if self.mode == "broadcast":
             self.server.broadcast(payload, self.server.open_connections())  # encoded once; waits for room itself
             return
-        for conn in self.server.open_connections():  # the loop users write; OutMessage.of encodes once per thread
+        # The loop users write for a fan-out: fanout=True waits at most Limits.fanout_wait for a full member, then
+        # closes it as too slow (point-to-point send() would pace the loop to its slowest member, up to stall_timeout).
+        # OutMessage.of encodes once per thread.
+        for conn in self.server.open_connections():
             try:
-                conn.send(payload)
+                conn.send(payload, fanout=True)
             except ConnectionClosed:
                 pass
 
     def extra(self) -> dict[str, object]:
         stats = self.server.stats
-        return {"closed_by_policy": stats.closed_by_policy, "dropped": stats.dropped_messages,
+        return {"closed_by_policy": stats.closed_by_policy, "closed_too_slow": stats.closed_too_slow,
+                "closed_stalled": stats.closed_stalled, "dropped": stats.dropped_messages,
                 "backlog_waits": self.server.send_backlog.waits, "backlog_peak": self.server.send_backlog.peak}
 
 
