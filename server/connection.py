@@ -341,7 +341,7 @@ class Connection(ConnectionHandle):
             self._close_for_overflow(reason)
 
     def _close_too_slow(self, reason: str) -> None:
-        """A fan-out found this client a full queue behind the feed (its outbox is shut already)."""
+        """A fan-out found this client a full queue behind the feed."""
         if self.state is State.OPEN:
             self._stats.closed_too_slow += 1
             self._close_for_overflow(reason)

@@ -25,10 +25,10 @@ The rules, modelled on asyncio's high-water flow control:
   acknowledged nothing for ``stall_timeout`` (see
   :meth:`Writer.check_stall <server.writer.Writer.check_stall>`).
 * **Fan-out** (``put(..., fanout_wait=W)``, what ``broadcast`` does for each
-  member): a member with a full queue holds producers at most ``W`` seconds;
-  if it is still a full queue behind the feed then, it gets the overflow
-  action (drop, or a 1008 close that says how far behind it was) — one slow
-  member never paces the others.
+  member): a member with a full queue holds producers until ``W`` seconds
+  after its socket last took bytes; if it is still a full queue behind the
+  feed then, it gets the overflow action (drop, or a 1008 close that says how
+  far behind it was) — one slow member never paces the others.
 * Bytes that producers have posted but the IO thread has not processed yet
   make producers wait; they never make a client look slow.
 
@@ -53,7 +53,6 @@ from collections import deque
 from collections.abc import Callable, Iterator
 
 from .backlog import Backlog
-from .codes import CloseCode
 from .errors import ConnectionClosed
 from .frames import OutMessage
 
@@ -104,14 +103,14 @@ class Outbox:
         on_drop: Callable[[], None],
         backlog: Backlog,
         in_io_thread: Callable[[], bool],
-        on_behind: Callable[[str], None] = lambda reason: None,
+        on_behind: Callable[[], None] = lambda: None,
     ) -> None:
         self.limit = limit
         self.policy = policy
         self._schedule = schedule  # ask the IO thread to take() the pending messages
         self._on_full = on_full  # ask the IO thread to judge the client (a producer is about to wait)
         self._on_drop = on_drop  # count a dropped message (called with the lock held)
-        self._on_behind = on_behind  # a fan-out found the client too slow for the feed: close it (lock held)
+        self._on_behind = on_behind  # a fan-out waited past its bound: ask the IO thread to judge (lock held)
         self._backlog = backlog
         self._in_io_thread = in_io_thread
 
@@ -126,6 +125,7 @@ class Outbox:
         self._pending_bytes = 0  # of _pending, counted in the backlog
         self._scheduled = False
         self._full_reported = False
+        self._behind_reported = False
         self._closed: tuple[int, str] | None = None  # (code, reason) once closing
         self.dropped = 0
         self.waits = 0  # times a producer found the queue full and waited
@@ -206,30 +206,43 @@ class Outbox:
             self._waiters -= 1
 
     def _wait_for_feed(self, wait: float) -> None:
-        """A fan-out member's full queue: wait at most ``wait`` for room, then judge (lock held).
+        """A fan-out member's full queue: wait until ``wait`` after its socket last took bytes, then report it (lock held).
 
-        The client is behind the feed when, after the wait, at least half its
-        queue is frames the IO thread has offered its socket and the socket
-        refused (``blocked_since``): then the queue is shut with 1008 and the
-        connection told to close. A queue full of messages the IO thread has
-        not taken yet is the server's backlog, not the client's: that waits on.
+        The grace runs from when the socket started refusing bytes
+        (``blocked_since``), not from when a producer found the queue full, so
+        a member whose socket has refused everything that long already is
+        reported at once. It is reported (``on_behind``, once per judgement)
+        when at least half its queue is frames the IO thread has offered its
+        socket; the IO thread writes what the socket takes now and closes it
+        if it is still that far behind (:meth:`Writer.check_behind
+        <server.writer.Writer.check_behind>`), which wakes this wait. A queue
+        full of messages the IO thread has not taken yet is the server's
+        backlog, not the member's: that is never reported.
         """
         self.waits += 1
         self._waiters += 1
         try:
             if self._room is None:
                 self._room = threading.Condition(self._lock)
-            while not self._room.wait_for(lambda: self._closed is not None or self._queued < self.limit, wait):
-                behind = self._queued - self._pending_bytes
-                if self.blocked_since is not None and behind >= self.limit // 2:
-                    reason = f"too slow for this feed: {behind / (1 << 20):.1f} MiB behind"
-                    self._closed = (CloseCode.POLICY_VIOLATION, reason)
-                    self._room.notify_all()
-                    self._on_behind(reason)
-                    return
-                wait = max(wait, 0.01)  # the IO thread is behind, not the client: look again soon
+            now = time.monotonic()
+            since = self.blocked_since
+            deadline = now + wait if since is None else min(now + wait, since + wait)
+            while self._closed is None and self._queued >= self.limit:
+                left = deadline - time.monotonic()
+                if left > 0:
+                    self._room.wait(left)
+                    continue
+                if self.blocked_since is not None and self.behind >= self.limit // 2 and not self._behind_reported:
+                    self._behind_reported = True
+                    self._on_behind()
+                deadline = time.monotonic() + 0.01  # look again soon: the IO thread answers, or it was just behind
         finally:
             self._waiters -= 1
+
+    @property
+    def behind(self) -> int:
+        """Bytes the IO thread has taken into frames for the socket and the socket has not accepted yet."""
+        return self._queued - self._pending_bytes
 
     def shut(self, code: int, reason: str) -> bool:
         """Refuse every later :meth:`put` with ``ConnectionClosed(code)``; wake waiters. True the first time."""
@@ -262,6 +275,11 @@ class Outbox:
         """The IO thread has looked at a full queue: the next producer to wait reports again."""
         with self._lock:
             self._full_reported = False
+
+    def judged_behind(self) -> None:
+        """The IO thread has judged a fan-out member: the next fan-out to wait past its bound reports again."""
+        with self._lock:
+            self._behind_reported = False
 
     def append(self, buffers: tuple[bytes, ...], reserved: int, length: int) -> None:
         self.frames.append(Frame(buffers, reserved, length))

@@ -46,13 +46,14 @@ class Writer:
         self._on_flushed = on_flushed
         self._on_error = on_error
         self._on_stalled = on_stalled
+        self._on_behind = on_behind
         self.outbox = Outbox(
             limits.max_queue_bytes,
             limits.overflow,
             schedule=partial(loop.post, self._drain),
             on_full=partial(loop.post, self.check_stall),
             on_drop=stats.count_drop,
-            on_behind=lambda reason: loop.post(partial(on_behind, reason)),
+            on_behind=partial(loop.post, self.check_behind),
             backlog=backlog,
             in_io_thread=loop.in_io_thread,
         )
@@ -119,6 +120,26 @@ class Writer:
         else:
             outbox.extend(pending)  # each message is its own frame: shared by every client, nothing copied
         self.post_flush()
+
+    def check_behind(self) -> None:
+        """Judge a fan-out member whose queue stayed full past ``fanout_wait``: behind the feed, or was the IO thread?
+
+        Whatever its socket takes now is written first: a member that read
+        while the IO thread was busy gets room, and the producers go on. One
+        that still has at least half its queue refused by its socket is too
+        slow for the feed.
+        """
+        outbox = self.outbox
+        outbox.judged_behind()
+        session = self.session
+        if session is None or not session.accepts_data or self._transport.closed or not outbox.full:
+            return
+        self.flush()
+        if self._transport.closed or not outbox.full or outbox.blocked_since is None:
+            return
+        behind = outbox.behind
+        if behind >= outbox.limit // 2:
+            self._on_behind(f"too slow for this feed: {behind / (1 << 20):.1f} MiB behind")
 
     def check_stall(self) -> None:
         """Judge the client: its queue is full and producers wait. Has it taken anything lately?

@@ -166,6 +166,16 @@ MUTANTS = [
         tests=("tests/test_slow_readers.py::test_one_slow_member_is_closed_as_too_slow_and_the_rest_get_everything[20KB/s-broadcast]",),
     ),
     Mutant(
+        "fanout-judged-without-writing",
+        "a fan-out member is judged too slow without first writing what its socket takes now: a busy IO thread "
+        "gets members that read meanwhile closed",
+        "server/writer.py",
+        "        self.flush()\n        if self._transport.closed or not outbox.full",
+        "        if self._transport.closed or not outbox.full",
+        1,
+        tests=("tests/test_stall.py",),
+    ),
+    Mutant(
         "pong-late-behind-data",
         "a keepalive ping queued behind data a slow reader is still taking times out: the reader is failed with 1011",
         "server/connection.py",

@@ -145,3 +145,24 @@ def test_not_yet_stalled_arms_a_timer_instead(pair) -> None:
     conn, _, stats = pair
     conn._writer.check_stall()  # refused just now: too early to judge
     assert stats.closed_by_policy == 0 and conn._writer.stall_pending
+
+
+def test_a_fan_out_member_that_read_while_the_io_thread_was_busy_is_not_too_slow(pair) -> None:
+    """A fan-out waited past fanout_wait, but the member read meanwhile: the IO thread writes before it judges.
+
+    The member's kernel has room for its whole queue now (a send buffer larger than the queue, as with Linux's
+    autotuned 4 MiB): only the IO thread was behind.
+    """
+    conn, client, stats = pair
+    conn.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * LIMIT)
+    assert wait_until(lambda: _read_all(client) >= 0 and conn.transport.can_write_now(), 5)
+    conn._writer.check_behind()
+    assert stats.closed_by_policy == 0 and conn.state is State.OPEN
+    assert conn._outbox.behind < LIMIT // 2 or not conn._outbox.full
+
+
+def test_a_fan_out_member_whose_socket_takes_nothing_is_too_slow_for_the_feed(pair) -> None:
+    conn, _, stats = pair
+    conn._writer.check_behind()
+    assert stats.closed_too_slow == 1 and stats.closed_stalled == 0
+    assert conn.close_code == 1008 and conn.close_reason.startswith("too slow for this feed: ")
