@@ -28,9 +28,10 @@ import pytest
 
 from repro.checker import StreamSpec, WireChecker
 from repro.client import ClientOptions, check_url
-from server import ConnectionClosed, Limits, Server, streamformat
+from server import ConnectionClosed, Limits, Server
 
 from .helpers import client_frame, raw_connect, running_server, upgrade_request, wait_until
+from .test_flow_control import FanOut, _produce
 from .tls import TLSFiles
 
 pytestmark = pytest.mark.timeout(120)
@@ -214,30 +215,6 @@ def test_keepalive_waits_for_a_ping_stuck_behind_data_a_slow_reader_is_taking(ss
 # -- fan-out: one slow member never paces the rest --------------------------------------------------------
 
 
-class _Members:
-    """A router whose only route registers each connection; the test's threads do the sending."""
-
-    def __init__(self, server: Server) -> None:
-        self.conns: list = []
-        self._lock = threading.Lock()
-
-    def route(self, request: object) -> object:
-        members = self
-
-        class Member:
-            def on_open(self, conn: object) -> None:
-                with members._lock:
-                    members.conns.append(conn)
-
-            def on_message(self, conn: object, message: str | bytes) -> None:
-                pass
-
-            def on_close(self, conn: object) -> None:
-                pass
-
-        return Member()
-
-
 def _broadcast(srv: Server, conns: list, message: bytes) -> None:
     srv.broadcast(message, conns)
 
@@ -255,8 +232,8 @@ def _loop_fanout(srv: Server, conns: list, message: bytes) -> None:
 def test_one_slow_member_is_closed_as_too_slow_and_the_rest_get_everything(rate: float, send: Callable) -> None:
     healthy, producers, count, size = 4, 4, 600, 4 * KIB  # 9.4 MiB to each member
     limits = Limits(ping_interval=None, max_queue_bytes=MIB, stall_timeout=30.0, fanout_wait=0.1)
-    with running_server(limits, router=_Members) as srv:
-        app = cast(_Members, srv.router)
+    with running_server(limits, router=FanOut) as srv:
+        app = cast(FanOut, srv.router)
         spec = StreamSpec(producers, count)
         results: dict[int, tuple] = {}
         options = ClientOptions(rcvbuf=None, ping_interval=None, time_limit=60)
@@ -280,11 +257,7 @@ def test_one_slow_member_is_closed_as_too_slow_and_the_rest_get_everything(rate:
         slow_reader = threading.Thread(target=read_slowly)
         slow_reader.start()
 
-        def produce(producer: int) -> None:
-            for seq in range(count):
-                send(srv, conns, streamformat.encode(producer, seq, size))
-
-        threads = [threading.Thread(target=produce, args=(p,)) for p in range(producers)]
+        threads = [threading.Thread(target=_produce, args=(srv, conns, p, count, size, send)) for p in range(producers)]
         for t in threads:
             t.start()
         for t in threads:
