@@ -173,7 +173,7 @@ def _expire_handshake(conn: Connection) -> None:
 class Admission:
     """Connection slots, per-IP counts, accept backoff and handshake pressure (IO thread only)."""
 
-    def __init__(self, loop: IOLoop, listener: socket.socket, on_readable: Callable[[int], None],
+    def __init__(self, loop: IOLoop, listener: socket.socket | None, on_readable: Callable[[int], None],
                  limits: Limits, stats: Stats) -> None:
         self._loop = loop
         self._listener = listener
@@ -229,13 +229,15 @@ class Admission:
     def _pause(self, delay: float) -> None:
         if self._paused is not None or self._stopped:
             return
+        if self._listener is None:
+            return
         self._stats.accept_pauses += 1
         self._loop.remove(self._listener)
         self._paused = self._loop.call_later(delay, self._resume)
 
     def _resume(self) -> None:
         self._paused = None
-        if not self._stopped:
+        if not self._stopped and self._listener is not None:
             self._loop.set_interest(self._listener, self._on_readable, read=True, write=False)
 
     # -- admission ---------------------------------------------------------

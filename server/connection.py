@@ -136,6 +136,12 @@ class Connection(ConnectionHandle):
         self.transport.start(self._on_readable, self._writer.flush)
         self._timers.arm(ConnectionTimer.HANDSHAKE, self.limits.handshake_timeout, self._on_handshake_timeout)
 
+    def adopt(self, request: bytes) -> None:
+        """:meth:`start`, with ``request`` as if just read: the HTTP bytes another server read from this socket."""
+        self.start()
+        if request:
+            self._on_handshake_data(request)
+
     def abort(self, code: int, reason: str) -> None:
         """Close the socket now, with no closing handshake; report ``code``. Runs once."""
         self._record_close(code, reason)

@@ -8,7 +8,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from operator import attrgetter
@@ -62,13 +62,15 @@ class Server:
     ``broker`` carries :meth:`publish` to the subscribers of every process
     sharing it (default: :class:`~server.broker.MemoryBroker`, this process
     only); ``reuse_port`` lets several processes listen on one port.
+    ``port=None``: no listener — connections arrive only through :meth:`adopt`
+    (sockets another server accepted, e.g. a WSGI server's).
     """
 
     def __init__(
         self,
         router: Router | Callable[[Server], Router],
         host: str = "127.0.0.1",
-        port: int = 8765,
+        port: int | None = 8765,
         workers: int = 8,
         limits: Limits | None = None,
         backlog: int = 1024,
@@ -89,9 +91,12 @@ class Server:
         self.send_backlog = Backlog(max_backlog_bytes)
         self._connections: set[Connection] = set()  # IO thread adds and removes, under _conn_lock
         self._conn_lock = threading.Lock()
-        self._listener = socket.create_server((host, port), backlog=backlog, reuse_port=reuse_port)
-        self._listener.setblocking(False)
-        self.port: int = self._listener.getsockname()[1]
+        self._listener: socket.socket | None = None
+        self.port = 0  # no listener (port=None): connections come through adopt()
+        if port is not None:
+            self._listener = socket.create_server((host, port), backlog=backlog, reuse_port=reuse_port)
+            self._listener.setblocking(False)
+            self.port = self._listener.getsockname()[1]
         self.admission = Admission(self.loop, self._listener, self._on_accept, self.limits, self.stats)
         self.admission.plain_http = ssl_context is None
         self._accepting = True
@@ -119,7 +124,8 @@ class Server:
         ready = threading.Event()
 
         def register() -> None:
-            self.loop.set_interest(self._listener, self._on_accept, read=True, write=False)
+            if self._listener is not None:
+                self.loop.set_interest(self._listener, self._on_accept, read=True, write=False)
             ready.set()
 
         self.loop.post(register)
@@ -325,8 +331,9 @@ class Server:
         self._shutting_down = True
         self._accepting = False
         self.admission.stop()  # [admission] no backoff timer re-watches the closed listener
-        self.loop.remove(self._listener)
-        self._listener.close()
+        if self._listener is not None:
+            self.loop.remove(self._listener)
+            self._listener.close()
         for conn in self.connections:
             if conn.state is State.HANDSHAKE:
                 conn.abort(CloseCode.GOING_AWAY, "server shutting down")
@@ -335,6 +342,7 @@ class Server:
         self._check_all_closed()
 
     def _on_accept(self, mask: int) -> None:
+        assert self._listener is not None
         for _ in range(64):  # accept a burst, then let other sockets run
             try:
                 sock, addr = self._listener.accept()
@@ -348,15 +356,50 @@ class Server:
             self.admission.accepted()
             if not self.admission.admit(sock, addr):  # [admission] answered 503/429 and closed
                 continue
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            conn = self.connection_class(
-                self.loop, self.make_transport(sock), self._route_via, self.executor, self.limits, self.stats,
-                self._on_closed, self.send_backlog,
-            )
-            with self._conn_lock:
-                self._connections.add(conn)
-            self.admission.opened(conn, addr)  # [admission]
-            conn.start()
+            self._serve(sock, addr, self._route_via).start()
+
+    def _serve(self, sock: socket.socket, addr: object, router: Router) -> Connection:
+        """A connection for an admitted socket, counted and tracked (IO thread); the caller starts it."""
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = self.connection_class(
+            self.loop, self.make_transport(sock), router, self.executor, self.limits, self.stats,
+            self._on_closed, self.send_backlog,
+        )
+        with self._conn_lock:
+            self._connections.add(conn)
+        self.admission.opened(conn, addr)  # [admission]
+        return conn
+
+    def adopt(self, sock: socket.socket, request: bytes, router: Router | None = None) -> Future[Connection]:
+        """Serve a socket another server accepted, whose HTTP request it has already read. Any thread.
+
+        ``request``: the bytes that server read — the request head as the
+        client sent it (or rebuilt from a WSGI environ) and anything the client
+        sent after it, e.g. its first frames. From here on only the IO thread
+        touches ``sock``: the handshake reply, every frame and the close. The
+        caller must never use ``sock`` again. ``router`` (default: the
+        server's) routes this connection. The future resolves to the
+        connection once the IO thread has taken it; the handshake (and any
+        HTTP error reply) then goes on as for an accepted socket. The
+        connection counts against the admission limits but is never refused:
+        the server that accepted it decided that.
+        """
+        done: Future[Connection] = Future()
+
+        def take() -> None:
+            try:
+                addr = sock.getpeername()
+            except OSError as exc:  # the client is gone already
+                sock.close()
+                done.set_exception(exc)
+                return
+            self.stats.accepted += 1
+            conn = self._serve(sock, addr, router if router is not None else self._route_via)
+            done.set_result(conn)
+            conn.adopt(request)
+
+        self.loop.post(take)
+        return done
 
     def make_transport(self, sock: socket.socket) -> SocketTransport:
         """The transport for a socket just accepted (IO thread): TLS with ``ssl_context``; a subclass may wrap the socket."""
