@@ -14,6 +14,7 @@ from functools import partial
 
 from .codes import CloseCode, check_close
 from .frames import OutMessage
+from .limits import Limits
 from .loop import IOLoop
 from .outbox import Outbox
 
@@ -21,7 +22,7 @@ from .outbox import Outbox
 class ConnectionHandle:
     """Send to, close and wait for one client, from any thread."""
 
-    def __init__(self, loop: IOLoop, outbox: Outbox, peer: str, fanout_wait: float = 0.1) -> None:
+    def __init__(self, loop: IOLoop, outbox: Outbox, peer: str, fanout_wait: float = Limits.fanout_wait) -> None:
         self._loop = loop
         self._outbox = outbox
         self._fanout_wait = fanout_wait

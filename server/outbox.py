@@ -45,6 +45,7 @@ acquisition. The sections are a few attribute updates each; waiting
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import itertools
 import threading
@@ -195,13 +196,19 @@ class Outbox:
         if report and not self._full_reported:
             self._full_reported = True
             self._on_full()
+        with self._waiting() as room:
+            if not room.wait_for(lambda: self._closed is not None or self._queued < self.limit, timeout):
+                raise TimeoutError(f"no room for {size} bytes in the client's queue within {timeout} s")
+
+    @contextlib.contextmanager
+    def _waiting(self) -> Iterator[threading.Condition]:
+        """A producer waits for room (lock held): counted, and woken by :meth:`_release` and :meth:`shut`."""
         self.waits += 1
         self._waiters += 1
         try:
             if self._room is None:
                 self._room = threading.Condition(self._lock)
-            if not self._room.wait_for(lambda: self._closed is not None or self._queued < self.limit, timeout):
-                raise TimeoutError(f"no room for {size} bytes in the client's queue within {timeout} s")
+            yield self._room
         finally:
             self._waiters -= 1
 
@@ -219,25 +226,19 @@ class Outbox:
         full of messages the IO thread has not taken yet is the server's
         backlog, not the member's: that is never reported.
         """
-        self.waits += 1
-        self._waiters += 1
-        try:
-            if self._room is None:
-                self._room = threading.Condition(self._lock)
+        with self._waiting() as room:
             now = time.monotonic()
             since = self.blocked_since
             deadline = now + wait if since is None else min(now + wait, since + wait)
             while self._closed is None and self._queued >= self.limit:
                 left = deadline - time.monotonic()
                 if left > 0:
-                    self._room.wait(left)
+                    room.wait(left)
                     continue
                 if self.blocked_since is not None and self.behind >= self.limit // 2 and not self._behind_reported:
                     self._behind_reported = True
                     self._on_behind()
                 deadline = time.monotonic() + 0.01  # look again soon: the IO thread answers, or it was just behind
-        finally:
-            self._waiters -= 1
 
     @property
     def behind(self) -> int:

@@ -24,7 +24,7 @@ from .handler import Router
 from .http import OriginCheck
 from .limits import Limits
 from .loop import IOLoop
-from .outbox import Outbox, put_shared
+from .outbox import put_shared
 from .stats import Stats
 from .tls import TlsTransport
 from .transport import SocketTransport
@@ -202,7 +202,6 @@ class Server:
             for conn in conns:
                 self._count_send(conn.send, out, result)
             return result
-        fanout_put = partial(Outbox.put, fanout_wait=self.limits.fanout_wait)
         # Fast path: queue to every target with room under one lock acquisition; a target that
         # must wait (or drop, or be judged) gets send()'s own path, Outbox.put, then the rest go on.
         outboxes = map(_outbox_of, conns)
@@ -212,7 +211,7 @@ class Server:
             result.closed += closed
             if blocked is None:
                 return result
-            self._count_send(partial(fanout_put, blocked), out, result)
+            self._count_send(partial(blocked.put, fanout_wait=self.limits.fanout_wait), out, result)
 
     @staticmethod
     def _count_send(send: Callable[[OutMessage], bool], out: OutMessage, result: BroadcastResult) -> None:

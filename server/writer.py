@@ -121,6 +121,11 @@ class Writer:
             outbox.extend(pending)  # each message is its own frame: shared by every client, nothing copied
         self.post_flush()
 
+    def _judging(self) -> bool:
+        """A full queue on an open session: a client to judge (stalled, or behind a feed)."""
+        session = self.session
+        return session is not None and session.accepts_data and not self._transport.closed and self.outbox.full
+
     def check_behind(self) -> None:
         """Judge a fan-out member whose queue stayed full past ``fanout_wait``: behind the feed, or was the IO thread?
 
@@ -131,8 +136,7 @@ class Writer:
         """
         outbox = self.outbox
         outbox.judged_behind()
-        session = self.session
-        if session is None or not session.accepts_data or self._transport.closed or not outbox.full:
+        if not self._judging():
             return
         self.flush()
         if self._transport.closed or not outbox.full or outbox.blocked_since is None:
@@ -153,8 +157,7 @@ class Writer:
         self.cancel()
         outbox = self.outbox
         outbox.judged()
-        session = self.session
-        if session is None or not session.accepts_data or self._transport.closed or not outbox.full:
+        if not self._judging():
             return
         if outbox.blocked_since is None:
             return  # not blocked: the IO thread is just behind; the next partial flush looks again

@@ -160,8 +160,8 @@ MUTANTS = [
         "broadcast waits for a full member like a point-to-point send: one slow reader paces the fan-out and is "
         "closed as stalled, not as too slow for the feed",
         "server/server.py",
-        "fanout_put = partial(Outbox.put, fanout_wait=self.limits.fanout_wait)",
-        "fanout_put = Outbox.put",
+        "self._count_send(partial(blocked.put, fanout_wait=self.limits.fanout_wait), out, result)",
+        "self._count_send(blocked.put, out, result)",
         1,
         tests=("tests/test_slow_readers.py::test_one_slow_member_is_closed_as_too_slow_and_the_rest_get_everything[20KB/s-broadcast]",),
     ),

@@ -53,6 +53,22 @@ def _produce(srv: Server, conns: list, producer: int, count: int, size: int, sen
         send(srv, conns, streamformat.encode(producer, seq, size))
 
 
+def produce_then_close(srv: Server, conns: list, producers: int, count: int, size: int, send: Callable,
+                       timeout: float = 90) -> None:
+    """Run ``producers`` threads of ``_produce`` to the end, then close every connection still open with 1000."""
+    threads = [threading.Thread(target=_produce, args=(srv, conns, p, count, size, send)) for p in range(producers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    for conn in conns:
+        if not conn.closed:
+            try:
+                conn.close(1000, "done")
+            except Exception:
+                pass
+
+
 def per_client_loop(srv: Server, conns: list, message: bytes) -> None:
     for conn in conns:  # the loop users write
         conn.send(message)
@@ -76,17 +92,7 @@ def fan_out(limits: Limits, clients: int, producers: int, count: int, size: int,
             dead.append(stalled_client(srv.port, "/fanout"))
         assert wait_until(lambda: len(app.conns) == clients + stalled, 10), len(app.conns)
         conns = list(app.conns)
-        threads = [threading.Thread(target=_produce, args=(srv, conns, p, count, size, send)) for p in range(producers)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(90)
-        for conn in conns:
-            if not conn.closed:
-                try:
-                    conn.close(1000, "done")
-                except Exception:
-                    pass
+        produce_then_close(srv, conns, producers, count, size, send)
         for t in readers:
             t.join(90)
         for sock in dead:

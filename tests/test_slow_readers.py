@@ -31,7 +31,7 @@ from repro.client import ClientOptions, check_url
 from server import ConnectionClosed, Limits, Server
 
 from .helpers import client_frame, raw_connect, running_server, upgrade_request, wait_until
-from .test_flow_control import FanOut, _produce
+from .test_flow_control import FanOut, produce_then_close
 from .tls import TLSFiles
 
 pytestmark = pytest.mark.timeout(120)
@@ -257,14 +257,7 @@ def test_one_slow_member_is_closed_as_too_slow_and_the_rest_get_everything(rate:
         slow_reader = threading.Thread(target=read_slowly)
         slow_reader.start()
 
-        threads = [threading.Thread(target=_produce, args=(srv, conns, p, count, size, send)) for p in range(producers)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-        for conn in conns:
-            if not conn.closed:
-                conn.close(1000, "done")
+        produce_then_close(srv, conns, producers, count, size, send, timeout=60)
         for t in readers:
             t.join(60)
         slow_reader.join(60)
