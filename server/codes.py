@@ -12,6 +12,7 @@ class CloseCode(enum.IntEnum):
     GOING_AWAY = 1001
     PROTOCOL_ERROR = 1002
     UNSUPPORTED_DATA = 1003
+    NO_STATUS = 1005  # reported only: the peer's close frame carried no code
     ABNORMAL = 1006  # reported only: the connection ended without a close frame
     INVALID_DATA = 1007
     POLICY_VIOLATION = 1008
@@ -24,7 +25,7 @@ class CloseCode(enum.IntEnum):
 
 
 # Codes an endpoint may put in a close frame (RFC 6455 7.4), besides 3000-4999.
-_SENDABLE = frozenset(CloseCode) - {CloseCode.ABNORMAL}
+_SENDABLE = frozenset(CloseCode) - {CloseCode.NO_STATUS, CloseCode.ABNORMAL}
 MAX_REASON_BYTES = 123  # a control frame's payload is at most 125 bytes, 2 of them the code
 
 

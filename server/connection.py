@@ -142,6 +142,16 @@ class Connection(ConnectionHandle):
         if request:
             self._on_handshake_data(request)
 
+    def after_messages(self, job: Callable[[], object]) -> None:
+        """Run ``job`` on the worker pool once the handler is done with every message received so far.
+
+        For ``on_close`` work that must follow the last ``on_message``
+        (``on_close`` itself runs on the IO thread, possibly while messages
+        are still being handled). Only once open; IO thread.
+        """
+        assert self._dispatcher is not None, "after_messages() before the connection opened"
+        self._dispatcher.after_messages(job)
+
     def abort(self, code: int, reason: str) -> None:
         """Close the socket now, with no closing handshake; report ``code``. Runs once."""
         self._record_close(code, reason)
@@ -201,6 +211,7 @@ class Connection(ConnectionHandle):
         self.session = self._writer.session = Session(self.limits, upgrade.extension)
         self.is_open = True
         self.deflate = self.session.deflate
+        self.subprotocol = upgrade.subprotocol
         self._stats.opened += 1
         self._writer.append_raw(upgrade.reply)
         self._writer.flush()  # the 101 goes out before any handler can queue a frame

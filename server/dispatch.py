@@ -62,6 +62,21 @@ class Dispatcher:
         except RuntimeError:  # executor shut down
             self._on_done(message)
 
+    def after_messages(self, job: Callable[[], object]) -> None:
+        """Run ``job`` on the pool after every message dispatched so far has been handled (IO thread).
+
+        In order with the messages for a strand; for ``concurrent_messages``
+        handlers, only after those already started. Runs ``job`` here if the
+        pool is shut down.
+        """
+        try:
+            if self._strand is not None:
+                self._strand.submit(job)
+            else:
+                self._executor.submit(job)
+        except RuntimeError:  # executor shut down
+            job()
+
     def closed(self) -> None:
         """``on_close`` (IO thread), once the socket is closed."""
         try:

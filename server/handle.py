@@ -30,6 +30,7 @@ class ConnectionHandle:
         self.path = ""
         self.query: dict[str, str] = {}
         self.deflate = False
+        self.subprotocol: str | None = None  # the one agreed in the handshake
         self._close_code: int | None = None
         self._close_reason = ""
         self._closed_event = threading.Event()

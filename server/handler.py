@@ -18,6 +18,10 @@ class Handler(Protocol):
     (a strand over the worker pool). A handler class that sets
     ``concurrent_messages = True`` opts out: each message goes to the pool on
     its own, so several may run at once and finish in any order.
+
+    A handler may also set ``subprotocols`` (a sequence of names): the first
+    one the client offers in ``Sec-WebSocket-Protocol`` is chosen and sent back
+    in the 101 (``conn.subprotocol``); none in common, none sent.
     """
 
     def on_open(self, conn: Connection) -> None:

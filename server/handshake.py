@@ -60,6 +60,11 @@ class HttpRequest:
     def wants_websocket(self) -> bool:
         return "websocket" in self.header_tokens("upgrade")
 
+    @property
+    def subprotocols(self) -> list[str]:
+        """The subprotocols the client offers (``Sec-WebSocket-Protocol``), in its order of preference."""
+        return split_comma_header(self.headers.get("sec-websocket-protocol", "").encode("latin-1"))
+
 
 # RFC 9112 section 3: request-line = method SP request-target SP HTTP-version; method = token.
 _TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]*")
@@ -169,8 +174,12 @@ class Handshake:
             else:  # pragma: no cover - h11 yields Request, Data..., EndOfMessage
                 raise HttpError(400, f"unexpected HTTP event {type(event).__name__}")
 
-    def accept(self, deflate: bool = True, max_message_bytes: int = 16 * 1024 * 1024) -> tuple[bytes, PerMessageDeflate | None]:
-        """Upgrade: the 101 reply and the negotiated extension. Raises :class:`HttpError` for a bad upgrade."""
+    def accept(self, deflate: bool = True, max_message_bytes: int = 16 * 1024 * 1024,
+               subprotocol: str | None = None) -> tuple[bytes, PerMessageDeflate | None]:
+        """Upgrade: the 101 reply and the negotiated extension. Raises :class:`HttpError` for a bad upgrade.
+
+        ``subprotocol``: the one chosen from the client's offer (RFC 6455 4.2.2), if any.
+        """
         assert self.request is not None, "accept() before the request is complete"
         key = check_upgrade(self.request)
         extension, ext_header = negotiate_deflate(self.request, deflate, max_message_bytes)
@@ -182,6 +191,8 @@ class Handshake:
         ]
         if ext_header:
             headers.append((b"Sec-WebSocket-Extensions", ext_header))
+        if subprotocol is not None:
+            headers.append((b"Sec-WebSocket-Protocol", subprotocol.encode("latin-1")))
         event = h11.InformationalResponse(status_code=101, headers=headers, reason=b"Switching Protocols")
         return self._h11.send(event) or b"", extension
 

@@ -11,6 +11,7 @@ counted, so no exception reaches the IO loop.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from wsproto.extensions import Extension
@@ -40,6 +41,7 @@ class Upgrade:
     reply: bytes
     extension: Extension | None
     request: HttpRequest
+    subprotocol: str | None = None
 
 
 class HttpPhase:
@@ -90,5 +92,11 @@ class HttpPhase:
             return Reply(target, 200)
         if not hasattr(target, "on_message"):
             raise TypeError(f"route() returned {type(target).__name__}; expected a Handler, a Response or bytes")
-        reply, extension = self._handshake.accept(self._limits.deflate, self._limits.max_message_bytes)
-        return Upgrade(target, reply, extension, request)
+        subprotocol = choose_subprotocol(request.subprotocols, getattr(target, "subprotocols", ()))
+        reply, extension = self._handshake.accept(self._limits.deflate, self._limits.max_message_bytes, subprotocol)
+        return Upgrade(target, reply, extension, request, subprotocol)
+
+
+def choose_subprotocol(offered: list[str], supported: Sequence[str]) -> str | None:
+    """The first subprotocol the client offers that the handler supports (simple-websocket's rule), or None."""
+    return next((name for name in offered if name in supported), None)

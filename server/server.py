@@ -357,11 +357,11 @@ class Server:
                 continue
             self._serve(sock, addr, self._route_via).start()
 
-    def _serve(self, sock: socket.socket, addr: object, router: Router) -> Connection:
+    def _serve(self, sock: socket.socket, addr: object, router: Router, limits: Limits | None = None) -> Connection:
         """A connection for an admitted socket, counted and tracked (IO thread); the caller starts it."""
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn = self.connection_class(
-            self.loop, self.make_transport(sock), router, self.executor, self.limits, self.stats,
+            self.loop, self.make_transport(sock), router, self.executor, limits or self.limits, self.stats,
             self._on_closed, self.send_backlog,
         )
         with self._conn_lock:
@@ -369,7 +369,8 @@ class Server:
         self.admission.opened(conn, addr)  # [admission]
         return conn
 
-    def adopt(self, sock: socket.socket, request: bytes, router: Router | None = None) -> Future[Connection]:
+    def adopt(self, sock: socket.socket, request: bytes, router: Router | None = None,
+              limits: Limits | None = None) -> Future[Connection]:
         """Serve a socket another server accepted, whose HTTP request it has already read. Any thread.
 
         ``request``: the bytes that server read — the request head as the
@@ -377,11 +378,12 @@ class Server:
         sent after it, e.g. its first frames. From here on only the IO thread
         touches ``sock``: the handshake reply, every frame and the close. The
         caller must never use ``sock`` again. ``router`` (default: the
-        server's) routes this connection. The future resolves to the
-        connection once the IO thread has taken it; the handshake (and any
-        HTTP error reply) then goes on as for an accepted socket. The
-        connection counts against the admission limits but is never refused:
-        the server that accepted it decided that.
+        server's) routes this connection; ``limits`` (default: the server's)
+        bound it. The future resolves to the connection once the IO thread has
+        taken it and processed ``request``: with a complete request, the
+        connection is then open (``on_open`` has run) or answering an HTTP
+        error. The connection counts against the admission limits but is never
+        refused: the server that accepted it decided that.
         """
         done: Future[Connection] = Future()
 
@@ -393,9 +395,11 @@ class Server:
                 done.set_exception(exc)
                 return
             self.stats.accepted += 1
-            conn = self._serve(sock, addr, router if router is not None else self._route_via)
-            done.set_result(conn)
-            conn.adopt(request)
+            conn = self._serve(sock, addr, router if router is not None else self._route_via, limits)
+            try:
+                conn.adopt(request)
+            finally:
+                done.set_result(conn)
 
         self.loop.post(take)
         return done
