@@ -8,11 +8,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from .helpers import stop_process
@@ -36,6 +40,72 @@ def _subprocess_server(args: list[str]) -> Iterator[int]:
 def flask_sock_server(lock: bool = False) -> contextlib.AbstractContextManager[int]:
     """examples/flask_sock_pool.py: replies from a ThreadPoolExecutor, Werkzeug's threaded server, its own process."""
     return _subprocess_server(["examples/flask_sock_pool.py", "--port", "0", *(["--lock"] if lock else [])])
+
+
+@dataclass
+class WsgiServer:
+    """A WSGI server process serving tests/flask_apps.py."""
+
+    port: int
+    proc: subprocess.Popen
+    log: str  # its stderr (gunicorn's and Werkzeug's logs)
+
+    def log_tail(self, chars: int = 3000) -> str:
+        with open(self.log, errors="replace") as f:
+            return f.read()[-chars:]
+
+
+WSGI_SERVERS = ["werkzeug", "gthread", "sync"]
+
+
+@contextlib.contextmanager
+def wsgi_server(kind: str, fixed: bool = True, threads: int = 8, ready_timeout: float = 30,
+                extra_args: Sequence[str] = ()) -> Iterator[WsgiServer]:
+    """tests/flask_apps.py under a real WSGI server, on a free port; stopped by its PID (SIGTERM, then SIGKILL).
+
+    ``kind``: ``werkzeug`` (threaded dev server), ``gthread`` (gunicorn, one
+    worker, ``threads`` threads) or ``sync`` (gunicorn's sync worker, with
+    ``--timeout 0``: a blocking WebSocket view would otherwise get the worker
+    killed). ``fixed``: ``wsrace.flask.Sock``, else ``flask_sock.Sock``.
+    """
+    port = _free_port()
+    if kind == "werkzeug":
+        args = ["-m", "tests.flask_apps", "--port", str(port), *([] if fixed else ["--flask-sock"])]
+    else:
+        args = ["-m", "gunicorn", "-b", f"127.0.0.1:{port}", "--workers", "1", "-c", "python:tests.gunicorn_conf",
+                "--graceful-timeout", "10", *_gunicorn_quiet()]
+        args += ["--threads", str(threads)] if kind == "gthread" else ["--worker-class", "sync", "--timeout", "0"]
+        args += extra_args
+        args.append(f"tests.flask_apps:create_app(fixed={fixed})")
+    fd, log = tempfile.mkstemp(prefix=f"wsrace-{kind}-", suffix=".log")
+    with os.fdopen(fd, "w") as err:
+        proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
+    server = WsgiServer(port, proc, log)
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            assert proc.poll() is None, f"{kind} exited with {proc.returncode}:\n{server.log_tail()}"
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            assert time.monotonic() < deadline, f"{kind} did not listen within {ready_timeout} s:\n{server.log_tail()}"
+            time.sleep(0.1)
+        yield server
+    finally:
+        stop_process(proc, timeout=15)
+        os.unlink(log)
+
+
+def _gunicorn_quiet() -> list[str]:
+    """No control socket (gunicorn >= 25 opens one in ~/.gunicorn by default; parallel servers would share it)."""
+    from gunicorn.config import KNOWN_SETTINGS
+
+    return ["--no-control-socket"] if any(s.name == "control_socket_disable" for s in KNOWN_SETTINGS) else []
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def repro_server(mode: str) -> contextlib.AbstractContextManager[int]:
