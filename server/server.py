@@ -377,7 +377,9 @@ class Server:
         client sent it (or rebuilt from a WSGI environ) and anything the client
         sent after it, e.g. its first frames. From here on only the IO thread
         touches ``sock``: the handshake reply, every frame and the close. The
-        caller must never use ``sock`` again. ``router`` (default: the
+        caller must never use ``sock`` again — except an ``ssl.SSLSocket``
+        (its TLS handshake done), which is only borrowed: released, not
+        closed, and its owner's again once the connection is closed. ``router`` (default: the
         server's) routes this connection; ``limits`` (default: the server's)
         bound it. The future resolves to the connection once the IO thread has
         taken it and processed ``request``: with a complete request, the
@@ -391,7 +393,8 @@ class Server:
             try:
                 addr = sock.getpeername()
             except OSError as exc:  # the client is gone already
-                sock.close()
+                if not isinstance(sock, ssl.SSLSocket):  # a borrowed one stays its owner's to close
+                    sock.close()
                 done.set_exception(exc)
                 return
             self.stats.accepted += 1
@@ -405,7 +408,12 @@ class Server:
         return done
 
     def make_transport(self, sock: socket.socket) -> SocketTransport:
-        """The transport for a socket just accepted (IO thread): TLS with ``ssl_context``; a subclass may wrap the socket."""
+        """The transport for a socket just accepted (IO thread): TLS with ``ssl_context``; a subclass may wrap the socket.
+
+        An adopted ``ssl.SSLSocket`` (TLS done by the server that accepted it) is borrowed: see :class:`TlsTransport`.
+        """
+        if isinstance(sock, ssl.SSLSocket):
+            return TlsTransport(self.loop, sock, None)
         if self.ssl_context is not None:
             return TlsTransport(self.loop, sock, self.ssl_context)
         return SocketTransport(self.loop, sock)

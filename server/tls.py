@@ -28,6 +28,7 @@ import logging
 import selectors
 import socket
 import ssl
+from collections.abc import Callable
 
 from . import affinity
 from .errors import WsraceError
@@ -47,16 +48,44 @@ _PLAIN_HTTP_400 = http_response(400, b"this port speaks TLS: use https:// or wss
 class TlsTransport(SocketTransport):
     """A TLS server connection over a non-blocking socket, driven by one IO thread."""
 
-    def __init__(self, loop: IOLoop, sock: socket.socket, context: ssl.SSLContext) -> None:
-        super().__init__(loop, context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False))
+    def __init__(self, loop: IOLoop, sock: socket.socket, context: ssl.SSLContext | None) -> None:
+        """``context=None``: ``sock`` is an ``SSLSocket`` another server accepted and finished the handshake on.
+
+        That socket is borrowed (a WSGI server's): :meth:`close` releases it
+        — shuts the connection down, leaves the object to its owner, who may
+        use it again only once the connection is closed — instead of closing it.
+        """
+        self.borrowed = context is None
+        if context is not None:
+            sock = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        elif not isinstance(sock, ssl.SSLSocket):
+            raise TypeError(f"context=None needs an established ssl.SSLSocket, not {type(sock).__name__}")
+        super().__init__(loop, sock)
         self._tls: ssl.SSLSocket = self._sock  # type: ignore[assignment]
-        self.established = False
+        self.established = self.borrowed
         self._handshake_error: OSError | None = None
         self._pending: tuple[bytes | memoryview, int, int, int] | None = None  # (bytes, offered, frames, reserved)
         self._outbox: Outbox | None = None
         self._read_wants_write = False  # a read needs the socket writable (TLS 1.3 key update, ...)
         self._write_wants_read = False  # a write needs the socket readable
         self._eof_seen = False
+
+    def start(self, on_readable: Callable[[], None], on_writable: Callable[[], None]) -> None:
+        super().start(on_readable, on_writable)
+        if self.borrowed:  # plaintext its owner left decrypted inside the SSL object is invisible to select()
+            self._loop.call_after_batch(self._on_readable)
+
+    def close(self) -> None:
+        """Close the socket — or, borrowed, shut the connection down and leave the object to its owner."""
+        if not self.borrowed or self.closed:
+            super().close()
+            return
+        self.closed = True
+        self._loop.remove(self._sock)
+        try:
+            socket.socket.shutdown(self._tls, socket.SHUT_RDWR)  # not SSLSocket.shutdown: the owner's object stays whole
+        except OSError:
+            pass
 
     @property
     def version(self) -> str | None:

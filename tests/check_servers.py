@@ -70,7 +70,7 @@ def wsgi_server(kind: str, fixed: bool = True, threads: int = 8, ready_timeout: 
     """
     port = _free_port()
     if kind == "werkzeug":
-        args = ["-m", "tests.flask_apps", "--port", str(port), *([] if fixed else ["--flask-sock"])]
+        args = ["-m", "tests.flask_apps", "--port", str(port), *([] if fixed else ["--flask-sock"]), *extra_args]
     else:
         args = ["-m", "gunicorn", "-b", f"127.0.0.1:{port}", "--workers", "1", "-c", "python:tests.gunicorn_conf",
                 "--graceful-timeout", "10", *_gunicorn_quiet()]

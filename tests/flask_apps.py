@@ -109,7 +109,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--flask-sock", action="store_true", help="flask_sock.Sock instead of wsrace.flask.Sock")
+    parser.add_argument("--certfile", help="serve https/wss with this certificate chain (and --keyfile)")
+    parser.add_argument("--keyfile")
     args = parser.parse_args()
-    server = make_server("127.0.0.1", args.port, create_app(fixed=not args.flask_sock), threaded=True)
+    tls = (args.certfile, args.keyfile) if args.certfile else None
+    server = make_server("127.0.0.1", args.port, create_app(fixed=not args.flask_sock), threaded=True, ssl_context=tls)
     print(f"listening on ws://127.0.0.1:{server.server_port}/", flush=True)
     server.serve_forever()

@@ -1,4 +1,4 @@
-"""wsrace.wsgi.accept: refusing what it cannot take over safely, and a plain WSGI app (no Flask) in-process.
+"""wsrace.wsgi.accept: what it refuses, a plain WSGI app (no Flask) in-process, and TLS terminated by the WSGI server.
 
 The real-server runs of the Flask layer are in test_flask.py.
 """
@@ -6,20 +6,22 @@ The real-server runs of the Flask layer are in test_flask.py.
 from __future__ import annotations
 
 import socket
-import ssl
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 import wsrace.wsgi
+from repro.check import check
 from wsrace.wsgi import Refused, UnsupportedServer, accept
 
-from .check_servers import wsgi_server
-from .helpers import http_exchange
+from .check_servers import WSGI_SERVERS, wsgi_server
+from .clients import with_websockets
+from .helpers import StreamCheck, http_exchange
 from .tls import TLSFiles
 
 pytestmark = pytest.mark.timeout(60)
@@ -47,26 +49,49 @@ def test_a_forking_werkzeug_is_refused() -> None:
         accept({**HANDSHAKE, "werkzeug.socket": sock, "wsgi.multiprocess": True})
 
 
-def test_a_tls_socket_is_refused_with_what_to_do_instead() -> None:
-    with ssl.create_default_context().wrap_socket(socket.socket(), server_hostname="x") as tls:
-        with pytest.raises(UnsupportedServer, match=r"terminates TLS itself.*nginx.*Server\(ssl_context"):
-            accept({**HANDSHAKE, "SERVER_SOFTWARE": "gunicorn/23", "gunicorn.socket": tls})
-
-
 def test_unknown_options_are_a_type_error_naming_them() -> None:
     with pytest.raises(TypeError, match="max_mesage_size"):
         accept(HANDSHAKE, max_mesage_size=10)
 
 
-def test_gunicorn_with_certfile_answers_500_and_logs_why(tls_files: TLSFiles) -> None:
-    """gunicorn --certfile: the first WebSocket request fails loudly; nothing half-works."""
-    with wsgi_server("gthread", extra_args=["--certfile", str(tls_files.cert), "--keyfile", str(tls_files.key)]) as srv:
-        with pytest.raises(InvalidStatus) as refused:
-            with connect(f"wss://127.0.0.1:{srv.port}/attached", ssl=tls_files.client_context(), open_timeout=10):
-                pass
-        assert refused.value.response.status_code == 500
+@pytest.mark.parametrize("kind", WSGI_SERVERS)
+def test_tls_by_the_wsgi_server_lends_its_socket_until_the_close(kind: str, tls_files: TLSFiles) -> None:
+    """gunicorn --certfile, Werkzeug ssl_context: the IO thread uses the SSLSocket while the view waits.
+
+    The pool-replying app stays CLEAN over wss://; a detached view is refused (1011, the reason logged).
+    """
+    tls = ["--certfile", str(tls_files.cert), "--keyfile", str(tls_files.key)]
+    with wsgi_server(kind, extra_args=tls) as srv:
+        url = f"wss://127.0.0.1:{srv.port}"
+        with connect(f"{url}/attached", ssl=tls_files.client_context()) as ws:
+            ws.send("over tls")
+            assert ws.recv(timeout=10) == "over tls"
+            ws.close(4001, "done")
+        assert _eventually(lambda: http_exchange(srv.port, b"GET /last-close HTTP/1.1\r\nHost: x\r\n\r\n",
+                                                 ssl_context=tls_files.client_context()), b"4001 done")
+        # The view returns with 8 MiB still queued: the server gets its SSLSocket back only after the close.
+        stream = StreamCheck(4, 32)
+        outcome = with_websockets(srv.port, "/stream?producers=4&count=32&size=65536", stream, False, False,
+                                  ssl_context=tls_files.client_context())
+        assert outcome.close_code == 1000 and not outcome.error, outcome
+        stream.assert_complete()
+        with connect(f"{url}/detached", ssl=tls_files.client_context()) as ws:  # refused, and closed with 1011
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=10)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
+        result = check(f"{url}/echo", cafile=str(tls_files.ca))
         log = srv.log_tail(20000)
-    assert "UnsupportedServer" in log and "terminates TLS itself" in log, log
+    assert result.verdict == "CLEAN", result.report() + log
+    assert "detach() is not possible over TLS" in log, log
+
+
+def _eventually(get: Any, want: bytes, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if want in get():
+            return True
+        time.sleep(0.1)
+    return False
 
 
 # -- a plain WSGI app on Werkzeug, in this process ---------------------------------------------------

@@ -91,8 +91,8 @@ def accept(environ: dict[str, Any], subprotocols: Sequence[str] | str | None = N
         raise Refused(exc.status, exc.message, exc.headers) from None
     if isinstance(subprotocols, str):
         subprotocols = [subprotocols]
-    ws = WebSocket(mode, subprotocols or ())
     taken = take(environ)
+    ws = WebSocket(mode, subprotocols or (), borrowed=taken.borrowed)
     try:
         hub().adopt(taken.sock, taken.request, Bridge(ws), limits).result(timeout=limits.handshake_timeout)
     except (OSError, FutureTimeout) as exc:  # the client left before the IO thread took it

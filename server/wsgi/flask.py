@@ -63,6 +63,8 @@ class Sock:
                 except Exception:
                     if ws.connected:
                         ws.close(1011, "internal error")
+                    if ws.borrowed:  # Flask's 500 goes to the server's SSLSocket: only once we are done with it
+                        ws.connection.wait_closed()
                     raise
                 if not ws.detached and ws.connected:
                     try:

@@ -14,9 +14,19 @@ keep-alive read — hits the dead end and fails at once (EPIPE, EOF), and only
 wsrace's IO thread reaches the client. Bytes the server had already read past
 the request head (the client's first frames) are taken from its buffer.
 
+TLS terminated by the WSGI server (gunicorn ``--certfile``, Werkzeug
+``ssl_context``) cannot be transplanted: the session's keys live in the
+server's ``SSLSocket`` object, not in the descriptor. That object is *lent*
+to the IO thread instead (``Takeover.borrowed``): the view's thread, the only
+other user, waits without touching it until the connection is closed; the
+IO thread then shuts the connection down and gives the object back unclosed.
+One thread at a time uses the ``SSL`` object, as OpenSSL requires, with the
+hand-offs ordered by ``IOLoop.post`` and the close event. So over TLS a view
+stays attached (``detach()`` is refused).
+
 Supported: Werkzeug's development server (``flask run``, ``app.run``,
-threaded or not) and gunicorn's ``sync`` and ``gthread`` workers, over plain
-TCP. Everything else raises :class:`UnsupportedServer`, before the socket is
+threaded or not) and gunicorn's ``sync`` and ``gthread`` workers.
+Everything else raises :class:`UnsupportedServer`, before the socket is
 touched.
 """
 
@@ -28,6 +38,7 @@ import socket
 import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 from urllib.parse import quote
 
@@ -51,6 +62,9 @@ class Takeover:
     sock: socket.socket
     request: bytes  # the request head, rebuilt from the environ, then any bytes the server had read past it
     server: str  # WERKZEUG or GUNICORN
+    # TLS terminated by the WSGI server: ``sock`` is its SSLSocket, lent until the connection closes (no transplant:
+    # the TLS state lives in that object). The view must not return before then — see the module docstring.
+    borrowed: bool = False
 
 
 def detect(environ: dict[str, Any]) -> tuple[str, socket.socket]:
@@ -69,12 +83,6 @@ def detect(environ: dict[str, Any]) -> tuple[str, socket.socket]:
     if type(sock).__module__ not in ("socket", "ssl"):  # gevent, eventlet: green sockets on another loop
         raise UnsupportedServer(f"{software} gives a {type(sock).__module__}.{type(sock).__name__}, not a socket "
                                 f"(gevent/eventlet worker?). Supported: {SUPPORTED}")
-    if isinstance(sock, ssl.SSLSocket):
-        raise UnsupportedServer(
-            f"{software} terminates TLS itself: its SSLSocket's TLS state cannot be moved to another thread while the "
-            "server keeps the object and shuts it down when the request ends (OpenSSL allows one thread per SSL "
-            "object). Terminate TLS in front (nginx, haproxy) or serve wss:// with wsrace's own "
-            "Server(ssl_context=...).")
     return kind, sock
 
 
@@ -89,6 +97,9 @@ def take(environ: dict[str, Any]) -> Takeover:
     """Transplant the connection out of the WSGI server (see the module docstring). Call once, in the view."""
     kind, sock = detect(environ)
     buffered = _buffer_of(kind, environ)
+    if isinstance(sock, ssl.SSLSocket):
+        sock.setblocking(False)  # a buffer read below must not wait for the client
+        return Takeover(sock, rebuild_head(environ) + buffered(), kind, borrowed=True)
     fd = sock.fileno()
     mine = socket.socket(fileno=os.dup(fd))  # wsrace's descriptor on the real connection (not inheritable)
     dead_end, other = socket.socketpair()
@@ -111,7 +122,7 @@ def _buffer_of(kind: str, environ: dict[str, Any]) -> Callable[[], bytes]:
             raise UnsupportedServer(f"Werkzeug's wsgi.input is a {type(stream).__name__}, not its socket's buffered "
                                     "reader: the client's first frames could be lost. Is middleware replacing it?")
         # After the transplant the raw socket is at EOF, so read() returns exactly the buffer.
-        return stream.read
+        return stream.read if not isinstance(environ["werkzeug.socket"], ssl.SSLSocket) else partial(_peek, stream)
     unreader = getattr(getattr(stream, "reader", None), "unreader", None)
     if unreader is None:
         raise UnsupportedServer(f"gunicorn's wsgi.input is a {type(stream).__name__} without the request's read "
@@ -119,6 +130,15 @@ def _buffer_of(kind: str, environ: dict[str, Any]) -> Callable[[], bytes]:
     if hasattr(unreader, "take_buffered"):
         return unreader.take_buffered  # type: ignore[no-any-return]
     return lambda: unreader.buf.getvalue()  # type: ignore[no-any-return]  # gunicorn before take_buffered()
+
+
+def _peek(stream: io.BufferedReader) -> bytes:
+    """The reader's buffer, without waiting (its socket is non-blocking): TLS has no transplant to end the stream."""
+    try:
+        data = stream.peek()
+    except (ssl.SSLWantReadError, BlockingIOError):
+        return b""
+    return stream.read(len(data)) if data else b""
 
 
 def rebuild_head(environ: dict[str, Any]) -> bytes:

@@ -50,8 +50,9 @@ class WebSocket:
     ``"gunicorn"``), as flask-sock's does.
     """
 
-    def __init__(self, mode: str, subprotocols: Sequence[str] = ()) -> None:
+    def __init__(self, mode: str, subprotocols: Sequence[str] = (), borrowed: bool = False) -> None:
         self.mode = mode
+        self.borrowed = borrowed  # TLS by the WSGI server: its SSLSocket is lent to us until the connection closes
         self.subprotocols = list(subprotocols)
         self._conn: Connection | None = None
         self._ready = threading.Condition()
@@ -132,7 +133,16 @@ class WebSocket:
     # -- wsrace's additions ------------------------------------------------
 
     def response(self, start_response: StartResponse) -> Iterable[bytes]:
-        """What the view returns (WSGI): nothing the WSGI server sends after this can reach the client."""
+        """What the view returns (WSGI): nothing the WSGI server sends after this can reach the client.
+
+        Over TLS terminated by the WSGI server this first closes the
+        connection (1000, if still open) and waits until it is closed: the
+        server may use its ``SSLSocket`` again only then.
+        """
+        if self.borrowed and self._conn is not None:
+            if self.connected:
+                self.close()
+            self._conn.wait_closed()
         return handled_response(self.mode, start_response)
 
     @property
@@ -148,6 +158,10 @@ class WebSocket:
         last one. They run without a Flask app or request context. An
         exception in ``on_message`` is logged and closes the connection with 1011.
         """
+        if self.borrowed:
+            raise RuntimeError("detach() is not possible over TLS terminated by the WSGI server: the server gets its "
+                               "SSLSocket back when the view returns, so the view must stay until the connection "
+                               "closes. Terminate TLS in front (nginx, haproxy) to detach.")
         with self._deliver:
             if self._on_message is not None:
                 raise RuntimeError("this WebSocket is detached already")
