@@ -11,7 +11,7 @@ import tempfile
 import time
 from typing import TYPE_CHECKING
 
-from .run import PLAIN, SLOW_READERS, Workload, median_of, run_once, workloads
+from .run import FLASK_WORKLOADS, PLAIN, SLOW_READERS, Workload, median_of, run_once, workloads
 from .servers import TLS_KINDS
 
 if TYPE_CHECKING:
@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 PEERS = ["sws-lock", "websockets-asyncio", "websockets-sync"]
 OURS = ["ours-loop", "ours-broadcast"]
+FLASK_PEERS = ["flask-sock"]  # F and FD: the same Flask app on flask-sock; ours there is wsrace.flask
+FLASK_OURS = ["wsrace-flask", "wsrace-flask-detached"]
 LABEL = {
     "ours-loop": "ours: send() loop",
     "ours-broadcast": "ours: broadcast",
@@ -28,6 +30,9 @@ LABEL = {
     "raw": "raw reference",
     "direct": "direct (info only)",
     "ours-loop" + PLAIN: "ours: send() loop, ws://",
+    "flask-sock": "flask-sock",
+    "wsrace-flask": "wsrace.flask",
+    "wsrace-flask-detached": "wsrace.flask detach()",
 }
 # per workload: (metric key, unit, higher is better)
 HEADLINE = {
@@ -38,6 +43,8 @@ HEADLINE = {
     "D": ("seconds", "s to last client", False),
     "E": ("p99_ms", "ms p99", False),
     "E2": ("p99_ms", "ms p99", False),
+    "F": ("msg_per_s", "msg/s", True),
+    "FD": ("rss_mib", "MiB RSS", False),
 }
 
 
@@ -59,12 +66,16 @@ def summarize(name: str, runs: dict[str, list[dict]]) -> dict[str, dict]:
         for key in ("msg_per_s", "mb_per_s", "cpu_us_per_msg", "peak_rss_mb", "rss_per_conn_kib", "threads", "seconds",
                     "handshakes_per_s",
                     "max_send_ms", "p999_send_ms", "p50_ms", "p99_ms", "max_ms", "slow_bytes", "slow_read_bps",
-                    "slow_closed_s"):
+                    "slow_closed_s", "rss_mib", "base_rss_mib", "idle_rss_mib", "base_threads", "idle_threads",
+                    "gunicorn_threads", "served", "opened"):
             med, lo, hi = median_of(rs, key)
             row[key] = {"median": med, "min": lo, "max": hi}
         row["errors"] = [r["error"] for r in rs if "error" in r]
         row["stalled_runs"] = sum(1 for r in rs if r.get("stalled"))
         row["violations"] = sum(r.get("violations", 0) for r in rs)
+        row["corrupt_runs"] = sum(1 for r in rs if r.get("violations"))
+        row["incomplete_runs"] = sum(1 for r in rs if r.get("incomplete"))  # F: not every message delivered
+        row["unserved"] = [r.get("unserved") for r in rs if r.get("unserved") is not None]  # FD: no echo
         row["closed_by_policy"] = [r.get("closed_by_policy") for r in rs]
         row["closed_too_slow"] = [r.get("closed_too_slow") for r in rs]
         row["closed_stalled"] = [r.get("closed_stalled") for r in rs]
@@ -111,22 +122,51 @@ def slow_reader(row: dict) -> str:
     return note
 
 
+def flask_notes(w: Workload, row: dict) -> list[str]:
+    """F and FD: gunicorn's --threads, the worker's threads and RSS; FD: how many of the connections were served."""
+    runs = len(row["runs"])
+    med = {k: row[k]["median"] for k in ("gunicorn_threads", "threads", "peak_rss_mb", "rss_mib", "base_rss_mib",
+                                         "rss_per_conn_kib", "base_threads", "idle_threads", "idle_rss_mib", "served",
+                                         "opened", "handshakes_per_s")}
+    if w.name == "F":
+        notes = [f"cpu {fmt(row['cpu_us_per_msg']['median'], 2)} us/msg", f"--threads {fmt(med['gunicorn_threads'])}",
+                 f"worker threads {fmt(med['threads'])} (connections open)", f"peak RSS {fmt(med['peak_rss_mb'], 0)} MB"]
+        healthy = [n for n in row["healthy_closed"] if n is not None]
+        notes.append(f"clients closed early {max(healthy) if healthy else '-'}")
+        if row["incomplete_runs"]:
+            worst = min((d, e) for d, e in row["delivered"])
+            notes.append(f"INCOMPLETE in {row['incomplete_runs']}/{runs} runs (worst {worst[0]:,} of {worst[1]:,})")
+        return notes
+    unserved = max(row["unserved"]) if row["unserved"] else None
+    served = (f"served {fmt(med['served'])}/{w.clients:,}" if not unserved
+              else f"NOT SERVED: {unserved:,} of {w.clients:,} got no echo (worst run)")
+    return [f"--threads {fmt(med['gunicorn_threads'])}",
+            f"worker threads {fmt(med['threads'])} (idle {fmt(med['idle_threads'])}, {fmt(med['base_threads'])} before)",
+            f"RSS {fmt(med['rss_mib'], 1)} MiB (idle {fmt(med['idle_rss_mib'], 1)}, {fmt(med['base_rss_mib'], 1)} before: "
+            f"{fmt(med['rss_per_conn_kib'], 1)} KiB/conn)",
+            served, f"{fmt(med['handshakes_per_s'])} handshakes/s"]
+
+
 def print_workload(w: Workload, summary: dict[str, dict], a_summary: dict[str, dict] | None) -> None:
     key, unit, higher = HEADLINE[w.name]
     print(f"\n== {w.name}: {w.title}")
-    peers = [summary[p][key]["median"] for p in PEERS if p in summary and summary[p][key]["median"]]
+    peer_kinds = FLASK_PEERS if w.name in FLASK_WORKLOADS else PEERS
+    peers = [summary[p][key]["median"] for p in peer_kinds if p in summary and summary[p][key]["median"]]
     best_peer = (max(peers) if higher else min(peers)) if peers else None
     print(f"{'server':<24} {unit:>16} {'min-max':>21} {'x best peer':>11}  notes")
     for kind, row in summary.items():
         m = row[key]
         notes = []
-        if w.name in ("A", "E", "E2") or w.slow:
+        if w.name in FLASK_WORKLOADS:
+            notes = flask_notes(w, row)
+        elif w.name in ("A", "E", "E2") or w.slow:
             notes.append(f"cpu {fmt(row['cpu_us_per_msg']['median'], 2)} us/msg")
         if w.name == "A" and kind in OURS and m["median"]:
             for other, label in (("sws-lock", "simple-websocket+lock"), ("raw", "raw")):
                 if other in summary and summary[other][key]["median"]:
                     notes.append(f"{m['median'] / summary[other][key]['median']:.2f}x {label}")
-        notes.append(f"peak RSS {fmt(row['peak_rss_mb']['median'], 0)} MB")
+        if w.name not in FLASK_WORKLOADS:
+            notes.append(f"peak RSS {fmt(row['peak_rss_mb']['median'], 0)} MB")
         if w.name == "B" and row["delivered"]:
             got = min(d for d, _ in row["delivered"])
             notes.append(f"delivered {'all' if all(d == e for d, e in row['delivered']) else f'{got:,} (worst run)'}")
@@ -153,14 +193,15 @@ def print_workload(w: Workload, summary: dict[str, dict], a_summary: dict[str, d
         by_policy = [n for n in row["closed_by_policy"] if n is not None]
         healthy = [n for n in row["healthy_closed"] if n is not None]
         closed = f"closed by policy {max(by_policy)}" if by_policy else "closed by policy -"
-        notes.append(f"{closed}, healthy clients closed {max(healthy) if healthy else '-'}")
+        if w.name not in FLASK_WORKLOADS:
+            notes.append(f"{closed}, healthy clients closed {max(healthy) if healthy else '-'}")
         if row["stalled_runs"]:
             notes.append(f"STALLED in {row['stalled_runs']} run(s)")
         if row["violations"]:
-            notes.append(f"CORRUPTED: {row['violations']} bad frames seen")
+            notes.append(f"CORRUPTED: {row['violations']} bad frames seen, in {row['corrupt_runs']}/{len(row['runs'])} runs")
         if row["errors"]:
             notes.append(f"errors: {row['errors'][0][:80]}")
-        r = ratio(m["median"], best_peer, higher) if kind not in PEERS else None
+        r = ratio(m["median"], best_peer, higher) if kind not in peer_kinds else None
         rng = f"{fmt(m['min'], 2 if not higher else 0)}-{fmt(m['max'], 2 if not higher else 0)}"
         digits = 0 if higher else 3
         print(f"{LABEL[kind]:<24} {fmt(m['median'], digits):>16} {rng:>21} {fmt(r, 2) + 'x' if r else '':>11}  {'; '.join(notes)}")
@@ -170,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description="the fixed server against its peers, as ratios")
     p.add_argument("--quick", action="store_true", help="every workload once at small size (smoke check)")
     p.add_argument("--runs", type=int, default=None, help="runs per server per workload (default: 3, quick: 1)")
-    p.add_argument("--workloads", default="A,B,C,C20K,C200K,C1M,D,E,E2")
+    p.add_argument("--workloads", default="A,B,C,C20K,C200K,C1M,D,E,E2,F,FD")
     p.add_argument("--servers", default=None, help="only these kinds, comma-separated (default: each workload's list)")
     p.add_argument("--e2-rate", type=float, default=None, metavar="DELIVERIES_PER_S",
                    help="E2's fixed rate (default: half of ours' send() loop median in A, which must then run first in the same "
@@ -256,10 +297,13 @@ def _main(ns: argparse.Namespace, tls: TLSFiles | None) -> int:
     for name, wl in results["workloads"].items():  # type: ignore[attr-defined]
         for kind, row in wl["servers"].items():
             # A peer failing (websockets.sync at 10,000 connections) is a result; ours failing is not.
-            if row["errors"] and kind in (*OURS, "raw"):
+            if row["errors"] and kind in (*OURS, *FLASK_OURS, "raw"):
                 problems.append(f"{name}/{kind}: {row['errors'][0]}")
-            if row["violations"] and kind != "direct":
+            # flask-sock tearing frames is the bug these workloads compare against: a result, counted and shown.
+            if row["violations"] and kind not in ("direct", *FLASK_PEERS):
                 problems.append(f"{name}/{kind}: {row['violations']} corrupted frames")
+            if kind in FLASK_OURS and (row["incomplete_runs"] or any(row["unserved"])):
+                problems.append(f"{name}/{kind}: not every message delivered (F) or connection served (FD)")
     for problem in problems:
         print(f"PROBLEM: {problem}", file=sys.stderr)
     return 1 if problems else 0

@@ -20,6 +20,11 @@ reason], when its close frame was read).
 the healthy clients are doing (``deadline_hit`` in the result): a server that
 paces everyone to a slow reader makes progress too slowly for the idle timeout.
 
+``--go`` (workload F: the server pushes once asked): after ``{"connected": N}``
+the client waits for a line on stdin, then sends a text message ``go`` on every
+connection; the result's ``start_ns`` is the moment before the first one was
+sent (same clock as ``first_ns``/``last_ns``).
+
 ``--tls`` connects over TLS (``--cafile PEM`` verifies the server against that
 CA; without it nothing is verified: a benchmark measures, it does not
 authenticate). Each socket's TLS handshake is done, one socket at a time,
@@ -39,7 +44,7 @@ import struct
 import sys
 import time
 
-from repro.client import new_key, read_upgrade_reply, upgrade_request
+from repro.client import masked_frame, new_key, read_upgrade_reply, upgrade_request
 
 # Kernel receive timestamps (Linux SO_TIMESTAMPNS = 35; not exported by the socket module):
 # arrival times do not depend on when this Python process gets round to reading a socket.
@@ -319,6 +324,8 @@ def main() -> None:
     p.add_argument("--idle-timeout", type=float, default=10.0)
     p.add_argument("--path", default="/bench", help="request path (bench.scaleout: /broadcast)")
     p.add_argument("--tls", action="store_true", help="connect over TLS (wss://)")
+    p.add_argument("--go", action="store_true",
+                   help="after the connected line, wait for a line on stdin, then send a text 'go' on every connection")
     p.add_argument("--cafile", default=None, help="with --tls: verify the server against this CA (PEM); default: no verification")
     args = p.parse_args()
     raise_fd_limit()
@@ -332,6 +339,13 @@ def main() -> None:
     slow = [sock for sock, _ in slow_opened]
     readers = [SlowReader(sock, rest, args.slow_rate, time.monotonic()) for sock, rest in slow_opened] if args.slow_rate > 0 else []
     print(json.dumps({"connected": len(socks), "slow": len(slow), "connect_s": connect_s}), flush=True)
+    start_ns = 0
+    if args.go:
+        sys.stdin.readline()
+        go = masked_frame(0x1, b"go")
+        start_ns = time.monotonic_ns()
+        for s in socks:
+            s.sendall(go)  # 8 bytes on a fresh non-blocking socket: its send buffer has room
     sel = selectors.DefaultSelector()
     counters = {}
     for s, rest in opened:
@@ -387,6 +401,7 @@ def main() -> None:
         # Reading clients closed (close frame or EOF) before they had every message: a healthy client lost.
         "closed_early": sum(1 for c in counters.values() if c.closed and c.messages < args.expect),
         "first_ns": first_ns,
+        "start_ns": start_ns,  # --go: when the first 'go' was sent (0 without --go)
         "last_ns": max((c.last_ns for c in counters.values()), default=0),
         "latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": lat[-1] / 1e6 if lat else None, "n": len(lat)},
         "deadline_hit": deadline_hit,

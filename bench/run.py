@@ -67,7 +67,17 @@ def workloads(quick: bool) -> dict[str, Workload]:
         # No rate of its own: the cli sets it, to half of ours' send() loop A median from the same invocation or --e2-rate.
         "E2": Workload("E2", "latency at half of ours' send() loop peak in A, 4 producers -> 20 clients", 4, 20, 256,
                        500 if q else 12000, rate=0.0, latency=True, servers=["ours-loop", "ours-broadcast", "raw"]),
+        # The same Flask app (bench/flask_app.py) under gunicorn, flask-sock against wsrace.flask (bench/flask_bench.py).
+        "F": Workload("F", f"Flask under gunicorn (gthread, 32 threads): a ws.send() loop per client on a pool of 8, "
+                           f"256 B, {'500' if q else '10,000'} messages -> 20 clients", 1, 20, 256, 500 if q else 10000,
+                      servers=["flask-sock", "wsrace-flask"]),
+        "FD": Workload("FD", f"Flask under gunicorn: {'200' if q else '1,000'} idle connections (attached echo: "
+                             f"--threads {'300' if q else '1100'}; detached: --threads 4), then one echo each", 1,
+                       200 if q else 1000, 64, 1, servers=["flask-sock", "wsrace-flask", "wsrace-flask-detached"]),
     }
+
+
+FLASK_WORKLOADS = ("F", "FD")  # run by bench/flask_bench.py: gunicorn, not bench.servers
 
 
 def _pinned(cpu: int):  # type: ignore[no-untyped-def]
@@ -115,6 +125,10 @@ def run_once(kind: str, w: Workload, tls: TLSFiles | None = None) -> dict:
 
     ``tls``: the server serves wss:// with ``tls.cert``/``tls.key`` and the client verifies it against ``tls.ca``.
     """
+    if w.name in FLASK_WORKLOADS:
+        from .flask_bench import run_flask
+
+        return run_flask(kind, w)
     if kind.endswith(PLAIN):  # ours without TLS in a --tls run: the baseline of the TLS ratios
         kind, tls = kind.removesuffix(PLAIN), None
     args = ["--outbox", str(w.outbox)] if w.outbox is not None and kind.startswith("ours") else []
