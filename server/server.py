@@ -103,6 +103,8 @@ class Server:
         self._shutting_down = False
         self._all_closed = threading.Event()
         self._stopped = threading.Event()
+        self._shutdown_lock = threading.Lock()
+        self._stopped_clean = True
         self.broker: Broker = broker if broker is not None else MemoryBroker()
         self._topics: dict[str, frozenset[Connection]] = {}  # replaced, never mutated, under _topics_lock
         self._topics_lock = threading.Lock()
@@ -292,9 +294,15 @@ class Server:
         """Stop accepting, close every connection with 1001 after its queued
         messages, stop the workers and the IO thread. Safe from any thread
         except the IO thread; returns False if connections had to be cut.
+        A second call (e.g. a signal handler's beside the main thread's)
+        waits for the first and returns its answer.
         """
-        if self._stopped.is_set():
-            return True
+        with self._shutdown_lock:
+            if not self._stopped.is_set():
+                self._stopped_clean = self._shutdown(timeout)
+            return self._stopped_clean
+
+    def _shutdown(self, timeout: float) -> bool:
         self.loop.post(self._begin_shutdown)
         clean = self._all_closed.wait(timeout)
         if not clean:

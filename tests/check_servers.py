@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .helpers import stop_process
+from .helpers import http_exchange, stop_process, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -53,6 +53,11 @@ class WsgiServer:
     def log_tail(self, chars: int = 3000) -> str:
         with open(self.log, errors="replace") as f:
             return f.read()[-chars:]
+
+    def last_close_is(self, want: bytes, ssl_context: ssl.SSLContext | None = None) -> bool:
+        """Whether the app's /last-close (how its last /attached view ended) says ``want`` within 10 s."""
+        return wait_until(lambda: want in http_exchange(self.port, b"GET /last-close HTTP/1.1\r\nHost: x\r\n\r\n",
+                                                        ssl_context=ssl_context), timeout=10, interval=0.1)
 
 
 WSGI_SERVERS = ["werkzeug", "gthread", "sync"]

@@ -133,10 +133,13 @@ def server_threads() -> list[str]:
 
 
 def ws_handshake(port: int, path: str = "/echo", extra: str = "", timeout: float = 5.0,
-                 ssl_context: ssl.SSLContext | None = None) -> tuple[socket.socket, bytes]:
-    """Open a raw WebSocket (``ssl_context``: over TLS); return the socket and any bytes read past the 101 reply."""
+                 ssl_context: ssl.SSLContext | None = None, frames: bytes = b"") -> tuple[socket.socket, bytes]:
+    """Open a raw WebSocket (``ssl_context``: over TLS); return the socket and any bytes read past the 101 reply.
+
+    ``frames``: sent in the same write as the request, before any answer (a client's first frames).
+    """
     sock = raw_connect(port, timeout, ssl_context=ssl_context)
-    sock.sendall(upgrade_request(path, extra=extra))
+    sock.sendall(upgrade_request(path, extra=extra) + frames)
     buf = b""
     while b"\r\n\r\n" not in buf:
         data = sock.recv(65536)

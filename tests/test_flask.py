@@ -27,7 +27,7 @@ from repro.check import check
 
 from .check_servers import WSGI_SERVERS, wsgi_server
 from .clients import CLIENTS
-from .helpers import StreamCheck, client_frame, http_exchange, read_server_frames, upgrade_request
+from .helpers import StreamCheck, client_frame, http_exchange, read_server_frames, upgrade_request, ws_handshake
 from .test_browser import _run_page, browser  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.timeout(120)
@@ -94,14 +94,14 @@ def test_flask_sock_api(kind: str) -> None:
             ws.send("one")
             assert ws.recv(timeout=10) == "one"
             ws.close(4000, "bye")
-        assert _eventually(lambda: http_exchange(srv.port, b"GET /last-close HTTP/1.1\r\nHost: x\r\n\r\n"), b"4000 bye")
+        assert srv.last_close_is(b"4000 bye")
 
 
 @pytest.mark.parametrize("kind", ["werkzeug", "gthread"])
 def test_frames_sent_right_behind_the_handshake_are_not_lost(kind: str) -> None:
     """The WSGI server read them with the request head; the takeover hands its buffer over."""
     with wsgi_server(kind) as srv:
-        sock, rest = _open_raw(srv.port, "/attached", client_frame(0x1, b"early one") + client_frame(0x2, b"early two"))
+        sock, rest = ws_handshake(srv.port, "/attached", frames=client_frame(0x1, b"early one") + client_frame(0x2, b"early two"))
         with sock:
             frames, _ = read_server_frames(sock, rest, timeout=10, max_frames=2)
     assert frames == [(1, b"early one"), (2, b"early two")], frames
@@ -124,11 +124,11 @@ def test_bad_handshakes_get_http_errors_from_the_wsgi_server(kind: str) -> None:
 @pytest.mark.parametrize("kind", ["werkzeug", "gthread"])
 def test_a_client_that_vanishes_ends_the_view_with_connection_closed(kind: str) -> None:
     with wsgi_server(kind) as srv:
-        sock, rest = _open_raw(srv.port, "/attached", client_frame(0x1, b"echo me"))
+        sock, rest = ws_handshake(srv.port, "/attached", frames=client_frame(0x1, b"echo me"))
         assert read_server_frames(sock, rest, timeout=10, max_frames=1)[0] == [(1, b"echo me")]
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()  # a reset, no close frame
-        assert _eventually(lambda: http_exchange(srv.port, b"GET /last-close HTTP/1.1\r\nHost: x\r\n\r\n"), b"1006")
+        assert srv.last_close_is(b"1006")
 
 
 # -- detached views: the WSGI thread goes back ---------------------------------------------
@@ -141,8 +141,8 @@ def test_a_thousand_detached_connections_on_four_gunicorn_threads() -> None:
         opened: list[tuple[socket.socket, bytes]] = []
         try:
             with ThreadPoolExecutor(8) as pool:  # every connection stays open until the end
-                opened = list(pool.map(lambda i: _open_raw(srv.port, "/detached", client_frame(0x1, b"client %d" % i),
-                                                           timeout=30), range(count)))
+                opened = list(pool.map(lambda i: ws_handshake(srv.port, "/detached", frames=client_frame(0x1, b"client %d" % i),
+                                                               timeout=30), range(count)))
                 echoes = list(pool.map(lambda o: read_server_frames(o[0], o[1], timeout=30, max_frames=1)[0], opened))
             threads = _threads_of_worker(srv.proc.pid)
         finally:
@@ -186,29 +186,6 @@ def test_sigterm_closes_attached_websockets_with_1001_and_gunicorn_exits(kind: s
     assert took < 10, f"gunicorn took {took:.1f} s to stop (graceful timeout 10 s)"
 
 
-def _open_raw(port: int, path: str, frames: bytes = b"", timeout: float = 10) -> tuple[socket.socket, bytes]:
-    """A raw WebSocket whose first ``frames`` go out in the same write as the request; (socket, bytes past the 101)."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    sock.sendall(upgrade_request(path) + frames)
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        data = sock.recv(65536)
-        assert data, f"closed during the handshake: {buf!r}"
-        buf += data
-    head, rest = buf.split(b"\r\n\r\n", 1)
-    assert head.startswith(b"HTTP/1.1 101"), head
-    return sock, rest
-
-
-def _eventually(get: object, want: bytes, timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if want in get():  # type: ignore[operator]
-            return True
-        time.sleep(0.1)
-    return False
-
-
 @pytest.mark.browser
 def test_chromium_verifies_a_stream_from_a_flask_route(browser) -> None:  # noqa: F811
     """The /stream verifier page (served by Flask) in headless Chromium, over gunicorn with wsrace.flask."""
@@ -218,3 +195,4 @@ def test_chromium_verifies_a_stream_from_a_flask_route(browser) -> None:  # noqa
     assert result["received"] == result["expected"] == 2000
     assert result["failures"] == 0
     assert result["close_code"] == 1000
+

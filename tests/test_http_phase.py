@@ -21,10 +21,16 @@ class Handler:
     def on_close(self, conn: object) -> None: ...
 
 
+class ChatHandler(Handler):
+    subprotocols = ("chat.v2", "chat.v1")
+
+
 class Router:
     def route(self, request: HttpRequest) -> object:
         if request.path == "/ws":
             return Handler()
+        if request.path == "/chat":
+            return ChatHandler()
         if request.path == "/json":
             return Response.json({"ok": True})
         if request.path == "/raw":
@@ -90,3 +96,17 @@ def test_timeout_is_408_and_counted() -> None:
     p.receive_data(b"GET /ws HTTP/1.1\r\n")
     outcome = p.timed_out()
     assert outcome.status == 408 and outcome.data.startswith(b"HTTP/1.1 408 ") and stats.handshake_timeouts == 1
+
+
+@pytest.mark.parametrize("path,offer,agreed", [
+    ("/chat", "chat.v1, chat.v2", "chat.v1"),  # the client's order of preference decides (simple-websocket's rule)
+    ("/chat", "other", None),  # nothing in common: no header, the client decides whether to go on
+    ("/chat", None, None),
+    ("/ws", "chat.v1", None),  # a handler without subprotocols agrees to none
+])
+def test_subprotocol_is_the_first_offered_that_the_handler_lists(path: str, offer: str | None, agreed: str | None) -> None:
+    p, _ = phase()
+    outcome = p.receive_data(upgrade_request(path, extra=f"Sec-WebSocket-Protocol: {offer}\r\n" if offer else ""))
+    assert isinstance(outcome, Upgrade) and outcome.subprotocol == agreed
+    header = f"\r\nSec-WebSocket-Protocol: {agreed}\r\n".encode() if agreed else b"Sec-WebSocket-Protocol"
+    assert (header in outcome.reply) == (agreed is not None), outcome.reply

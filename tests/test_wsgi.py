@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -67,8 +66,7 @@ def test_tls_by_the_wsgi_server_lends_its_socket_until_the_close(kind: str, tls_
             ws.send("over tls")
             assert ws.recv(timeout=10) == "over tls"
             ws.close(4001, "done")
-        assert _eventually(lambda: http_exchange(srv.port, b"GET /last-close HTTP/1.1\r\nHost: x\r\n\r\n",
-                                                 ssl_context=tls_files.client_context()), b"4001 done")
+        assert srv.last_close_is(b"4001 done", ssl_context=tls_files.client_context())
         # The view returns with 8 MiB still queued: the server gets its SSLSocket back only after the close.
         stream = StreamCheck(4, 32)
         outcome = with_websockets(srv.port, "/stream?producers=4&count=32&size=65536", stream, False, False,
@@ -83,15 +81,6 @@ def test_tls_by_the_wsgi_server_lends_its_socket_until_the_close(kind: str, tls_
         log = srv.log_tail(20000)
     assert result.verdict == "CLEAN", result.report() + log
     assert "detach() is not possible over TLS" in log, log
-
-
-def _eventually(get: Any, want: bytes, timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if want in get():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 # -- a plain WSGI app on Werkzeug, in this process ---------------------------------------------------

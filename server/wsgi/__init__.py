@@ -27,10 +27,9 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import fields, replace
 from typing import Any
 
-from ..codes import CloseCode
 from ..handshake import Handshake, HttpError, check_upgrade
 from ..limits import Limits
-from .hub import hub, post_worker_init, shutdown
+from .hub import hub, post_worker_init, shutdown, track
 from .takeover import StartResponse, UnsupportedServer, body_problem, detect, rebuild_head, take
 from .websocket import Bridge, ConnectionClosed, WebSocket
 
@@ -93,12 +92,13 @@ def accept(environ: dict[str, Any], subprotocols: Sequence[str] | str | None = N
         subprotocols = [subprotocols]
     taken = take(environ)
     ws = WebSocket(mode, subprotocols or (), borrowed=taken.borrowed)
+    track(ws)
     try:
         hub().adopt(taken.sock, taken.request, Bridge(ws), limits).result(timeout=limits.handshake_timeout)
     except (OSError, FutureTimeout) as exc:  # the client left before the IO thread took it
-        ws._ended(CloseCode.ABNORMAL, f"the client left during the handshake: {exc}")
-    if ws._conn is None and ws._closed is None:  # the IO thread answered the handshake with an HTTP error
-        ws._ended(CloseCode.ABNORMAL, "the handshake failed")
+        ws.not_opened(f"the client left during the handshake: {exc}")
+    else:
+        ws.not_opened("the handshake failed")  # if the IO thread answered it with an HTTP error; else a no-op
     return ws
 
 

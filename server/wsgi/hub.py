@@ -18,16 +18,22 @@ import logging
 import os
 import signal
 import threading
-from typing import Any
+import weakref
+from typing import TYPE_CHECKING, Any
 
 from ..handshake import HttpError, HttpRequest
 from ..http import Response
 from ..server import Server
 
+if TYPE_CHECKING:
+    from .websocket import WebSocket
+
 logger = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _hub: Server | None = None
+_last: Server | None = None  # the hub shutdown() last took: a second shutdown() waits for it
+_sockets: weakref.WeakSet[WebSocket] = weakref.WeakSet()  # every WebSocket given to a hub of this process
 _exit_registered = False
 
 
@@ -36,6 +42,11 @@ class _NoRoutes:
 
     def route(self, request: HttpRequest) -> Response:
         raise HttpError(404, "not found")
+
+
+def track(ws: WebSocket) -> None:
+    """Remember ``ws`` so that :func:`shutdown` can end it even if its close job never ran."""
+    _sockets.add(ws)
 
 
 def hub() -> Server:
@@ -55,10 +66,20 @@ def shutdown(timeout: float = 10.0) -> bool:
     False if some connections had to be cut after ``timeout``. The next
     :func:`~server.wsgi.accept` starts a new hub.
     """
-    global _hub
+    global _hub, _last
     with _lock:
-        running, _hub = _hub, None
-    return running.shutdown(timeout) if running is not None else True
+        running = _last = _hub or _last
+        _hub = None
+    if running is None:
+        return True
+    # Server.shutdown() waits for a shutdown already under way: the interpreter's exit hook must not
+    # return (and the process end) while a SIGTERM's shutdown thread is still sending the 1001s.
+    clean = running.shutdown(timeout)
+    # A connection's close reaches its WebSocket through the worker pool, after its last message; the
+    # pool's queued work is cancelled at shutdown, so end here whatever it did not: no view waits for ever.
+    for ws in list(_sockets):
+        ws.stopped()
+    return clean
 
 
 def post_worker_init(worker: Any) -> None:
@@ -80,8 +101,8 @@ def post_worker_init(worker: Any) -> None:
 
 def _forget_after_fork() -> None:
     """In a forked child: the parent's hub has no IO thread here."""
-    global _hub, _lock
-    _hub, _lock = None, threading.Lock()
+    global _hub, _last, _lock, _sockets
+    _hub, _last, _lock, _sockets = None, None, threading.Lock(), weakref.WeakSet()
 
 
 def _register_exit() -> None:

@@ -176,6 +176,18 @@ class WebSocket:
         with self._ready:
             return self._ready.wait_for(lambda: self._closed is not None, timeout)
 
+    def stopped(self) -> None:
+        """For the hub, once stopped: end this WebSocket if its close job was dropped with the pool's queue."""
+        if self._closed is None:
+            conn = self._conn
+            self._ended(conn.close_code or CloseCode.GOING_AWAY if conn else CloseCode.ABNORMAL,
+                        conn.close_reason if conn else "server shutting down")
+
+    def not_opened(self, reason: str) -> None:
+        """For :func:`~server.wsgi.accept`: unless the connection opened, mark it closed (1006, ``reason``)."""
+        if self._conn is None and self._closed is None:
+            self._ended(CloseCode.ABNORMAL, reason)
+
     # -- the handler side: the IO thread and the worker pool ------------------
 
     def _opened(self, conn: Connection) -> None:
