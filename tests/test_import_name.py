@@ -1,4 +1,4 @@
-"""``wsrace`` imports the server API even when a project's own server.py shadows ``server``."""
+"""``wsrace`` and ``server`` give the same classes; ``wsrace`` still works where a project's server.py shadows ``server``."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ from wsrace import DemoApp, Limits, Server
 srv = Server(DemoApp, port=0, limits=Limits(ping_interval=None)).start()
 print("wsrace:", srv.url)
 assert srv.shutdown()
+import wsrace.flask, wsrace.wsgi
+print("flask:", wsrace.flask.Sock.__module__, wsrace.wsgi.ConnectionClosed is wsrace.flask.ConnectionClosed)
 """
 
 
@@ -30,3 +32,20 @@ def test_wsrace_works_where_a_users_server_py_shadows_server(tmp_path: Path) -> 
     assert out.returncode == 0, out.stderr[-2000:]
     assert "server: shadowed: cannot import name 'Server'" in out.stdout
     assert "wsrace: ws://127.0.0.1:" in out.stdout
+    assert "flask: wsrace.server.wsgi.flask True" in out.stdout  # the Flask layer follows wsrace's copy
+
+
+def test_both_names_give_the_same_classes() -> None:
+    """One package under two names: what one raises, the other's ``except`` catches."""
+    import server
+    import server.wsgi
+    import wsrace
+    import wsrace.wsgi
+    from server import ConnectionClosed, Server
+
+    assert wsrace.server is server
+    assert wsrace.Server is Server and wsrace.ConnectionClosed is ConnectionClosed
+    assert wsrace.wsgi.accept is server.wsgi.accept
+    assert "wsrace.server" not in sys.modules  # no second copy was loaded
+    with pytest.raises(ConnectionClosed):
+        raise wsrace.ConnectionClosed(1000)

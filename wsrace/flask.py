@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
-from .server.wsgi.flask import ConnectionClosed, Sock, WebSocket
+from . import submodule
+
+_flask = submodule("wsgi.flask")
+ConnectionClosed = _flask.ConnectionClosed
+Sock = _flask.Sock
+WebSocket = _flask.WebSocket
 
 __all__ = ["ConnectionClosed", "Sock", "WebSocket"]

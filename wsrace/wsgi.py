@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from .server.wsgi import (
-    ConnectionClosed,
-    Refused,
-    UnsupportedServer,
-    WebSocket,
-    accept,
-    hub,
-    post_worker_init,
-    shutdown,
-)
+from . import submodule
+
+_wsgi = submodule("wsgi")
+ConnectionClosed = _wsgi.ConnectionClosed
+Refused = _wsgi.Refused
+UnsupportedServer = _wsgi.UnsupportedServer
+WebSocket = _wsgi.WebSocket
+accept = _wsgi.accept
+hub = _wsgi.hub
+post_worker_init = _wsgi.post_worker_init
+shutdown = _wsgi.shutdown
 
 __all__ = ["ConnectionClosed", "Refused", "UnsupportedServer", "WebSocket", "accept", "hub", "post_worker_init",
            "shutdown"]
