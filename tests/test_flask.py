@@ -53,7 +53,8 @@ def test_one_changed_import_makes_the_pool_replying_app_clean(kind: str) -> None
 def test_the_same_app_on_flask_sock_under_gunicorn_is_corrupted() -> None:
     """The control: the identical code with ``from flask_sock import Sock`` (gthread; Werkzeug is in test_check)."""
     with wsgi_server("gthread", fixed=False) as srv:
-        result = check(_url(srv.port, "/echo"))
+        # keep_going: a run flask-sock ends without a close frame (INCOMPLETE) does not stop the check
+        result = check(_url(srv.port, "/echo"), keep_going=True)
     assert result.verdict == "CORRUPTED", result.report()
 
 
