@@ -354,19 +354,20 @@ class Connection(ConnectionHandle):
 
     def _close_stalled(self, reason: str) -> None:
         if self.state is State.OPEN:
-            self._stats.closed_stalled += 1
             self._close_for_overflow(reason)
+            self._stats.closed_stalled += 1
 
     def _close_too_slow(self, reason: str) -> None:
         """A fan-out found this client a full queue behind the feed."""
         if self.state is State.OPEN:
-            self._stats.closed_too_slow += 1
             self._close_for_overflow(reason)
+            self._stats.closed_too_slow += 1
 
     def _close_for_overflow(self, reason: str) -> None:
+        # The close is recorded before it is counted: whoever sees the count sees the close code too.
+        self._fail(CloseCode.POLICY_VIOLATION, reason)
         self._stats.closed_by_policy += 1
         logger.warning("%s: closing with 1008: %s", self.peer, reason)
-        self._fail(CloseCode.POLICY_VIOLATION, reason)
 
     def _close_after_flush(self) -> None:
         """Half-close the socket once the outbox is empty."""
