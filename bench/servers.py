@@ -108,11 +108,14 @@ class Ours(Base):
             def route(self, request: object) -> Sink:
                 return Sink()
 
-        conn_cls: type[Connection] = Connection
+        server_cls: type[Server] = Server
         if mode == "direct":
-            from repro.disciplines import DirectConnection
+            from repro.disciplines import DirectConnection, KnobServer
 
-            conn_cls = DirectConnection
+            class DirectServer(KnobServer):
+                connection_class = DirectConnection
+
+            server_cls = DirectServer
         self.mode = mode
         # Default limits (keepalive and compression off, as for the peers); C narrows the outbox.
         limits = Limits(ping_interval=None, deflate=False)
@@ -120,7 +123,7 @@ class Ours(Base):
             limits = Limits(ping_interval=None, deflate=False, max_queue_bytes=outbox)
         tls: dict[str, object] = {"ssl_context": ssl_context} if ssl_context is not None else {}
         try:
-            self.server = Server(Router(), port=0, workers=4, connection_class=conn_cls, limits=limits, **tls)  # type: ignore[arg-type]
+            self.server = server_cls(Router(), port=0, workers=4, limits=limits, **tls)  # type: ignore[arg-type]
         except TypeError as exc:
             if "ssl_context" in str(exc):
                 raise SystemExit(f"ours ({mode}): the server does not take ssl_context yet, so it cannot serve wss:// ({exc})") from None

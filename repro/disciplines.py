@@ -18,9 +18,10 @@ import threading
 from collections.abc import Iterator
 from typing import Protocol
 
-from server import CloseCode, ConnectionClosed, DemoApp, Limits, Server, SocketTransport
+from server import CloseCode, ConnectionClosed, DemoApp, Limits, Router, Server
 from server.connection import Connection, State
 from server.frames import OutMessage
+from server.transport import SocketTransport
 
 from .guard import Violation, WriteGuard
 from .simple_ws import SimpleWebsocketServer
@@ -45,6 +46,11 @@ class KnobServer(Server):
     sndbuf: int | None = None
     guards: list[WriteGuard] | None = None  # set: wrap every socket in a recording WriteGuard
     tls_events: TlsEvents | None = None  # over TLS: what the SSL calls raised, by thread
+    connection_class: type[Connection] = Connection  # the write discipline: DirectConnection, LockedConnection
+
+    def make_connection(self, transport: SocketTransport, router: Router, limits: Limits) -> Connection:
+        return self.connection_class(self.loop, transport, router, self.executor, limits, self.stats,
+                                     self._on_closed, self.send_backlog)
 
     def make_transport(self, sock: socket.socket) -> SocketTransport:
         if self.sndbuf:
@@ -189,9 +195,8 @@ def serve(
     guards: list[WriteGuard] | None = [] if guard else None
     # The unsafe modes write off the IO thread by design: their writes skip the affinity check.
     limits = Limits(ping_interval=ping_interval, deflate=deflate, max_queue_bytes=64 * 1024 * 1024)
-    srv = KnobServer(DemoApp, host=host, port=port, workers=workers, limits=limits, connection_class=conn_cls,
-                     ssl_context=ssl_context)
-    srv.sndbuf, srv.guards, srv.tls_events = sndbuf, guards, tls_events
+    srv = KnobServer(DemoApp, host=host, port=port, workers=workers, limits=limits, ssl_context=ssl_context)
+    srv.sndbuf, srv.guards, srv.tls_events, srv.connection_class = sndbuf, guards, tls_events, conn_cls
     srv.start()
     if publishers:
         srv.router.hub.start_tickers(publishers, rate)  # type: ignore[attr-defined]

@@ -23,7 +23,7 @@ from .errors import ConnectionClosed
 from .handler import Handler
 from .handshake import HttpError, HttpRequest
 from .http import Response
-from .server import TRY_AGAIN_LATER, BroadcastResult, Server
+from .server import BroadcastResult, Server
 
 logger = logging.getLogger(__name__)
 
@@ -269,7 +269,7 @@ class BroadcastHandler:
             self.hub.publish(message, self.topic)
         except PublishQueueFull:
             self.hub.refused += 1
-            conn.close(TRY_AGAIN_LATER, "try again later: broker unreachable, publish queue full")
+            conn.close(CloseCode.TRY_AGAIN_LATER, "try again later: broker unreachable, publish queue full")
 
     def on_close(self, conn: Connection) -> None:
         self.hub.unsubscribe(conn, self.topic)

@@ -32,7 +32,6 @@ from .transport import SocketTransport
 logger = logging.getLogger(__name__)
 _outbox_of = attrgetter("_outbox")
 
-TRY_AGAIN_LATER = 1013
 MAX_REASON = 100  # characters; a close reason holds at most 123 bytes
 
 
@@ -53,8 +52,9 @@ class Server:
     :meth:`broadcast`, both safe from any thread.
 
     ``router`` is a :class:`Router`, or a callable that builds one from the
-    server (so routes can reach :meth:`broadcast`). ``connection_class`` lets
-    the repro inject its unsafe write disciplines; nothing else should change it.
+    server (so routes can reach :meth:`broadcast`). A subclass may override
+    :meth:`make_transport` and :meth:`make_connection` (the factories for
+    each accepted or adopted socket).
     ``max_backlog_bytes`` bounds, server-wide, what producers have sent and the
     IO thread has not taken yet: past it, producers wait for the IO thread.
     ``origins``, if given, is the allow-list of ``Origin`` values for WebSocket
@@ -74,7 +74,6 @@ class Server:
         workers: int = 8,
         limits: Limits | None = None,
         backlog: int = 1024,
-        connection_class: type[Connection] = Connection,
         max_backlog_bytes: int = 64 * 1024 * 1024,
         origins: list[str | None] | None = None,
         broker: Broker | None = None,
@@ -83,7 +82,6 @@ class Server:
     ) -> None:
         self.host = host
         self.ssl_context = ssl_context
-        self.connection_class = connection_class
         self.limits = limits or Limits()
         self.stats = Stats()
         self.loop = IOLoop()
@@ -99,9 +97,9 @@ class Server:
             self.port = self._listener.getsockname()[1]
         self.admission = Admission(self.loop, self._listener, self._on_accept, self.limits, self.stats)
         self.admission.plain_http = ssl_context is None
-        self._accepting = True
         self._shutting_down = False
         self._all_closed = threading.Event()
+        self._own_send = False  # a connection whose class overrides send() was made (see make_connection)
         self._stopped = threading.Event()
         self._shutdown_lock = threading.Lock()
         self._stopped_clean = True
@@ -200,7 +198,7 @@ class Server:
         out = OutMessage.of(message)
         result = BroadcastResult()
         conns = self.open_connections() if targets is None else targets
-        if self.connection_class.send is not Connection.send:  # the repro's disciplines: their own send()
+        if self._own_send:  # connections of a class with its own send(): honour it
             for conn in conns:
                 self._count_send(conn.send, out, result)
             return result
@@ -275,20 +273,11 @@ class Server:
         targets = self.subscribers(topic)
         for conn in targets:
             try:
-                conn.close(TRY_AGAIN_LATER, reason[:MAX_REASON])
+                conn.close(CloseCode.TRY_AGAIN_LATER, reason[:MAX_REASON])
             except ValueError:
-                conn.close(TRY_AGAIN_LATER, "messages were missed")
+                conn.close(CloseCode.TRY_AGAIN_LATER, "messages were missed")
         self.stats.broker_subscribers_closed += len(targets)
         logger.warning("topic %r: %d subscribers closed with 1013 (%s)", topic, len(targets), reason)
-
-    def broadcast_paced(
-        self, message: str | bytes | OutMessage, targets: Iterable[Connection], stall_timeout: float | None = None
-    ) -> BroadcastResult:
-        """Deprecated alias of :meth:`broadcast`, which now waits for room itself.
-
-        ``stall_timeout`` is ignored: it is ``Limits.stall_timeout``.
-        """
-        return self.broadcast(message, targets)
 
     def shutdown(self, timeout: float = 10.0) -> bool:
         """Stop accepting, close every connection with 1001 after its queued
@@ -336,7 +325,6 @@ class Server:
 
     def _begin_shutdown(self) -> None:
         self._shutting_down = True
-        self._accepting = False
         self.admission.stop()  # [admission] no backoff timer re-watches the closed listener
         if self._listener is not None:
             self.loop.remove(self._listener)
@@ -368,10 +356,9 @@ class Server:
     def _serve(self, sock: socket.socket, addr: object, router: Router, limits: Limits | None = None) -> Connection:
         """A connection for an admitted socket, counted and tracked (IO thread); the caller starts it."""
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = self.connection_class(
-            self.loop, self.make_transport(sock), router, self.executor, limits or self.limits, self.stats,
-            self._on_closed, self.send_backlog,
-        )
+        conn = self.make_connection(self.make_transport(sock), router, limits or self.limits)
+        if type(conn).send is not Connection.send:
+            self._own_send = True
         with self._conn_lock:
             self._connections.add(conn)
         self.admission.opened(conn, addr)  # [admission]
@@ -414,6 +401,12 @@ class Server:
 
         self.loop.post(take)
         return done
+
+    def make_connection(self, transport: SocketTransport, router: Router, limits: Limits) -> Connection:
+        """The connection over a new transport (IO thread). A subclass may return a :class:`Connection` subclass;
+        if that overrides ``send()``, :meth:`broadcast` delivers through it instead of queueing directly."""
+        return Connection(self.loop, transport, router, self.executor, limits, self.stats, self._on_closed,
+                          self.send_backlog)
 
     def make_transport(self, sock: socket.socket) -> SocketTransport:
         """The transport for a socket just accepted (IO thread): TLS with ``ssl_context``; a subclass may wrap the socket.

@@ -155,7 +155,7 @@ def test_a_busy_io_thread_never_evicts_a_reading_client() -> None:
     def broadcast_with_naps(srv: Server, conns: list, message: bytes) -> None:
         if int.from_bytes(message[4:8], "big") % 50 == 25:
             srv.loop.post(lambda: threading.Event().wait(0.6))  # 3 x stall_timeout without a write
-        srv.broadcast_paced(message, conns)
+        srv.broadcast(message, conns)
 
     with fan_out(limits, clients=2, producers=1, count=200, size=32768, send=broadcast_with_naps) as (srv, results, _):
         assert_all_delivered(results, 2, 1, 200)
