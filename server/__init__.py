@@ -6,40 +6,64 @@ Quick use (a complete app: ``examples/chat.py``)::
     srv = Server(DemoApp, port=0).start()
     ...                      # conn.send() from any thread; never touches a socket
     srv.shutdown()
+
+What is listed in ``__all__`` is the public API; the IO core (``server.loop``,
+``server.transport``, ...) is importable for tests and tools but may change.
+``DemoApp`` (the demo routes of ``python -m server``) is loaded on first use:
+``import server`` does not import the demo application.
 """
 
-from .app import DemoApp
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .broker import BrokerError, PublishQueueFull, make_broker
 from .codes import CloseCode
 from .connection import Connection
 from .errors import ConnectionClosed, WsraceError
 from .frames import OutMessage
+from .handle import ConnectionHandle
 from .handler import Handler, Router
 from .handshake import HttpError, HttpRequest
 from .http import Response
 from .limits import Limits
-from .loop import IOLoop
 from .outbox import OverflowPolicy
 from .server import BroadcastResult, Server
 from .stats import Stats
-from .transport import SocketTransport
+from .tls import TlsConfigError, server_context
+
+if TYPE_CHECKING:
+    from .app import DemoApp
 
 __all__ = [
     "BroadcastResult",
+    "BrokerError",
     "CloseCode",
     "Connection",
     "ConnectionClosed",
+    "ConnectionHandle",
     "DemoApp",
     "Handler",
     "HttpError",
     "HttpRequest",
-    "IOLoop",
     "Limits",
     "OutMessage",
     "OverflowPolicy",
+    "PublishQueueFull",
     "Response",
     "Router",
     "Server",
-    "SocketTransport",
     "Stats",
+    "TlsConfigError",
     "WsraceError",
+    "make_broker",
+    "server_context",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "DemoApp":  # the demo application, only when asked for
+        from .app import DemoApp
+
+        return DemoApp
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -49,3 +49,10 @@ def test_both_names_give_the_same_classes() -> None:
     assert "wsrace.server" not in sys.modules  # no second copy was loaded
     with pytest.raises(ConnectionClosed):
         raise wsrace.ConnectionClosed(1000)
+
+
+
+def test_importing_the_api_does_not_import_the_demo_app() -> None:
+    program = "import sys, server, wsrace; print(sorted(m for m in sys.modules if m.endswith('.app')))"
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr[-2000:]

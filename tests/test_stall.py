@@ -15,9 +15,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from server import Limits, SocketTransport, Stats
+from server import Limits, Stats
 from server.connection import Connection, State
 from server.loop import IOLoop
+from server.transport import SocketTransport
 
 from .helpers import upgrade_request, wait_until
 

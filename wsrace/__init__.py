@@ -63,5 +63,11 @@ def submodule(name: str) -> ModuleType:
 
 server = _load()
 _exported: list[str] = list(server.__all__)
-globals().update({name: getattr(server, name) for name in _exported})
+globals().update({name: getattr(server, name) for name in _exported if name != "DemoApp"})  # DemoApp: on first use
 __all__ = ["server", "submodule", *_exported]
+
+
+def __getattr__(name: str) -> object:
+    if name in _exported:
+        return getattr(server, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
