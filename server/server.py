@@ -9,39 +9,25 @@ import ssl
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from functools import partial
-from operator import attrgetter
 
 from .admission import Admission
 from .backlog import Backlog
 from .broker import Broker, MemoryBroker
 from .codes import CloseCode
 from .connection import Connection, State
-from .errors import ConnectionClosed
 from .frames import OutMessage
 from .handler import Router
 from .http import OriginCheck
 from .limits import Limits
 from .loop import IOLoop
-from .outbox import put_shared
+from .registry import BroadcastResult, Registry
 from .stats import Stats
 from .tls import TlsTransport
+from .topics import Topics
 from .transport import SocketTransport
 
 logger = logging.getLogger(__name__)
-_outbox_of = attrgetter("_outbox")
 
-MAX_REASON = 100  # characters; a close reason holds at most 123 bytes
-
-
-@dataclass
-class BroadcastResult:
-    """What :meth:`Server.broadcast` did with one message."""
-
-    queued: int = 0  # connections the message was queued to
-    dropped: int = 0  # discarded by the ``drop`` policy (queue full)
-    closed: int = 0  # closing or closed already, or closed by this broadcast as too slow for the feed
 
 
 class Server:
@@ -87,8 +73,7 @@ class Server:
         self.loop = IOLoop()
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wsrace-worker")
         self.send_backlog = Backlog(max_backlog_bytes)
-        self._connections: set[Connection] = set()  # IO thread adds and removes, under _conn_lock
-        self._conn_lock = threading.Lock()
+        self.registry = Registry(self.limits.fanout_wait)  # the connections; broadcast
         self._listener: socket.socket | None = None
         self.port = 0  # no listener (port=None): connections come through adopt()
         if port is not None:
@@ -99,13 +84,11 @@ class Server:
         self.admission.plain_http = ssl_context is None
         self._shutting_down = False
         self._all_closed = threading.Event()
-        self._own_send = False  # a connection whose class overrides send() was made (see make_connection)
         self._stopped = threading.Event()
         self._shutdown_lock = threading.Lock()
         self._stopped_clean = True
         self.broker: Broker = broker if broker is not None else MemoryBroker()
-        self._topics: dict[str, frozenset[Connection]] = {}  # replaced, never mutated, under _topics_lock
-        self._topics_lock = threading.Lock()
+        self.topics = Topics(self.broker, self.registry.broadcast, self.stats)
         if isinstance(router, type) or not hasattr(router, "route"):
             self.router: Router = router(self)  # type: ignore[operator]
         else:
@@ -131,7 +114,7 @@ class Server:
         self.loop.post(register)
         if not ready.wait(10):
             raise RuntimeError("the IO loop did not run a posted callable within 10 s; is its wake-up broken?")
-        self.broker.start(self._deliver, self._on_missed, self.stats)
+        self.topics.start()
         logger.debug("listening on %s", self.url)
         return self
 
@@ -172,16 +155,11 @@ class Server:
     @property
     def connections(self) -> list[Connection]:
         """A snapshot of every connection, in any state. Any thread."""
-        with self._conn_lock:
-            return list(self._connections)
+        return self.registry.snapshot()
 
     def open_connections(self, path: str | None = None) -> list[Connection]:
         """A snapshot of the open WebSocket connections (on ``path``, if given). Any thread."""
-        with self._conn_lock:
-            conns = list(self._connections)
-        if path is None:
-            return [c for c in conns if c.is_open]
-        return [c for c in conns if c.is_open and c.path == path]
+        return self.registry.open(path)
 
     def broadcast(self, message: str | bytes | OutMessage, targets: Iterable[Connection] | None = None) -> BroadcastResult:
         """Send one message to many connections: encoded once, the same frame bytes queued to each.
@@ -194,61 +172,22 @@ class Server:
         queue behind the feed then is closed with 1008 "too slow for this feed"
         (policy ``close``), or the message is dropped for it (``drop``, no
         wait). Returns how many targets got it, dropped it or were closed.
+        A connection class that overrides ``send()`` gets it through that.
         """
-        out = OutMessage.of(message)
-        result = BroadcastResult()
-        conns = self.open_connections() if targets is None else targets
-        if self._own_send:  # connections of a class with its own send(): honour it
-            for conn in conns:
-                self._count_send(conn.send, out, result)
-            return result
-        # Fast path: queue to every target with room under one lock acquisition; a target that
-        # must wait (or drop, or be judged) gets send()'s own path, Outbox.put, then the rest go on.
-        outboxes = map(_outbox_of, conns)
-        while True:
-            blocked, queued, closed = put_shared(out, outboxes)
-            result.queued += queued
-            result.closed += closed
-            if blocked is None:
-                return result
-            self._count_send(partial(blocked.put, fanout_wait=self.limits.fanout_wait), out, result)
+        return self.registry.broadcast(message, targets)
 
-    @staticmethod
-    def _count_send(send: Callable[[OutMessage], bool], out: OutMessage, result: BroadcastResult) -> None:
-        """``send(out)`` (a connection's send, or an outbox's put), counted into ``result``."""
-        try:
-            if send(out):
-                result.queued += 1
-            else:
-                result.dropped += 1
-        except ConnectionClosed:
-            result.closed += 1
-
-    # -- topics and the broker (any thread) -------------------------------
+    # -- topics and the broker (any thread; server/topics.py) ---------------
 
     def subscribe(self, conn: Connection, topic: str = "") -> None:
         """``conn`` receives what :meth:`publish` sends to ``topic``, from any process on the broker."""
-        with self._topics_lock:
-            members = self._topics.get(topic, frozenset())
-            self._topics[topic] = members | {conn}
-            first = not members
-        if first:
-            self.broker.subscribe(topic)
+        self.topics.subscribe(conn, topic)
 
     def unsubscribe(self, conn: Connection, topic: str = "") -> None:
-        with self._topics_lock:
-            members = self._topics.get(topic, frozenset()) - {conn}
-            if members:
-                self._topics[topic] = members
-            else:
-                self._topics.pop(topic, None)
-            last = not members
-        if last:
-            self.broker.unsubscribe(topic)
+        self.topics.unsubscribe(conn, topic)
 
     def subscribers(self, topic: str = "") -> frozenset[Connection]:
         """This process's subscribers of ``topic`` (a snapshot)."""
-        return self._topics.get(topic, frozenset())
+        return self.topics.subscribers(topic)
 
     def publish(self, message: str | bytes, topic: str = "") -> BroadcastResult | None:
         """Send ``message`` to the subscribers of ``topic`` in every process on the broker.
@@ -263,21 +202,6 @@ class Server:
         """
         result = self.broker.publish(topic, message)
         return result if isinstance(result, BroadcastResult) else None
-
-    def _deliver(self, topic: str, message: str | bytes) -> BroadcastResult:
-        # The broker's delivery: local fan-out, encoded once (the reader thread waits for a full
-        # subscriber at most fanout_wait, then that subscriber gets the overflow action).
-        return self.broadcast(message, self.subscribers(topic))
-
-    def _on_missed(self, topic: str, reason: str, count: int) -> None:
-        targets = self.subscribers(topic)
-        for conn in targets:
-            try:
-                conn.close(CloseCode.TRY_AGAIN_LATER, reason[:MAX_REASON])
-            except ValueError:
-                conn.close(CloseCode.TRY_AGAIN_LATER, "messages were missed")
-        self.stats.broker_subscribers_closed += len(targets)
-        logger.warning("topic %r: %d subscribers closed with 1013 (%s)", topic, len(targets), reason)
 
     def shutdown(self, timeout: float = 10.0) -> bool:
         """Stop accepting, close every connection with 1001 after its queued
@@ -357,10 +281,7 @@ class Server:
         """A connection for an admitted socket, counted and tracked (IO thread); the caller starts it."""
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn = self.make_connection(self.make_transport(sock), router, limits or self.limits)
-        if type(conn).send is not Connection.send:
-            self._own_send = True
-        with self._conn_lock:
-            self._connections.add(conn)
+        self.registry.add(conn)
         self.admission.opened(conn, addr)  # [admission]
         return conn
 
@@ -420,11 +341,10 @@ class Server:
         return SocketTransport(self.loop, sock)
 
     def _on_closed(self, conn: Connection) -> None:
-        with self._conn_lock:
-            self._connections.discard(conn)
+        self.registry.discard(conn)
         self.admission.closed(conn)  # [admission]
         self._check_all_closed()
 
     def _check_all_closed(self) -> None:
-        if self._shutting_down and not self._connections:
+        if self._shutting_down and not self.registry:
             self._all_closed.set()

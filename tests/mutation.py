@@ -159,9 +159,9 @@ MUTANTS = [
         "fanout-paced-by-its-slowest",
         "broadcast waits for a full member like a point-to-point send: one slow reader paces the fan-out and is "
         "closed as stalled, not as too slow for the feed",
-        "server/server.py",
-        "self._count_send(partial(blocked.put, fanout_wait=self.limits.fanout_wait), out, result)",
-        "self._count_send(blocked.put, out, result)",
+        "server/registry.py",
+        "_count_send(partial(blocked.put, fanout_wait=self._fanout_wait), out, result)",
+        "_count_send(blocked.put, out, result)",
         1,
         tests=("tests/test_slow_readers.py::test_one_slow_member_is_closed_as_too_slow_and_the_rest_get_everything[20KB/s-broadcast]",),
     ),
