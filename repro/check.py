@@ -31,12 +31,12 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 from .check_session import CheckOptions, ConnectError, Target, _Session, client_ssl_context, parse_url
 from .run import Result, format_results
+from .verdict import Verdict
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["CheckOptions", "CheckResult", "check", "parse_url"]
 
-EXIT_CODES = {"CLEAN": 0, "CORRUPTED": 1, "PROTOCOL-ERROR": 1, "INCOMPLETE": 2, "ERROR": 2}
 
 
 @dataclass
@@ -45,7 +45,7 @@ class CheckResult:
 
     url: str
     options: CheckOptions
-    verdict: str  # CLEAN, CORRUPTED, PROTOCOL-ERROR, INCOMPLETE or ERROR
+    verdict: Verdict
     sentence: str  # one sentence saying what that means
     runs: list[Result] = field(default_factory=list)
     seconds: float = 0.0
@@ -53,7 +53,7 @@ class CheckResult:
 
     @property
     def clean(self) -> bool:
-        return self.verdict == "CLEAN"
+        return self.verdict is Verdict.CLEAN
 
     @property
     def anomalies(self) -> dict[str, int]:
@@ -70,7 +70,7 @@ class CheckResult:
 
     @property
     def exit_code(self) -> int:
-        return EXIT_CODES[self.verdict]
+        return self.verdict.exit_code
 
     def report(self) -> str:
         """The verdict table and the first anomaly's hex dump, as ``make repro`` prints them, then the sentence."""
@@ -101,25 +101,26 @@ class CheckResult:
         return f"<CheckResult {self.verdict} {self.url}: {len(self.runs)} run(s){where}>"
 
 
-def _verdict(url: str, options: CheckOptions, runs: list[Result]) -> tuple[str, str]:
-    bad = next((r for r in runs if r.verdict in ("CORRUPTED", "PROTOCOL-ERROR")), None)
-    if bad is not None and bad.verdict == "CORRUPTED":
+def _verdict(url: str, options: CheckOptions, runs: list[Result]) -> tuple[Verdict, str]:
+    """The worst run decides (the first of the worst, if several)."""
+    worst = Verdict.worst([r.verdict for r in runs])
+    bad = next(r for r in runs if r.verdict is worst)
+    if worst is Verdict.CORRUPTED:
         first = bad.first_anomaly
         if first is None:  # nothing to point at in the frames: the TLS records broke first
-            return "CORRUPTED", f"{bad.discipline}: {bad.reason}."
-        return "CORRUPTED", (f"{bad.discipline}: the server's byte stream broke ({first.get('class')} at byte "
-                             f"{first.get('offset')}): its writes to one socket interleave — the cross-thread write bug, "
-                             f"or a relative of it.")
-    if bad is not None:
-        return "PROTOCOL-ERROR", f"{bad.discipline}: {bad.reason}."
-    incomplete = next((r for r in runs if r.verdict == "INCOMPLETE"), None)
-    if incomplete is not None:
+            return worst, f"{bad.discipline}: {bad.reason}."
+        return worst, (f"{bad.discipline}: the server's byte stream broke ({first.get('class')} at byte "
+                       f"{first.get('offset')}): its writes to one socket interleave — the cross-thread write bug, "
+                       f"or a relative of it.")
+    if worst is Verdict.PROTOCOL_ERROR:
+        return worst, f"{bad.discipline}: {bad.reason}."
+    if worst is Verdict.INCOMPLETE:
         hint = " (is this an echo endpoint? use --mode drain for push endpoints)" if options.mode == "echo" else ""
-        return "INCOMPLETE", (f"{incomplete.discipline}: {incomplete.reason}{hint}; nothing corrupted was seen, "
-                              f"but the check did not finish.")
+        return worst, (f"{bad.discipline}: {bad.reason}{hint}; nothing corrupted was seen, "
+                       f"but the check did not finish.")
     checked = sum(r.bytes_checked for r in runs)
     what = f"{sum(r.valid for r in runs)} replies verified" if options.mode == "echo" else f"{sum(r.valid for r in runs)} messages"
-    return "CLEAN", (f"{len(runs)} run(s), {what}, {checked / 2**20:.1f} MiB of frames checked: nothing torn. "
+    return Verdict.CLEAN, (f"{len(runs)} run(s), {what}, {checked / 2**20:.1f} MiB of frames checked: nothing torn. "
                      f"Timing-dependent bugs can hide; a clean result is evidence, not proof.")
 
 
@@ -162,14 +163,14 @@ def check(url: str, options: CheckOptions | None = None, progress: Callable[[str
         try:
             result = _Session(target, options, run, seed, ssl_context).run_once(per_run)
         except ConnectError as exc:
-            return CheckResult(url, options, "ERROR", str(exc), runs, time.monotonic() - started)
+            return CheckResult(url, options, Verdict.ERROR, str(exc), runs, time.monotonic() - started)
         runs.append(result)
         say(f"      -> {result.verdict} after {result.seconds:.1f} s ({result.valid} intact, {result.ended})")
-        if result.verdict in ("CORRUPTED", "PROTOCOL-ERROR"):
+        if result.verdict in (Verdict.CORRUPTED, Verdict.PROTOCOL_ERROR):
             detected_after = detected_after or round(time.monotonic() - started, 2)
             if not options.keep_going:
                 break
-        if result.verdict == "INCOMPLETE" and not options.keep_going:
+        if result.verdict is Verdict.INCOMPLETE and not options.keep_going:
             break
-    verdict, sentence = _verdict(url, options, runs) if runs else ("ERROR", "no run could start within the time limit.")
+    verdict, sentence = _verdict(url, options, runs) if runs else (Verdict.ERROR, "no run could start within the time limit.")
     return CheckResult(url, options, verdict, sentence, runs, time.monotonic() - started, detected_after)

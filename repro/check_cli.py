@@ -19,6 +19,7 @@ import sys
 
 from .check import check
 from .check_session import MODES, CheckOptions
+from .verdict import Verdict
 
 PROG = "wsrace-check"
 
@@ -96,7 +97,7 @@ def run(ns: argparse.Namespace) -> int:
         print(json.dumps(result.to_json(), indent=2))
     else:
         print(result.report())
-    if result.verdict == "ERROR":
+    if result.verdict is Verdict.ERROR:
         print(f"{PROG}: {result.sentence}", file=sys.stderr)
     return result.exit_code
 

@@ -36,6 +36,7 @@ from .client import (
     upgrade_request,
 )
 from .run import Result, describe_anomaly
+from .verdict import Verdict
 
 # Client-side TLS errors that only a damaged record stream produces (a server writing one SSL object from two
 # threads, or bytes spliced into the encrypted stream), and the alert a server sends when its own SSL object broke.
@@ -377,26 +378,26 @@ class _Session:
         if tls is not None and not corrupted:
             result.anomalies[f"tls:{(tls.reason or '?').lower()}"] = 1
         if corrupted:
-            result.verdict, result.reason = "CORRUPTED", f"{first.cls if first else '?'}: {first.detail if first else ''}"
+            result.verdict, result.reason = Verdict.CORRUPTED, f"{first.cls if first else '?'}: {first.detail if first else ''}"
         elif tls is not None and tls.reason in TLS_RECORD_ERRORS:
-            result.verdict = "CORRUPTED"
+            result.verdict = Verdict.CORRUPTED
             result.reason = (f"the TLS records themselves were corrupted ({tls.reason}) after {summary.received_messages} "
                              "message(s): the server wrote one SSL object from two threads, or spliced bytes into its stream")
         elif tls is not None:
-            result.verdict = "PROTOCOL-ERROR"
+            result.verdict = Verdict.PROTOCOL_ERROR
             result.reason = (f"the server's TLS layer failed and sent an alert ({tls.reason}) after "
                              f"{summary.received_messages} message(s): one SSL object used from two threads fails this way")
         elif code in PROTOCOL_ERROR_CODES and not self.we_closed:
-            result.verdict = "PROTOCOL-ERROR"
+            result.verdict = Verdict.PROTOCOL_ERROR
             result.reason = (f"the server failed the connection with {code} ({PROTOCOL_ERROR_CODES[code]}"
                              f"{': ' + summary.close_reason if summary.close_reason else ''}), though every frame we sent was valid")
         elif stranger:
-            result.verdict = "INCOMPLETE"
+            result.verdict = Verdict.INCOMPLETE
             result.reason = f"none of the {summary.received_messages} message(s) the server sent is a reply to a message sent"
         elif anomalies or (ended not in ("close frame", "time limit")):
-            result.verdict = "INCOMPLETE"
+            result.verdict = Verdict.INCOMPLETE
             why = ended if code is None or self.we_closed else f"the server closed with {code} " \
                 f"({CLOSE_MEANINGS.get(code, summary.close_reason or 'no reason')})"
             result.reason = f"{why} after {summary.received_messages} of {len(self.plan)} replies" if self.plan else why
-        result.as_expected = result.verdict == "CLEAN"
+        result.as_expected = result.verdict is Verdict.CLEAN
         return result

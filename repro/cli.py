@@ -121,7 +121,7 @@ def run_report(ns: argparse.Namespace) -> int:
         print()
         if ns.tls:
             print("verdicts over wss://, most severe first (a row shows the first that applies):")
-            print("\n".join(f"  {v:<12} {m}" for v, m in TLS_VERDICTS.items()))
+            print("\n".join(f"  {v:<12} {v.meaning}" for v in TLS_VERDICTS))
             print()
         if failures:
             print("NOT AS EXPECTED:")

@@ -16,6 +16,7 @@ from .checker import CLASSES, FRAMING, Anomaly, StreamSpec, Summary
 from .client import ClientOptions, HandshakeFailed, check_url
 from .disciplines import UNSAFE, serve
 from .server_proc import ServerOutcome, ServerProcess
+from .verdict import Verdict
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class Result:
     seconds: float
     first_anomaly: dict[str, object] | None = None
     first_framing: dict[str, object] | None = None
-    verdict: str = "CLEAN"
+    verdict: Verdict = Verdict.CLEAN
     as_expected: bool = True
     reason: str = ""
     bytes_checked: int = 0
@@ -134,18 +135,18 @@ def run_discipline(discipline: str, workload: Workload, tls: CertFiles | None = 
             summary, ended = check_url("127.0.0.1", srv.port, workload.target, stream, options)
         except (HandshakeFailed, OSError) as exc:
             return Result(discipline, stream.producers * stream.count, 0, 0, {}, None, f"handshake failed: {exc}",
-                          time.monotonic() - started, verdict="ERROR", as_expected=False, reason=str(exc))
+                          time.monotonic() - started, verdict=Verdict.ERROR, as_expected=False, reason=str(exc))
     result = _result(discipline, summary, ended, time.monotonic() - started)
     first = summary.first()
     if summary.corrupted:
-        result.verdict = "CORRUPTED"
+        result.verdict = Verdict.CORRUPTED
     elif summary.anomalies or summary.close_code != 1000:
-        result.verdict = "INCOMPLETE"
+        result.verdict = Verdict.INCOMPLETE
     should_corrupt = discipline in UNSAFE
-    if should_corrupt and result.verdict != "CORRUPTED":
+    if should_corrupt and result.verdict is not Verdict.CORRUPTED:
         result.as_expected = False
         result.reason = f"{discipline} was expected to corrupt the stream but the checker saw it {result.verdict} ({ended})"
-    elif not should_corrupt and result.verdict != "CLEAN":
+    elif not should_corrupt and result.verdict is not Verdict.CLEAN:
         result.as_expected = False
         result.reason = f"{discipline} must be clean but was {result.verdict}: {first.detail if first else ended}"
     return result
@@ -172,16 +173,9 @@ def _result(discipline: str, summary: Summary, ended: str, seconds: float) -> Re
 
 # -- over TLS -----------------------------------------------------------------------------
 
-# Verdicts of a wss:// row, most severe first. A row gets the first that applies; its symptoms list all of them.
-TLS_VERDICTS = {
-    "CRASHED": "the server process died (a signal, a double free, a fatal error)",
-    "TLS-ERROR": "the client's TLS layer rejected the server's records (bad record MAC, wrong version number, ...)",
-    "CORRUPTED": "the records decrypted, but the WebSocket bytes inside them were torn",
-    "SERVER-ERROR": "the server's own SSL calls failed (bad write retry, BAD_LENGTH, ...) and it dropped the connection",
-    "HUNG": "the stream stopped and the time limit ended the run, or the server did not stop",
-    "INCOMPLETE": "the stream ended early with none of the above",
-    "CLEAN": "every message intact, close 1000",
-}
+# The verdicts a wss:// row can get, most severe first. A row gets the worst that applies; its symptoms list all.
+TLS_VERDICTS = [Verdict.CRASHED, Verdict.TLS_ERROR, Verdict.CORRUPTED, Verdict.SERVER_ERROR, Verdict.HUNG,
+                Verdict.INCOMPLETE, Verdict.CLEAN]
 _SSL_REASON = re.compile(r"\[SSL: ([A-Z0-9_]+)\]")
 _SSL_FILE = re.compile(r"\s*\(_ssl\.c:\d+\)")
 # Not the TLS layer breaking: the peer went away (an EOF without close_notify, a close_notify, a reset).
@@ -220,7 +214,7 @@ def run_discipline_tls(discipline: str, workload: Workload, certs: CertFiles) ->
     try:
         port = proc.start()
     except RuntimeError as exc:
-        return Result(discipline, expected, 0, 0, {}, None, "server did not start", 0.0, verdict="ERROR", as_expected=False,
+        return Result(discipline, expected, 0, 0, {}, None, "server did not start", 0.0, verdict=Verdict.ERROR, as_expected=False,
                       reason=str(exc), tls=True)
     started = time.monotonic()
     summary: Summary | None = None
@@ -238,23 +232,23 @@ def run_discipline_tls(discipline: str, workload: Workload, certs: CertFiles) ->
     result.tls = True
     result.server = outcome.to_json()
     _classify_tls(result, summary, outcome, workload)
-    if discipline in UNSAFE and result.verdict in ("CLEAN", "ERROR"):
+    if discipline in UNSAFE and result.verdict in (Verdict.CLEAN, Verdict.ERROR):
         result.as_expected = False
         result.reason = (f"{result.label} was expected to fail visibly but was {result.verdict} ({ended}): "
                          "the TLS race did not show in this run")
-    elif discipline not in UNSAFE and result.verdict != "CLEAN":
+    elif discipline not in UNSAFE and result.verdict is not Verdict.CLEAN:
         result.as_expected = False
         result.reason = f"{result.label} must be clean but was {result.verdict}: {'; '.join(result.symptoms) or ended}"
     return result
 
 
 def _classify_tls(result: Result, summary: Summary | None, outcome: ServerOutcome, workload: Workload) -> None:
-    verdicts: list[str] = []
+    verdicts: list[Verdict] = []
     signs: list[str] = []  # short, for the table
     symptoms: list[str] = []  # sentences, for the details
     progress = f"after {result.valid} of {result.expected} messages intact"
     if outcome.crashed:
-        verdicts.append("CRASHED")
+        verdicts.append(Verdict.CRASHED)
         signs.append(f"server crashed ({outcome.exit})")
         symptoms.append(f"server: crashed, {outcome.exit}{': ' + outcome.fatal if outcome.fatal else ''} ({progress})")
     ssl_reason = _SSL_REASON.search(result.ended)
@@ -262,21 +256,21 @@ def _classify_tls(result: Result, summary: Summary | None, outcome: ServerOutcom
         reason = ssl_reason.group(1) if ssl_reason else None
         result.client_error = reason or result.ended.split(": ", 1)[-1]
         if reason is not None and reason not in _GONE:
-            verdicts.append("TLS-ERROR")
+            verdicts.append(Verdict.TLS_ERROR)
             signs.append(f"client SSL {reason}")
             symptoms.append(f"client: its TLS layer raised {result.ended.split(': ', 1)[1]} ({progress})")
         else:
             signs.append(f"client: {result.client_error}")
             symptoms.append(f"client: the connection failed: {result.ended} ({progress})")
     if summary is not None and summary.corrupted:
-        verdicts.append("CORRUPTED")
+        verdicts.append(Verdict.CORRUPTED)
         first = summary.first()
         if first is not None:
             symptoms.append(f"checker: {first.cls} at byte {first.offset} of the decrypted stream: {first.detail}")
     errors = outcome.errors
     primary = [k for k in errors if _server_error_is_primary(k)]
     if primary:
-        verdicts.append("SERVER-ERROR")
+        verdicts.append(Verdict.SERVER_ERROR)
     for key in sorted(errors, key=lambda k: (not _server_error_is_primary(k), k)):
         example = _SSL_FILE.sub("", (outcome.report or {}).get("examples", {}).get(key, ""))
         times = f" x{errors[key]}" if errors[key] > 1 else ""
@@ -288,22 +282,21 @@ def _classify_tls(result: Result, summary: Summary | None, outcome: ServerOutcom
     for error in (outcome.report or {}).get("thread_errors", []):
         symptoms.append(f"server: uncaught in thread {error}")
     if summary is not None and result.ended == "time limit" and result.valid < result.expected:
-        verdicts.append("HUNG")
+        verdicts.append(Verdict.HUNG)
         signs.append(f"stalled: time limit {workload.time_limit:g} s")
         symptoms.append(f"client: the stream stalled; the time limit ({workload.time_limit:g} s) ended it ({progress})")
     if outcome.hung:
-        verdicts.append("HUNG")
+        verdicts.append(Verdict.HUNG)
         signs.append("server did not stop")
         symptoms.append("server: did not stop within its timeout after the run; killed (its threads' stacks are in its stderr)")
     elif not outcome.crashed and outcome.report is None:
         symptoms.append(f"server: no report ({outcome.exit})")
     if summary is not None and not summary.corrupted and (summary.anomalies or summary.close_code != 1000):
-        verdicts.append("INCOMPLETE")
+        verdicts.append(Verdict.INCOMPLETE)
         if not any(s.startswith("client:") for s in symptoms):
             symptoms.append(f"client: {result.ended}, close {summary.close_code} ({progress})")
     if summary is None and not verdicts:
-        verdicts.append("ERROR")
-    order = [*TLS_VERDICTS, "ERROR"]
-    result.verdict = min(verdicts, key=order.index) if verdicts else "CLEAN"
+        verdicts.append(Verdict.ERROR)
+    result.verdict = Verdict.worst(verdicts)
     result.symptoms = symptoms
     result.signs = signs
