@@ -1,4 +1,4 @@
-"""The demo application: ``/``, ``/echo``, ``/stream`` and ``/broadcast[?topic=NAME]``.
+"""The demo application: ``/``, ``/echo``, ``/echo-inline``, ``/stream`` and ``/broadcast[?topic=NAME]``.
 
 Each route is one small handler class, one instance per connection (as in
 Boost.Beast's examples). Handlers run application code on worker threads and
@@ -53,6 +53,13 @@ class EchoHandler:
 
     def on_close(self, conn: Connection) -> None:
         pass
+
+
+class InlineEchoHandler(EchoHandler):
+    """``/echo-inline``: the echo on the IO thread itself (``inline``): no hop to the pool and back."""
+
+    inline = True
+    concurrent_messages = False
 
 
 @dataclass(frozen=True)
@@ -295,6 +302,8 @@ class DemoApp:
             return Response.html(self._page)
         if path == "/echo":
             return EchoHandler()
+        if path == "/echo-inline":
+            return InlineEchoHandler()
         if path == "/stream":
             params = StreamParams.parse(request.query)
             handler = StreamHandler(params, self._launcher)

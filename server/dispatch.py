@@ -1,7 +1,11 @@
 """Running one connection's handler: ``on_open``/``on_close`` on the IO thread, ``on_message`` on the worker pool.
 
 Messages go through a :class:`~server.strand.Strand` — one at a time, in the
-order received — unless the handler class sets ``concurrent_messages = True``.
+order received — unless the handler class sets ``concurrent_messages = True``
+(each on its own) or ``inline = True``: then ``on_message`` runs on the IO
+thread itself, as soon as the message is complete — no thread hop, like an
+asyncio callback — and must never block; one that takes longer than
+``Limits.inline_warn`` is logged (at most once a minute) and counted.
 A handler that raises is logged and counted; a failing ``on_message`` closes
 its connection with 1011. Each handled message is reported back to the IO
 thread (``on_done``), which is how input flow control and a failing
@@ -11,6 +15,7 @@ connection's close know the handlers are done.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from functools import partial
@@ -27,6 +32,7 @@ if TYPE_CHECKING:
     from .connection import Connection
 
 logger = logging.getLogger(__name__)
+_slow_logged = [float("-inf")]  # when a slow inline handler was last logged (IO thread; rate limit)
 
 
 class Dispatcher:
@@ -40,7 +46,8 @@ class Dispatcher:
         self._executor = executor
         self._stats = stats
         self._on_done = on_done
-        self._strand = None if getattr(handler, "concurrent_messages", False) else Strand(executor)
+        self._inline = bool(getattr(handler, "inline", False))
+        self._strand = None if self._inline or getattr(handler, "concurrent_messages", False) else Strand(executor)
 
     def open(self) -> bool:
         """``on_open`` (IO thread); False if it raised (logged and counted)."""
@@ -54,6 +61,9 @@ class Dispatcher:
 
     def dispatch(self, message: str | bytes) -> None:
         """Hand ``message`` to the pool (IO thread); ``on_done(message)`` follows on the IO thread."""
+        if self._inline:
+            self._handle_inline(message)
+            return
         try:
             if self._strand is not None:
                 self._strand.submit(partial(self._handle, message))
@@ -96,6 +106,28 @@ class Dispatcher:
             self._conn.close(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
             self._loop.post(partial(self._on_done, message))
+
+    def _handle_inline(self, message: str | bytes) -> None:
+        """On the IO thread: the handler now, timed; ``on_done`` after this turn's batch (its replies go out first)."""
+        started = time.perf_counter()
+        try:
+            self.handler.on_message(self._conn, message)
+        except ConnectionClosed:
+            pass
+        except Exception:
+            logger.exception("%s: inline handler failed on a message", self._conn.peer)
+            self._count_error()
+            self._conn.close(CloseCode.INTERNAL_ERROR, "internal error")
+        took = time.perf_counter() - started
+        if took > self._conn.limits.inline_warn:
+            self._stats.inline_slow += 1
+            now = time.monotonic()
+            if now - _slow_logged[0] >= 60:
+                _slow_logged[0] = now
+                logger.warning("%s: an inline on_message held the IO thread for %.1f ms (every connection waited; "
+                               "inline handlers must not block: use the worker pool for slow work)",
+                               self._conn.peer, took * 1000)
+        self._loop.call_after_batch(partial(self._on_done, message))
 
     def _count_error(self) -> None:
         self._stats.handler_errors += 1

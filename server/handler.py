@@ -19,6 +19,12 @@ class Handler(Protocol):
     ``concurrent_messages = True`` opts out: each message goes to the pool on
     its own, so several may run at once and finish in any order.
 
+    ``inline = True`` runs ``on_message`` on the IO thread instead, as soon as
+    the message is complete: no hand-off to the pool and back, for handlers
+    that never block (an echo, a lookup in memory, a ``send()``). Every other
+    client waits while it runs; one slower than ``Limits.inline_warn`` is
+    logged and counted (``stats.inline_slow``).
+
     A handler may also set ``subprotocols`` (a sequence of names): the first
     one the client offers in ``Sec-WebSocket-Protocol`` is chosen and sent back
     in the 101 (``conn.subprotocol``); none in common, none sent.
@@ -28,7 +34,7 @@ class Handler(Protocol):
         """On the IO thread, once the 101 reply is queued. Must not block."""
 
     def on_message(self, conn: Connection, message: str | bytes) -> None:
-        """On a worker thread, once per received message, in order (see the class docstring)."""
+        """On a worker thread (the IO thread if ``inline``), once per received message, in order (see the class docstring)."""
 
     def on_close(self, conn: Connection) -> None:
         """On the IO thread, once the socket is closed. Must not block."""

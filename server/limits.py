@@ -27,6 +27,7 @@ class Limits:
     handshake_timeout: float = 10.0
     close_timeout: float = 5.0
     max_inflight_messages: int = 16  # received, not yet handled: reading pauses at this many
+    inline_warn: float = 0.005  # an inline handler (Handler.inline) holding the IO thread longer is logged and counted
     deflate: bool = True
     # Server-wide admission limits (server/admission.py); None = derived/unlimited.
     max_connections: int | None = None  # past it: HTTP 503 (default: from RLIMIT_NOFILE)

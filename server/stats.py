@@ -25,6 +25,7 @@ class Stats:
         self.keepalive_pings = 0  # keepalive pings sent
         self.keepalive_pongs = 0  # pongs received (answers to keepalive pings)
         self.handler_errors = 0
+        self.inline_slow = 0  # an inline on_message held the IO thread longer than Limits.inline_warn
         self.route_errors = 0  # route() raised something other than HttpError: answered 500
         # admission (server/admission.py)
         self.rejected_busy = 0  # answered 503: connection or handshake limit

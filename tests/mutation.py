@@ -185,6 +185,16 @@ MUTANTS = [
         tests=("tests/test_slow_readers.py::test_keepalive_waits_for_a_ping_stuck_behind_data_a_slow_reader_is_taking[plain]",),
     ),
     Mutant(
+        "inline-ignored",
+        "an inline handler's on_message goes to the worker pool like any other: the hops it exists to save, and "
+        "its IO-thread timing guard, are gone",
+        "server/dispatch.py",
+        'self._inline = bool(getattr(handler, "inline", False))',
+        "self._inline = False",
+        1,
+        tests=("tests/test_inline.py",),
+    ),
+    Mutant(
         "unbounded-backlog",
         "the server-wide backlog never makes producers wait",
         "server/outbox.py",
