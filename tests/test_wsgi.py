@@ -49,8 +49,8 @@ def test_a_forking_werkzeug_is_refused() -> None:
 
 
 def test_unknown_options_are_a_type_error_naming_them() -> None:
-    with pytest.raises(TypeError, match="max_mesage_size"):
-        accept(HANDSHAKE, max_mesage_size=10)
+    with socket.socket() as sock, pytest.raises(TypeError, match="max_mesage_size"):
+        accept({**HANDSHAKE, "werkzeug.socket": sock}, max_mesage_size=10)
 
 
 @pytest.mark.parametrize("kind", WSGI_SERVERS)

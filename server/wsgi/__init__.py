@@ -75,8 +75,8 @@ def accept(environ: dict[str, Any], subprotocols: Sequence[str] | str | None = N
     Once this returns, the view must finish with :meth:`WebSocket.response`
     (flask: ``wsrace.flask.Sock`` does it), never with a response of its own.
     """
-    limits = _limits(ping_interval, max_message_size, options)
     mode, _ = detect(environ)
+    limits = _limits(ping_interval, max_message_size, options)
     head = rebuild_head(environ)
     try:
         problem = body_problem(environ)
