@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 
 from repro.check import check
+from repro.verdict import Verdict
 from tests.check_servers import flask_sock_server, websockets_echo_server
 from tests.helpers import running_server
 
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name:<26} check {i + 1}/{ns.checks}: {r.verdict} after {r.seconds:.1f} s "
                       f"({len(r.runs)} run(s); {', '.join(r.anomalies) or 'no anomalies'})", file=sys.stderr, flush=True)
         row = {"server": name, "affected": affected, "checks": ns.checks, "verdicts": verdicts,
-               "clean": verdicts.count("CLEAN"), "corrupted": verdicts.count("CORRUPTED"),
+               "clean": verdicts.count(Verdict.CLEAN), "corrupted": verdicts.count(Verdict.CORRUPTED),
                "detected_within_10s": sum(t <= 10 for t in times),
                "detection_s_median": round(statistics.median(times), 2) if times else None,
                "detection_s_max": max(times) if times else None,
