@@ -11,6 +11,7 @@ import tempfile
 import time
 from typing import TYPE_CHECKING
 
+from .echo_bench import R_POINTS, R_REFERENCE
 from .run import FLASK_WORKLOADS, PLAIN, SLOW_READERS, Workload, median_of, run_once, workloads
 from .servers import TLS_KINDS
 
@@ -33,7 +34,13 @@ LABEL = {
     "flask-sock": "flask-sock",
     "wsrace-flask": "wsrace.flask",
     "wsrace-flask-detached": "wsrace.flask detach()",
+    "ours-pool": "ours: /echo (pool)",
+    "ours-inline": "ours: /echo-inline (IO)",
+    "flask-sock-werkzeug": "flask-sock (Werkzeug)",
+    "picows": "picows",
 }
+# R: ours against websockets asyncio (issue 22's targets)
+R_TARGETS = {"ours-pool": 1.0, "ours-inline": 1.5}
 # per workload: (metric key, unit, higher is better)
 HEADLINE = {
     "A": ("msg_per_s", "msg/s", True),
@@ -45,6 +52,7 @@ HEADLINE = {
     "E2": ("p99_ms", "ms p99", False),
     "F": ("msg_per_s", "msg/s", True),
     "FD": ("rss_mib", "MiB RSS", False),
+    **{name: ("rt_per_s", "round trips/s", True) for name, _, _ in R_POINTS},
 }
 
 
@@ -67,10 +75,11 @@ def summarize(name: str, runs: dict[str, list[dict]]) -> dict[str, dict]:
                     "handshakes_per_s",
                     "max_send_ms", "p999_send_ms", "p50_ms", "p99_ms", "max_ms", "slow_bytes", "slow_read_bps",
                     "slow_closed_s", "rss_mib", "base_rss_mib", "idle_rss_mib", "base_threads", "idle_threads",
-                    "gunicorn_threads", "served", "opened"):
+                    "gunicorn_threads", "served", "opened", "rt_per_s", "cpu_us_per_rt"):
             med, lo, hi = median_of(rs, key)
             row[key] = {"median": med, "min": lo, "max": hi}
         row["errors"] = [r["error"] for r in rs if "error" in r]
+        row["skipped"] = [r["skipped"] for r in rs if "skipped" in r]  # R: a server that cannot run here (a note)
         row["stalled_runs"] = sum(1 for r in rs if r.get("stalled"))
         row["violations"] = sum(r.get("violations", 0) for r in rs)
         row["corrupt_runs"] = sum(1 for r in rs if r.get("violations"))
@@ -147,17 +156,38 @@ def flask_notes(w: Workload, row: dict) -> list[str]:
             served, f"{fmt(med['handshakes_per_s'])} handshakes/s"]
 
 
+def echo_notes(kind: str, row: dict, r: float | None) -> list[str]:
+    """R: latency per round trip, the server's CPU per round trip and RSS, ours' target; skips and failures."""
+    if row["skipped"]:
+        return [f"skipped: {row['skipped'][0]}"]
+    notes = [f"p50 {fmt(row['p50_ms']['median'], 3)} ms, p99 {fmt(row['p99_ms']['median'], 3)} ms",
+             f"cpu {fmt(row['cpu_us_per_rt']['median'], 1)} us/round trip",
+             f"peak RSS {fmt(row['peak_rss_mb']['median'], 0)} MB"]
+    if kind in R_TARGETS and r is not None:
+        notes.append(f"target {R_TARGETS[kind]:.1f}x: {'met' if r >= R_TARGETS[kind] else 'MISSED'}")
+    closed = [n for n in row["healthy_closed"] if n]
+    if closed:
+        notes.append(f"server closed {max(closed)} connection(s) mid-run")
+    wrong = [run["violation"] for run in row["runs"] if run.get("violation")]
+    if wrong:
+        notes.append(f"first bad echo: {wrong[0][:60]}")
+    return notes
+
+
 def print_workload(w: Workload, summary: dict[str, dict], a_summary: dict[str, dict] | None) -> None:
     key, unit, higher = HEADLINE[w.name]
     print(f"\n== {w.name}: {w.title}")
-    peer_kinds = FLASK_PEERS if w.name in FLASK_WORKLOADS else PEERS
+    peer_kinds = FLASK_PEERS if w.name in FLASK_WORKLOADS else [R_REFERENCE] if w.echo else PEERS
     peers = [summary[p][key]["median"] for p in peer_kinds if p in summary and summary[p][key]["median"]]
     best_peer = (max(peers) if higher else min(peers)) if peers else None
-    print(f"{'server':<24} {unit:>16} {'min-max':>21} {'x best peer':>11}  notes")
+    rcol = 12 if w.echo else 11
+    print(f"{'server':<24} {unit:>16} {'min-max':>21} {'x ws asyncio' if w.echo else 'x best peer':>{rcol}}  notes")
     for kind, row in summary.items():
         m = row[key]
         notes = []
-        if w.name in FLASK_WORKLOADS:
+        if w.echo:
+            notes = echo_notes(kind, row, ratio(m["median"], best_peer, higher) if kind not in peer_kinds else None)
+        elif w.name in FLASK_WORKLOADS:
             notes = flask_notes(w, row)
         elif w.name in ("A", "E", "E2") or w.slow:
             notes.append(f"cpu {fmt(row['cpu_us_per_msg']['median'], 2)} us/msg")
@@ -165,7 +195,7 @@ def print_workload(w: Workload, summary: dict[str, dict], a_summary: dict[str, d
             for other, label in (("sws-lock", "simple-websocket+lock"), ("raw", "raw")):
                 if other in summary and summary[other][key]["median"]:
                     notes.append(f"{m['median'] / summary[other][key]['median']:.2f}x {label}")
-        if w.name not in FLASK_WORKLOADS:
+        if w.name not in FLASK_WORKLOADS and not w.echo:
             notes.append(f"peak RSS {fmt(row['peak_rss_mb']['median'], 0)} MB")
         if w.name == "B" and row["delivered"]:
             got = min(d for d, _ in row["delivered"])
@@ -193,7 +223,7 @@ def print_workload(w: Workload, summary: dict[str, dict], a_summary: dict[str, d
         by_policy = [n for n in row["closed_by_policy"] if n is not None]
         healthy = [n for n in row["healthy_closed"] if n is not None]
         closed = f"closed by policy {max(by_policy)}" if by_policy else "closed by policy -"
-        if w.name not in FLASK_WORKLOADS:
+        if w.name not in FLASK_WORKLOADS and not w.echo:
             notes.append(f"{closed}, healthy clients closed {max(healthy) if healthy else '-'}")
         if row["stalled_runs"]:
             notes.append(f"STALLED in {row['stalled_runs']} run(s)")
@@ -204,14 +234,15 @@ def print_workload(w: Workload, summary: dict[str, dict], a_summary: dict[str, d
         r = ratio(m["median"], best_peer, higher) if kind not in peer_kinds else None
         rng = f"{fmt(m['min'], 2 if not higher else 0)}-{fmt(m['max'], 2 if not higher else 0)}"
         digits = 0 if higher else 3
-        print(f"{LABEL[kind]:<24} {fmt(m['median'], digits):>16} {rng:>21} {fmt(r, 2) + 'x' if r else '':>11}  {'; '.join(notes)}")
+        print(f"{LABEL[kind]:<24} {fmt(m['median'], digits):>16} {rng:>21} {fmt(r, 2) + 'x' if r else '':>{rcol}}  "
+              f"{'; '.join(notes)}")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description="the fixed server against its peers, as ratios")
     p.add_argument("--quick", action="store_true", help="every workload once at small size (smoke check)")
     p.add_argument("--runs", type=int, default=None, help="runs per server per workload (default: 3, quick: 1)")
-    p.add_argument("--workloads", default="A,B,C,C20K,C200K,C1M,D,E,E2,F,FD")
+    p.add_argument("--workloads", default="A,B,C,C20K,C200K,C1M,D,E,E2,F,FD,R1,R8,R1L,R8L")
     p.add_argument("--servers", default=None, help="only these kinds, comma-separated (default: each workload's list)")
     p.add_argument("--e2-rate", type=float, default=None, metavar="DELIVERIES_PER_S",
                    help="E2's fixed rate (default: half of ours' send() loop median in A, which must then run first in the same "
@@ -260,6 +291,11 @@ def _main(ns: argparse.Namespace, tls: TLSFiles | None) -> int:
                     continue
                 w.rate, rate_source = a_median / 2, "half of ours-loop's A median in this run"
                 w.title = f"latency at half of ours' send() loop peak in A ({w.rate:,.0f} deliveries/s), 4 producers -> 20 clients"
+        if w.echo and tls:  # the round-trip client speaks plain ws:// only
+            print(f"[{w.name}] skipped: R runs over ws:// only", file=sys.stderr, flush=True)
+            results["workloads"][w.name] = {"title": w.title, "servers": {},  # type: ignore[index]
+                                            "skipped": "R runs over plain ws:// only"}
+            continue
         if ns.servers:
             w.servers = [k for k in w.servers if k in ns.servers.split(",")]
         elif tls:
@@ -297,7 +333,7 @@ def _main(ns: argparse.Namespace, tls: TLSFiles | None) -> int:
     for name, wl in results["workloads"].items():  # type: ignore[attr-defined]
         for kind, row in wl["servers"].items():
             # A peer failing (websockets.sync at 10,000 connections) is a result; ours failing is not.
-            if row["errors"] and kind in (*OURS, *FLASK_OURS, "raw"):
+            if row["errors"] and kind in (*OURS, *FLASK_OURS, *R_TARGETS, "raw"):
                 problems.append(f"{name}/{kind}: {row['errors'][0]}")
             # flask-sock tearing frames is the bug these workloads compare against: a result, counted and shown.
             if row["violations"] and kind not in ("direct", *FLASK_PEERS):

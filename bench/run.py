@@ -36,6 +36,8 @@ class Workload:
     outbox: int | None = None  # ours' Limits.max_queue_bytes; None: the default (16 MiB)
     deadline: float = 0.0  # the client ends the run this long after its connections are open; 0 = none
     servers: list[str] = field(default_factory=lambda: list(KINDS))
+    echo: bool = False  # R: echo round trips (bench/echo_bench.py), ``clients`` connections of ``size`` bytes
+    seconds: float = 0.0  # R: measured seconds per run (after a warm-up)
 
 
 # The slow-reader variants of C: (workload, label, bytes/s the slow client reads).
@@ -43,6 +45,8 @@ SLOW_READERS = [("C20K", "20 KB/s", 20e3), ("C200K", "200 KB/s", 200e3), ("C1M",
 
 
 def workloads(quick: bool) -> dict[str, Workload]:
+    from .echo_bench import r_workloads  # here: echo_bench imports this module
+
     q = quick
     return {
         "A": Workload("A", "fan-out, 256 B, 4 producers -> 20 clients", 4, 20, 256, 200 if q else 5000),
@@ -74,6 +78,8 @@ def workloads(quick: bool) -> dict[str, Workload]:
         "FD": Workload("FD", f"Flask under gunicorn: {'200' if q else '1,000'} idle connections (attached echo: "
                              f"--threads {'300' if q else '1100'}; detached: --threads 4), then one echo each", 1,
                        200 if q else 1000, 64, 1, servers=["flask-sock", "wsrace-flask", "wsrace-flask-detached"]),
+        # R1, R8, R1L, R8L: echo round trips, 1 or 8 connections x 256 B or 64 KiB (bench/echo_bench.py).
+        **r_workloads(q),
     }
 
 
@@ -129,6 +135,10 @@ def run_once(kind: str, w: Workload, tls: TLSFiles | None = None) -> dict:
         from .flask_bench import run_flask
 
         return run_flask(kind, w)
+    if w.echo:  # plain ws:// only: the cli skips R in a --tls run
+        from .echo_bench import run_echo
+
+        return run_echo(kind, w)
     if kind.endswith(PLAIN):  # ours without TLS in a --tls run: the baseline of the TLS ratios
         kind, tls = kind.removesuffix(PLAIN), None
     args = ["--outbox", str(w.outbox)] if w.outbox is not None and kind.startswith("ours") else []

@@ -20,6 +20,16 @@ client that falls that far behind),
 (pre-encoded frames, one writer thread per connection, batched sendall) and
 ``direct`` (ours with workers writing directly: corrupt, for information).
 
+The request/response workload R (``bench/echo_bench.py``) uses echo kinds
+instead: every message a client sends comes back unchanged. ``ours-echo`` is
+the demo application of ``python -m server`` (``server.app.DemoApp``: ``/echo``
+through the worker pool, ``/echo-inline`` on the IO thread; bench limits:
+keepalive and compression off), ``flask-sock-werkzeug`` is ``bench/flask_app.py``'s
+flask-sock ``/echo`` view under Werkzeug's threaded server, ``picows`` a picows
+echo listener (``pip install picows``; skipped without it). Both websockets
+kinds echo too (the fan-out workloads' clients never send, so there they only
+wait). The echo kinds answer ``stats`` like the others; ``produce`` is not theirs.
+
 ``--certfile PEM --keyfile PEM``: serve wss:// (TLS) instead. ``TLS_KINDS`` can:
 ``sws-lock`` (the accepted socket wrapped, its handshake on the connection's
 thread; simple-websocket's reader thread and the producers then share one SSL
@@ -45,6 +55,8 @@ from server.errors import ConnectionClosed
 from server.handshake import Handshake
 
 KINDS = ["ours-loop", "ours-broadcast", "sws-lock", "websockets-asyncio", "websockets-sync", "raw", "direct"]
+# Servers that echo every message (workload R); the websockets kinds above echo as well.
+ECHO_KINDS = ["ours-echo", "flask-sock-werkzeug", "picows"]
 OURS = ("ours-loop", "ours-broadcast")
 # Kinds that serve wss:// with --certfile/--keyfile. Ours joins once Server takes ssl_context (issue 9).
 TLS_KINDS = ["ours-loop", "ours-broadcast", "sws-lock", "websockets-asyncio", "raw"]
@@ -249,12 +261,17 @@ class WebsocketsAsyncio(Base):
         ready = threading.Event()
 
         def run() -> None:
-            from websockets.asyncio.server import serve
+            from websockets.asyncio.server import ServerConnection, serve
+            from websockets.exceptions import ConnectionClosed as WsClosed
 
-            async def handler(ws: object) -> None:
+            async def handler(ws: ServerConnection) -> None:
+                # Echoes what a client sends (workload R); the fan-out clients send nothing, so there it only waits.
                 self.conns.add(ws)
                 try:
-                    await ws.wait_closed()  # type: ignore[attr-defined]
+                    async for message in ws:
+                        await ws.send(message)
+                except WsClosed:
+                    pass
                 finally:
                     self.conns.discard(ws)
 
@@ -292,8 +309,8 @@ class WebsocketsSync(Base):
             with self.lock:
                 self.conns.append(ws)
             try:
-                for _ in ws:  # type: ignore[attr-defined]
-                    pass
+                for message in ws:  # type: ignore[attr-defined]
+                    ws.send(message)  # type: ignore[attr-defined]  # workload R; the fan-out clients send nothing
             except Exception:
                 pass
 
@@ -354,6 +371,126 @@ class Raw(ThreadedListener):
             q.put(frame)
 
 
+# -- echo servers (workload R) ------------------------------------------------------------
+
+
+class OursEcho(Base):
+    """The demo application of ``python -m server`` (``server.app.DemoApp``) with its default worker count:
+    ``/echo`` hands each message to the worker pool (``concurrent_messages = True``), ``/echo-inline`` (where
+    the demo app has it) answers on the IO thread. Bench limits: keepalive and compression off."""
+
+    def __init__(self) -> None:
+        from server import Limits, Server
+        from server.app import DemoApp
+        from server.cli import build_parser
+
+        workers = build_parser().get_default("workers")  # what `python -m server` runs with
+        self.server = Server(DemoApp, port=0, workers=workers, limits=Limits(ping_interval=None, deflate=False))
+
+    def start(self) -> int:
+        self.server.start()
+        return self.server.port
+
+    def connections(self) -> int:
+        return len(self.server.open_connections())
+
+    def extra(self) -> dict[str, object]:
+        stats = self.server.stats
+        return {"closed_by_policy": stats.closed_by_policy, "handler_errors": stats.handler_errors,
+                "inline_slow": getattr(stats, "inline_slow", None)}  # inline handlers that held the IO thread too long
+
+
+class FlaskSockWerkzeug(Base):
+    """``bench/flask_app.py``'s flask-sock app (``create_app(fixed=False)``, ``/echo``: ``while True:
+    ws.send(ws.receive())``) under Werkzeug's threaded development server: a thread per connection, as
+    ``flask run`` serves it."""
+
+    def __init__(self) -> None:
+        from werkzeug.serving import make_server
+
+        from .flask_app import create_app
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request on a pipe nobody reads
+        app = create_app(fixed=False)
+        self.open = 0
+        self.lock = threading.Lock()
+
+        def counted(environ: dict, start_response: Callable) -> object:
+            # A flask-sock view runs inside the WSGI call for its connection's life: calls in progress = connections.
+            with self.lock:
+                self.open += 1
+            try:
+                return app(environ, start_response)
+            finally:
+                with self.lock:
+                    self.open -= 1
+
+        self.server = make_server("127.0.0.1", 0, counted, threaded=True)  # type: ignore[arg-type]
+
+    def start(self) -> int:
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self.server.server_port
+
+    def connections(self) -> int:
+        return self.open
+
+
+class PicowsEcho(Base):
+    """A picows echo listener on its own asyncio loop (the standard one, as for websockets asyncio): each data
+    frame goes back as it came (picows works frame by frame; R's clients send whole messages, one frame each)."""
+
+    def __init__(self) -> None:
+        try:
+            import picows  # noqa: F401
+        except ImportError:
+            raise SystemExit("picows is not installed (pip install picows): no picows peer") from None
+        import asyncio
+
+        self.loop = asyncio.new_event_loop()
+        self.open = 0
+        self.port = 0
+
+    def start(self) -> int:
+        from picows import WSFrame, WSListener, WSMsgType, WSTransport, WSUpgradeRequest, ws_create_server
+
+        kind = self
+
+        class Echo(WSListener):
+            def on_ws_connected(self, transport: WSTransport) -> None:
+                kind.open += 1
+
+            def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+                if frame.msg_type == WSMsgType.CLOSE:
+                    transport.send_close(frame.get_close_code(), frame.get_close_message())
+                    transport.disconnect()
+                elif frame.msg_type in (WSMsgType.BINARY, WSMsgType.TEXT, WSMsgType.CONTINUATION):
+                    transport.send(frame.msg_type, frame.get_payload_as_memoryview(), frame.fin)
+
+            def on_ws_disconnected(self, transport: WSTransport) -> None:
+                kind.open -= 1
+
+        def listener(request: WSUpgradeRequest) -> WSListener:
+            return Echo()
+
+        ready = threading.Event()
+
+        def run() -> None:
+            async def main() -> None:
+                server = await ws_create_server(listener, "127.0.0.1", 0)
+                self.port = server.sockets[0].getsockname()[1]
+                ready.set()
+                await server.serve_forever()
+
+            self.loop.run_until_complete(main())
+
+        threading.Thread(target=run, daemon=True).start()
+        ready.wait()
+        return self.port
+
+    def connections(self) -> int:
+        return self.open
+
+
 def make(kind: str, outbox: int | None = None, ssl_context: ssl.SSLContext | None = None) -> Base:
     """A server of ``kind``; ``ssl_context`` (a server context): wss://, for ``TLS_KINDS`` (ours: see ``Ours``)."""
     if ssl_context is not None and kind not in TLS_KINDS and kind not in (*OURS, "direct"):
@@ -366,6 +503,9 @@ def make(kind: str, outbox: int | None = None, ssl_context: ssl.SSLContext | Non
         "websockets-asyncio": lambda: WebsocketsAsyncio(ssl_context),
         "websockets-sync": WebsocketsSync,
         "raw": lambda: Raw(ssl_context),
+        "ours-echo": OursEcho,
+        "flask-sock-werkzeug": FlaskSockWerkzeug,
+        "picows": PicowsEcho,
     }
     return factories[kind]()
 
@@ -429,7 +569,7 @@ def main() -> None:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m bench.servers")
-    parser.add_argument("kind", choices=KINDS)
+    parser.add_argument("kind", choices=KINDS + ECHO_KINDS)
     parser.add_argument("--outbox", type=int, default=None, help="ours: Limits.max_queue_bytes (default: Limits()'s)")
     parser.add_argument("--certfile", default=None, help="serve wss://: the certificate chain (PEM); needs --keyfile")
     parser.add_argument("--keyfile", default=None, help="serve wss://: the private key (PEM); needs --certfile")
