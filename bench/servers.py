@@ -50,6 +50,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from server.errors import ConnectionClosed
 from server.handshake import Handshake
@@ -247,6 +248,20 @@ class SwsLock(ThreadedListener):
 # -- websockets ---------------------------------------------------------------------
 
 
+def _serve_on(owner: Base, loop: Any, create: Callable[[], Any], ready: threading.Event) -> None:
+    """Run an asyncio server on ``loop`` for ever (this thread); ``owner.port`` is set, then ``ready``.
+
+    ``create``: makes the awaitable that creates the server (called on the running loop).
+    """
+    async def main() -> None:
+        server = await create()
+        owner.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        ready.set()
+        await server.serve_forever()
+
+    loop.run_until_complete(main())
+
+
 class WebsocketsAsyncio(Base):
     def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
         import asyncio
@@ -275,14 +290,8 @@ class WebsocketsAsyncio(Base):
                 finally:
                     self.conns.discard(ws)
 
-            async def main() -> None:
-                server = await serve(handler, "127.0.0.1", 0, compression=None, ping_interval=None, max_queue=None,
-                                     ssl=self.ssl_context)
-                self.port = server.sockets[0].getsockname()[1]
-                ready.set()
-                await server.serve_forever()
-
-            self.loop.run_until_complete(main())
+            _serve_on(self, self.loop, lambda: serve(handler, "127.0.0.1", 0, compression=None, ping_interval=None,
+                                                     max_queue=None, ssl=self.ssl_context), ready)
 
         threading.Thread(target=run, daemon=True).start()
         ready.wait()
@@ -475,13 +484,7 @@ class PicowsEcho(Base):
         ready = threading.Event()
 
         def run() -> None:
-            async def main() -> None:
-                server = await ws_create_server(listener, "127.0.0.1", 0)
-                self.port = server.sockets[0].getsockname()[1]
-                ready.set()
-                await server.serve_forever()
-
-            self.loop.run_until_complete(main())
+            _serve_on(self, self.loop, lambda: ws_create_server(listener, "127.0.0.1", 0), ready)
 
         threading.Thread(target=run, daemon=True).start()
         ready.wait()
