@@ -8,6 +8,8 @@
 * ``/stream?producers=&count=&size=...``: producer threads ``ws.send()`` /stream messages (server/app.py's format);
 * ``/attached``: a blocking echo; remembers how the connection ended (``/last-close``);
 * ``/detached``: ``ws.detach(echo)``, the view returns at once;
+* ``/feed`` (detached), ``/feed-size`` and ``POST /announce``: a plain HTTP view broadcasts to every feed member
+  (``wsrace.wsgi.hub().broadcast``; wsrace.flask only);
 * ``/timeout``: ``ws.receive(timeout=0.2)`` first, then one echo;
 * ``/hello/<name>``: a blueprint route with a URL variable;
 * ``/protocol``: sends the agreed subprotocol.
@@ -81,6 +83,33 @@ def create_app(fixed: bool = True, **options: Any) -> Flask:
     @sock.route("/detached")
     def detached(ws: Any) -> None:
         ws.detach(lambda ws, message: ws.send(message))
+
+    feed: set[Any] = set()
+    feed_lock = threading.Lock()
+
+    @sock.route("/feed")
+    def join_feed(ws: Any) -> None:
+        with feed_lock:
+            feed.add(ws)
+
+        def leave(ws: Any) -> None:
+            with feed_lock:
+                feed.discard(ws)
+
+        ws.detach(lambda ws, message: None, on_close=leave)
+
+    @app.get("/feed-size")
+    def feed_size() -> str:
+        return f"members {len(feed)}"
+
+    @app.post("/announce")
+    def announce() -> str:
+        from wsrace.wsgi import hub
+
+        with feed_lock:
+            members = [ws.connection for ws in feed]
+        result = hub().broadcast(request.get_data(as_text=True), members)
+        return f"queued {result.queued}"
 
     @sock.route("/timeout")
     def timeout(ws: Any) -> None:

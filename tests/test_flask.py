@@ -27,7 +27,7 @@ from repro.check import check
 
 from .check_servers import WSGI_SERVERS, wsgi_server
 from .clients import CLIENTS
-from .helpers import StreamCheck, client_frame, http_exchange, read_server_frames, upgrade_request, ws_handshake
+from .helpers import StreamCheck, client_frame, http_exchange, read_server_frames, upgrade_request, wait_until, ws_handshake
 from .test_browser import _run_page, browser  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.timeout(120)
@@ -160,6 +160,18 @@ def _threads_of_worker(master_pid: int) -> int:
     children = pathlib.Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
     status = pathlib.Path(f"/proc/{children[0]}/status").read_text()
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("Threads:")))
+
+
+def test_a_plain_flask_view_broadcasts_to_detached_members() -> None:
+    """``wsrace.wsgi.hub().broadcast(msg, [ws.connection ...])`` from an HTTP view: every member gets it once."""
+    with wsgi_server("gthread", threads=4) as srv, ExitStack() as stack:
+        members = [stack.enter_context(connect(_url(srv.port, "/feed"))) for _ in range(5)]
+        size = b"GET /feed-size HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        assert wait_until(lambda: b"members 5" in http_exchange(srv.port, size), timeout=10, interval=0.1)
+        post = b"POST /announce HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
+        assert b"queued 5" in http_exchange(srv.port, post)
+        got = [ws.recv(timeout=10) for ws in members]
+    assert got[0] == "hello" and len(set(got)) == 1
 
 
 # -- graceful stop ---------------------------------------------------------------------------
