@@ -321,8 +321,10 @@ class Connection(ConnectionHandle):
         if self.session is None or self.transport.closed:
             return
         # The replies were queued before this ran: a failing session's close goes out after them.
-        self.session.message_handled(len(message))
-        self._apply_session()
+        if self.session.message_handled(len(message)):
+            self._apply_session()
+        else:  # the common case: only the input flow control may change
+            self._update_reading()
 
     def _update_reading(self) -> None:
         """Read from the client only while its replies can still fit.

@@ -169,12 +169,18 @@ class Session:
         event = TextMessage(data=out.payload.decode("utf-8")) if out.text else BytesMessage(data=out.payload)
         return self._ws.send(event)
 
-    def message_handled(self, size: int) -> None:
-        """A :class:`MessageReceived` of ``size`` bytes was handled (or dropped)."""
+    def message_handled(self, size: int) -> bool:
+        """A :class:`MessageReceived` of ``size`` bytes was handled (or dropped).
+
+        True if that decided something (a failing session's close, held back
+        for its handlers): then there are events, deadlines or bytes to apply.
+        """
         self.inflight -= 1
         self.inflight_bytes -= size
         if self.state is SessionState.FAILING and not self.inflight:
             self._close_failed()
+            return True
+        return False
 
     def close(self, code: int, reason: str = "", wait_for_reply: bool = True) -> None:
         """Start the closing handshake; ignored once closing. ``wait_for_reply=False``: shut after the close frame."""
