@@ -45,11 +45,16 @@ _UNSET: Any = object()
 class Refused(HttpError):
     """Not a WebSocket handshake we can accept; the WSGI server still owns the socket. Also a WSGI app answering it."""
 
+    @property
+    def wsgi_headers(self) -> list[tuple[str, str]]:
+        """The error's own headers (``Sec-WebSocket-Version``, ``Allow``, ...) as WSGI wants them."""
+        return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in self.headers]
+
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         body = (self.message + "\n").encode("utf-8")
-        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in self.headers]
         start_response(f"{self.status} {_REASONS.get(self.status, 'Error')}",
-                       [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))), *headers])
+                       [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
+                        *self.wsgi_headers])
         return [body]
 
 

@@ -54,7 +54,7 @@ class Sock:
                 try:
                     ws = accept(request.environ, **current_app.config.get("SOCK_SERVER_OPTIONS", {}))
                 except Refused as exc:
-                    return Response(exc.message + "\n", exc.status, [(k.decode(), v.decode()) for k, v in exc.headers],
+                    return Response(exc.message + "\n", exc.status, exc.wsgi_headers,
                                     mimetype="text/plain")
                 try:
                     view(ws, *args, **kw)

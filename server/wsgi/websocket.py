@@ -178,14 +178,13 @@ class WebSocket:
 
     def stopped(self) -> None:
         """For the hub, once stopped: end this WebSocket if its close job was dropped with the pool's queue."""
-        if self._closed is None:
-            conn = self._conn
-            self._ended(conn.close_code or CloseCode.GOING_AWAY if conn else CloseCode.ABNORMAL,
-                        conn.close_reason if conn else "server shutting down")
+        conn = self._conn
+        self._ended(conn.close_code or CloseCode.GOING_AWAY if conn else CloseCode.ABNORMAL,
+                    conn.close_reason if conn else "server shutting down")
 
     def not_opened(self, reason: str) -> None:
         """For :func:`~server.wsgi.accept`: unless the connection opened, mark it closed (1006, ``reason``)."""
-        if self._conn is None and self._closed is None:
+        if self._conn is None:
             self._ended(CloseCode.ABNORMAL, reason)
 
     # -- the handler side: the IO thread and the worker pool ------------------
@@ -204,9 +203,11 @@ class WebSocket:
                 self._ready.notify()
 
     def _ended(self, code: int, reason: str) -> None:
-        """A worker, after every message: the connection is closed."""
+        """A worker, after every message: the connection is closed. The first end wins; later ones do nothing."""
         with self._deliver:
             with self._ready:
+                if self._closed is not None:
+                    return
                 self._closed = (code, reason)
                 self._ready.notify_all()
             if self._on_close is not None:
