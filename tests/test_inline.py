@@ -50,7 +50,9 @@ class Router:
 
 def test_on_message_runs_on_the_io_thread_in_order() -> None:
     handler = Recording()
-    with running_server(router=Router(handler)) as srv, connect(f"ws://127.0.0.1:{srv.port}/") as ws:
+    limits = Limits(inline_warn=2.0)  # a scheduler or GC pause on a busy CI box is not what this test is about
+    with running_server(limits=limits, router=Router(handler)) as srv, \
+            connect(f"ws://127.0.0.1:{srv.port}/") as ws:
         messages = [f"m{i}" if i % 2 else f"m{i}".encode() * 1000 for i in range(500)]
         for message in messages:  # pipelined: all sent before reading any reply
             ws.send(message)
@@ -58,7 +60,7 @@ def test_on_message_runs_on_the_io_thread_in_order() -> None:
         io_thread = srv.loop.thread.name  # type: ignore[union-attr]
     assert got == messages
     assert set(handler.threads) == {io_thread}
-    assert srv.stats.inline_slow == 0
+    assert srv.stats.inline_slow == 0  # a fast handler is not counted as slow
 
 
 def test_a_slow_inline_handler_is_logged_once_and_counted(caplog: pytest.LogCaptureFixture,
