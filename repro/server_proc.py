@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import itertools
 import json
 import os
 import select
@@ -38,7 +39,8 @@ STOP_TIMEOUT = 10.0  # from "stop" to the report and the exit (its shutdown give
 class ServerOutcome:
     """What became of the server process."""
 
-    report: dict[str, Any] | None = None  # {"counts": {...}, "examples": {...}, "thread_errors": [...]}; None: it never reported
+    # {"counts": {...}, "examples": {...}, "eofs": {...}, "thread_errors": [...]}; None: it never reported
+    report: dict[str, Any] | None = None
     exit: str = ""  # "exit 0", "exit 1", "killed by SIGSEGV", "did not stop (killed)"
     crashed: bool = False  # died by a signal, or printed a fatal error (double free, Fatal Python error)
     hung: bool = False  # did not stop within STOP_TIMEOUT after the run
@@ -48,6 +50,11 @@ class ServerOutcome:
     @property
     def errors(self) -> dict[str, int]:
         return dict((self.report or {}).get("counts", {}))
+
+    @property
+    def eofs(self) -> dict[str, int]:
+        """Reads that reported end of stream, by thread kind (``{"IO thread": 1}``)."""
+        return dict((self.report or {}).get("eofs", {}))
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,7 +76,9 @@ class ServerProcess:
     switch_interval: float | None = None
     workers: int = 8
     stop_timeout: float = STOP_TIMEOUT
-    fault: str | None = None  # for the tests of this harness: "segfault" (0.3 s after listening) or "hang" (ignores stop)
+    # for the tests of this harness: "segfault" (0.3 s after listening), "hang" (ignores stop) or
+    # "eof" (a TLS read after the handshake request reports end of stream that the client never sent)
+    fault: str | None = None
     proc: subprocess.Popen[str] | None = field(default=None, init=False)
     _stderr: Any = field(default=None, init=False)
 
@@ -156,6 +165,8 @@ def _child(config: dict[str, Any]) -> int:
         thread_errors.append(f"{args.thread.name if args.thread else '?'}: {args.exc_type.__name__}: {args.exc_value}"[:300])
 
     threading.excepthook = hook
+    if config.get("fault") == "eof":
+        _phantom_eof()
     files = CertFiles(Path(config["certfile"]).parent, Path(config["certfile"]), Path(config["keyfile"]), Path(), "given")
     with serve(config["discipline"], sndbuf=config.get("sndbuf"), deflate=config.get("deflate", False),
                workers=config.get("workers", 8), ssl_context=files.server_context(), shutdown_timeout=2.0) as served:
@@ -167,11 +178,26 @@ def _child(config: dict[str, Any]) -> int:
         for line in sys.stdin:
             if line.strip() == "stop":
                 break
-        report = served.tls_events.to_json() if served.tls_events is not None else {"counts": {}, "examples": {}}
+        report = served.tls_events.to_json() if served.tls_events is not None else {"counts": {}, "examples": {}, "eofs": {}}
         report["thread_errors"] = thread_errors
         print("report " + json.dumps(report), flush=True)
     return 0
 
 
+def _phantom_eof() -> None:
+    """The "eof" fault: the second TLS read that returns bytes returns ``b""`` instead, as the race sometimes does."""
+    from server.tls import TlsTransport
+
+    original = TlsTransport.read
+    reads = itertools.count()
+
+    def read(self: TlsTransport) -> bytes | None:
+        data = original(self)
+        return b"" if data and next(reads) == 1 else data
+
+    TlsTransport.read = read  # type: ignore[method-assign]
+
+
 if __name__ == "__main__":
     raise SystemExit(_child(json.loads(sys.argv[1])))
+

@@ -53,12 +53,14 @@ def describe_error(exc: BaseException) -> str:
 
 
 class TlsEvents:
-    """A thread-safe count of ``"<thread kind> <operation>: <error>"``, with the first full message of each."""
+    """A thread-safe count of ``"<thread kind> <operation>: <error>"``, with the first full message of each,
+    and of the reads that reported end of stream."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.counts: Counter[str] = Counter()
         self.examples: dict[str, str] = {}
+        self.eofs: Counter[str] = Counter()  # reads that returned b"", by thread kind
 
     def record(self, operation: str, exc: BaseException) -> None:
         key = f"{thread_role(threading.current_thread().name)} {operation}: {describe_error(exc)}"
@@ -66,9 +68,14 @@ class TlsEvents:
             self.counts[key] += 1
             self.examples.setdefault(key, str(exc)[:300])
 
+    def record_eof(self) -> None:
+        """A read that reported end of stream, by thread kind: not an error, unless the client never sent it."""
+        with self._lock:
+            self.eofs[thread_role(threading.current_thread().name)] += 1
+
     def to_json(self) -> dict[str, Any]:
         with self._lock:
-            return {"counts": dict(self.counts), "examples": dict(self.examples)}
+            return {"counts": dict(self.counts), "examples": dict(self.examples), "eofs": dict(self.eofs)}
 
 
 class RecordingTlsTransport(TlsTransport):
@@ -78,10 +85,13 @@ class RecordingTlsTransport(TlsTransport):
 
     def read(self) -> bytes | None:
         try:
-            return super().read()
+            data = super().read()
         except (OSError, ValueError) as exc:
             self.events.record("handshake" if not self.established else "read", exc)
             raise
+        if data == b"":
+            self.events.record_eof()
+        return data
 
     def write(self, outbox: Outbox) -> None:
         try:
@@ -106,10 +116,13 @@ class RecordingSocket:
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
         try:
-            return self._sock.recv(bufsize, flags)
+            data = self._sock.recv(bufsize, flags)
         except (OSError, ValueError) as exc:
             self.events.record("read", exc)
             raise
+        if not data:
+            self.events.record_eof()
+        return data
 
     def send(self, data: bytes, flags: int = 0) -> int:
         try:

@@ -46,7 +46,8 @@ _MEANINGS = {
     Verdict.ERROR: "no run could be made: the connection or the handshake failed",
     Verdict.INCOMPLETE: "the stream ended early (no close frame, messages missing), nothing worse seen",
     Verdict.HUNG: "the stream stopped and the time limit ended the run, or the server did not stop",
-    Verdict.SERVER_ERROR: "the server's own SSL calls failed (bad write retry, BAD_LENGTH, ...) and it dropped the connection",
+    Verdict.SERVER_ERROR: ("the server's own SSL calls failed (bad write retry, BAD_LENGTH, an EOF the client never sent, ...) "
+                           "and it dropped the connection"),
     Verdict.PROTOCOL_ERROR: "the server failed the connection (1002/1007, a TLS alert) though every frame sent was valid",
     Verdict.CORRUPTED: "torn frames or mixed payloads reached the client: the server's writes to one socket interleave",
     Verdict.TLS_ERROR: "the client's TLS layer rejected the server's records (bad record MAC, wrong version number, ...)",
