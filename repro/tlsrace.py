@@ -19,7 +19,7 @@ import threading
 from collections import Counter
 from typing import Any
 
-from server.outbox import Outbox
+from server.sendbuffer import SendBuffer
 from server.tls import TlsTransport
 
 
@@ -93,9 +93,9 @@ class RecordingTlsTransport(TlsTransport):
             self.events.record_eof()
         return data
 
-    def write(self, outbox: Outbox) -> None:
+    def write(self, buffer: SendBuffer) -> None:
         try:
-            super().write(outbox)
+            super().write(buffer)
         except (OSError, ValueError) as exc:
             self.events.record("write", exc)
             raise

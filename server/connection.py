@@ -10,7 +10,8 @@ close frames — through that one queue.
 The pieces: :class:`~server.transport.SocketTransport` (socket IO),
 :class:`~server.handshake.Handshake` (HTTP, sans I/O),
 :class:`~server.session.Session` (WebSocket, sans I/O),
-:class:`~server.outbox.Outbox` (the queue and its flow control) and
+:class:`~server.writer.Writer` (the producers' queue, the send buffer and
+the half-close) and
 :class:`~server.strand.Strand` (in-order handling on the worker pool). This
 module decides when each runs.
 """
@@ -53,7 +54,12 @@ logger = logging.getLogger(__name__)
 
 
 class State(enum.Enum):
-    """Where a connection is in its life (derived from its parts, never stored)."""
+    """Where a connection is in its life: :attr:`Connection.state`, one field, set by the IO thread only.
+
+    ``HANDSHAKE → OPEN → CLOSING → DRAINING → CLOSED``; any state may go
+    straight to ``CLOSED`` (an abort), and ``HANDSHAKE`` to ``CLOSING`` (an
+    HTTP answer instead of the 101).
+    """
 
     HANDSHAKE = "handshake"
     OPEN = "open"
@@ -90,12 +96,12 @@ class Connection(ConnectionHandle):
         on_closed: Callable[[Connection], None] = lambda conn: None,
         backlog: Backlog | None = None,
     ) -> None:
-        self._writer = Writer(
+        self.writer = Writer(
             loop, transport, limits, stats, backlog or Backlog(1 << 62),
             on_flushed=self._on_flushed, on_error=self._on_write_error,
-            on_stalled=self._close_stalled, on_behind=self._close_too_slow,
+            on_stalled=self._close_stalled, on_behind=self._close_too_slow, on_write_shut=self._on_write_shut,
         )
-        super().__init__(loop, self._writer.outbox, transport.peer, limits.fanout_wait)  # producers put into the writer's outbox
+        super().__init__(loop, self.writer.outbox, transport.peer, limits.fanout_wait)  # producers put into the writer's outbox
         self.transport = transport
         self._executor = executor
         self.limits = limits
@@ -104,12 +110,9 @@ class Connection(ConnectionHandle):
         self._dispatcher: Dispatcher | None = None  # once open
         self._http: HttpPhase | None = HttpPhase(router, limits, stats, transport.peer)
         self.session: Session | None = None
-        # ``state is State.OPEN``, as a plain attribute: producers filter on it per message
-        # (Server.open_connections), where the derived ``state`` costs 20x more. True from the
-        # 101 until the close is recorded, which every way out of OPEN does in the same step.
-        self.is_open = False
-        self._shut_when_flushed = False
-        self._write_shut = False
+        # One field, read from any thread (a plain attribute: producers filter on it per message),
+        # written by the IO thread at each transition below.
+        self.state = State.HANDSHAKE
         self._timers: Timers[TimerName] = Timers(loop)
 
     @property
@@ -118,14 +121,9 @@ class Connection(ConnectionHandle):
         return self._dispatcher.handler if self._dispatcher is not None else None
 
     @property
-    def state(self) -> State:
-        if self.transport.closed:
-            return State.CLOSED
-        if self._write_shut:
-            return State.DRAINING
-        if self.session is None:
-            return State.HANDSHAKE if self._http is not None else State.CLOSING
-        return State.OPEN if self.session.accepts_data else State.CLOSING
+    def is_open(self) -> bool:
+        """From the 101 until either side starts closing (a failing connection's replies still go out)."""
+        return self.state is State.OPEN
 
     # ------------------------------------------------------------------
     # IO thread only from here on
@@ -133,7 +131,7 @@ class Connection(ConnectionHandle):
 
     def start(self) -> None:
         """Register with the loop and arm the handshake timeout."""
-        self.transport.start(self._on_readable, self._writer.flush)
+        self.transport.start(self._on_readable, self.writer.flush)
         self._timers.arm(ConnectionTimer.HANDSHAKE, self.limits.handshake_timeout, self._on_handshake_timeout)
 
     def adopt(self, request: bytes) -> None:
@@ -161,7 +159,7 @@ class Connection(ConnectionHandle):
         """Answer ``error`` to a connection still in its handshake and close it now (no lingering)."""
         if self._http is not None:
             self._reply(self._http.reject(error))
-            self._writer.flush()  # a few bytes on a socket that has sent nothing yet: written at once
+            self.writer.flush()  # a few bytes on a socket that has sent nothing yet: written at once
         self.abort(CloseCode.ABNORMAL, f"HTTP {error.status}")
 
     def _on_readable(self) -> None:
@@ -179,7 +177,7 @@ class Connection(ConnectionHandle):
             self._on_eof()
         elif self._http is not None:
             self._on_handshake_data(data)
-        elif self.session is not None and not self._write_shut:
+        elif self.session is not None and not self.writer.write_shut:
             self.session.receive_data(data)
             self._apply_session()
         # else: draining after our half-close (or an HTTP reply); discard until EOF
@@ -187,7 +185,7 @@ class Connection(ConnectionHandle):
     def _on_eof(self) -> None:
         if self._http is not None:
             self.abort(CloseCode.ABNORMAL, "client closed during handshake")
-        elif self._write_shut:
+        elif self.writer.write_shut:
             self.abort(self._close_code or CloseCode.NORMAL, self._close_reason)
         else:
             self.abort(CloseCode.ABNORMAL, "client vanished without a close frame")
@@ -208,13 +206,13 @@ class Connection(ConnectionHandle):
         self._timers.cancel(ConnectionTimer.HANDSHAKE)
         self._http = None
         self._dispatcher = Dispatcher(self, upgrade.handler, self._loop, self._executor, self._stats, self._message_done)
-        self.session = self._writer.session = Session(self.limits, upgrade.extension)
-        self.is_open = True
+        self.session = self.writer.session = Session(self.limits, upgrade.extension)
+        self.state = State.OPEN
         self.deflate = self.session.deflate
         self.subprotocol = upgrade.subprotocol
         self._stats.opened += 1
-        self._writer.append_raw(upgrade.reply)
-        self._writer.flush()  # the 101 goes out before any handler can queue a frame
+        self.writer.append_raw(upgrade.reply)
+        self.writer.flush()  # the 101 goes out before any handler can queue a frame
         logger.debug("%s: WebSocket open on %s (deflate=%s)", self.peer, upgrade.request.target, self.deflate)
         self._apply_session()  # the keepalive deadline
         if not self._dispatcher.open():
@@ -228,7 +226,7 @@ class Connection(ConnectionHandle):
         self._timers.cancel(ConnectionTimer.HANDSHAKE)
         self._http = None
         self._record_close(CloseCode.ABNORMAL, f"HTTP {reply.status}")
-        self._writer.append_raw(reply.data)
+        self.writer.append_raw(reply.data)
         self._close_after_flush()
 
     def _on_handshake_timeout(self) -> None:
@@ -276,7 +274,7 @@ class Connection(ConnectionHandle):
                 self._stats.ping_timeouts += 1
                 logger.info("%s: no pong within %.1fs", self.peer, self.limits.ping_timeout)
                 self._fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
-        self._writer.append_raw(session.data_to_send())
+        self.writer.append_raw(session.data_to_send())
         self._update_reading()
 
     def _deadline_passed(self, deadline: Deadline) -> None:
@@ -296,7 +294,7 @@ class Connection(ConnectionHandle):
         client keeps taking it (within the longer of ``ping_timeout`` and
         ``stall_timeout``), a late pong is no sign of a dead client.
         """
-        if not self._outbox.frames and not self.transport.unacknowledged():
+        if not self.writer.buffer.frames and not self.transport.unacknowledged():
             return None
         patience = max(self.limits.ping_timeout, self.limits.stall_timeout)
         idle = time.monotonic() - self.transport.idle_since()
@@ -312,7 +310,7 @@ class Connection(ConnectionHandle):
 
     def _fail(self, code: int, reason: str) -> None:
         """Fail the connection (RFC 6455 7.1.7): drop unsent frames, send close, stop."""
-        self._outbox.drop_unsent()
+        self.writer.drop_unsent()
         self._close_session(code, reason, wait_for_reply=False)
 
     # -- handling messages ----------------------------------------------
@@ -335,7 +333,7 @@ class Connection(ConnectionHandle):
         reads, instead of the outbox overflowing.
         """
         session = self.session
-        if session is None or self._write_shut:
+        if session is None or self.writer.write_shut:
             return
         if session.state is SessionState.CLOSING:  # our close frame is out: its answer is all we read for now
             self.transport.set_reading(True)
@@ -349,7 +347,8 @@ class Connection(ConnectionHandle):
     # -- closing --------------------------------------------------------
 
     def _record_close(self, code: int, reason: str) -> None:
-        self.is_open = False
+        if self.state is State.OPEN or self.state is State.HANDSHAKE:
+            self.state = State.CLOSING
         if self._close_code is None:
             self._close_code, self._close_reason = code, reason
         self._outbox.shut(code, reason)  # producers waiting for room get ConnectionClosed
@@ -372,29 +371,26 @@ class Connection(ConnectionHandle):
         logger.warning("%s: closing with 1008: %s", self.peer, reason)
 
     def _close_after_flush(self) -> None:
-        """Half-close the socket once the outbox is empty."""
-        self._shut_when_flushed = True
+        """Half-close the socket once the send buffer is empty (the writer does it), within ``close_timeout``."""
         if Deadline.CLOSE not in self._timers:
             self._timers.arm(Deadline.CLOSE, self.limits.close_timeout, self._on_close_timeout)
-        self._writer.post_flush()
+        self.writer.close_after_flush()
 
     def _on_close_timeout(self) -> None:
         # The timeout bounds a *stalled* close, not a long flush: a client that
         # is still reading what was queued before the close frame gets its data.
         idle = time.monotonic() - self.transport.idle_since()
-        if idle < self.limits.close_timeout and not self._write_shut and self._outbox.frames:
+        if idle < self.limits.close_timeout and not self.writer.write_shut and self.writer.buffer.frames:
             self._timers.arm(Deadline.CLOSE, self.limits.close_timeout - idle, self._on_close_timeout)
             return
         self.abort(CloseCode.ABNORMAL, "close timeout")
 
-    def _shutdown_write(self) -> None:
-        """Half-close and read until the client's EOF, so our last bytes are not lost to a reset."""
-        self._write_shut = True
-        try:
-            self.transport.shutdown_write()
-        except OSError:
+    def _on_write_shut(self, error: OSError | None) -> None:
+        """Our side is half-closed: read until the client's EOF, so our last bytes are not lost to a reset."""
+        if error is not None:
             self.abort(self._close_code or CloseCode.NORMAL, self._close_reason)
             return
+        self.state = State.DRAINING
         self.transport.set_reading(True)
         self._timers.arm(Deadline.CLOSE, self.limits.close_timeout, self._on_close_timeout)
 
@@ -402,10 +398,11 @@ class Connection(ConnectionHandle):
         """Close the socket and release everything; runs exactly once."""
         if self.transport.closed:
             return
+        self.state = State.CLOSED
         self._timers.cancel_all()
-        self._writer.cancel()
+        self.writer.cancel()
         self.transport.close()
-        self._outbox.drop_unsent(all_frames=True)
+        self.writer.drop_unsent(all_frames=True)
         self._stats.closed += 1
         self._closed_event.set()
         if self._dispatcher is not None:
@@ -415,8 +412,6 @@ class Connection(ConnectionHandle):
     def _on_flushed(self) -> None:
         if not self.transport.reading:
             self._update_reading()
-        if not self._outbox.frames and self._shut_when_flushed and not self._write_shut:
-            self._shutdown_write()
 
     def _on_write_error(self, exc: OSError) -> None:
         logger.info("%s: write failed: %s", self.peer, exc)

@@ -6,9 +6,10 @@ Two halves share one lock:
   message's bytes and appends it to a pending queue; the first message of a
   batch asks the IO thread (``schedule``) to take them all, so a burst of
   sends costs one posted callable and one wake-up, not one per message;
-* the **IO thread** takes the pending messages (:meth:`take`), turns them into
-  frames (:meth:`append`), writes what :meth:`gather` offers and reports what
-  the socket accepted (:meth:`written`).
+* the **IO thread** takes the pending messages (:meth:`take`) into the
+  connection's :class:`~server.sendbuffer.SendBuffer` (whose docstring walks
+  the whole send path) and gives their reservation back (:meth:`release`)
+  once the socket has taken them.
 
 The rules, modelled on asyncio's high-water flow control:
 
@@ -57,8 +58,6 @@ from .backlog import Backlog
 from .errors import ConnectionClosed
 from .frames import OutMessage
 
-IOV_MAX = 512  # buffers per sendmsg call; Linux allows 1024
-
 
 class OverflowPolicy(enum.Enum):
     """What happens when a client's queue is full.
@@ -77,23 +76,16 @@ class OverflowPolicy(enum.Enum):
     DROP = "drop"
 
 
-class Frame:
-    """One queued frame: its buffers, the bytes it reserved, and its length on the wire.
-
-    A plain data frame is queued as its :class:`OutMessage` itself, which has
-    the same three attributes: no allocation per message and client.
-    """
-
-    __slots__ = ("buffers", "length", "reserved")
-
-    def __init__(self, buffers: tuple[bytes, ...], reserved: int, length: int) -> None:
-        self.buffers = buffers
-        self.reserved = reserved
-        self.length = length
+# What Outbox.offer_locked did with a message. Plain ints, not an enum: it runs once per broadcast target,
+# and an enum member lookup costs more than the rest of the call (Python 3.11: ~150 ns).
+QUEUED = 0
+SCHEDULE = 1  # queued, first of a batch: call Outbox.schedule() once the lock is released
+FULL = 2  # not queued: the queue or the backlog has no room; Outbox.put decides
+CLOSED = 3  # not queued: the connection is closing
 
 
 class Outbox:
-    """The queue between a connection's producers and its socket."""
+    """The producers' queue of one connection, and the flow control in front of its send buffer."""
 
     def __init__(
         self,
@@ -105,6 +97,7 @@ class Outbox:
         backlog: Backlog,
         in_io_thread: Callable[[], bool],
         on_behind: Callable[[], None] = lambda: None,
+        blocked_since: Callable[[], float | None] = lambda: None,
     ) -> None:
         self.limit = limit
         self.policy = policy
@@ -112,11 +105,12 @@ class Outbox:
         self._on_full = on_full  # ask the IO thread to judge the client (a producer is about to wait)
         self._on_drop = on_drop  # count a dropped message (called with the lock held)
         self._on_behind = on_behind  # a fan-out waited past its bound: ask the IO thread to judge (lock held)
-        self._backlog = backlog
+        self.backlog = backlog
         self._in_io_thread = in_io_thread
+        self._blocked_since = blocked_since  # when the socket last started refusing bytes (the send buffer's)
 
-        # Shared: guarded by _lock (the backlog's: one lock for the server).
-        self._lock = backlog.lock
+        # Shared: guarded by lock (the backlog's: one lock for the server).
+        self.lock = backlog.lock
         self._room: threading.Condition | None = None  # made by the first producer to wait (memory per client)
         self._waiters = 0
         self._queued = 0  # reserved: pending + frames not yet accepted by the socket
@@ -130,12 +124,6 @@ class Outbox:
         self._closed: tuple[int, str] | None = None  # (code, reason) once closing
         self.dropped = 0
         self.waits = 0  # times a producer found the queue full and waited
-
-        # IO thread only.
-        self.frames: deque[Frame | OutMessage] = deque()
-        self._head_sent = 0  # bytes of frames[0] already written
-        self.in_flight = 0  # head frames a transport has begun and must finish as they are (a TLS write to retry)
-        self.blocked_since: float | None = None  # the socket last refused bytes while data waited
 
     # -- any thread ------------------------------------------------------
 
@@ -159,8 +147,8 @@ class Outbox:
         connection is closing, :class:`TimeoutError` after ``timeout``.
         """
         size = out.size
-        backlog = self._backlog
-        with self._lock:
+        backlog = self.backlog
+        with self.lock:
             if self._closed is not None:
                 raise ConnectionClosed(*self._closed)
             if self._queued >= self.limit and not self._in_io_thread():
@@ -184,13 +172,36 @@ class Outbox:
             backlog.bytes += size  # Backlog.add_locked, inline
             if backlog.bytes > backlog.peak:
                 backlog.peak = backlog.bytes
-            self._pending.append(out)
-            self._pending_bytes += size
-            if self._scheduled:
+            if not self._enqueue_locked(out):
                 return True
-            self._scheduled = True
         self._schedule()
         return True
+
+    def _enqueue_locked(self, out: OutMessage) -> bool:
+        """Append a reserved message to the pending queue; True if the IO thread must be asked to take the batch."""
+        self._pending.append(out)
+        self._pending_bytes += out.size
+        if self._scheduled:
+            return False
+        self._scheduled = True
+        return True
+
+    def offer_locked(self, out: OutMessage, backlog_room: int) -> int:
+        """:meth:`put` without its slow path, for :func:`put_shared` (the shared :attr:`lock` held).
+
+        Queues ``out`` if the queue has room and the backlog has
+        ``backlog_room`` bytes left; never waits, drops or judges.
+        """
+        if self._closed is not None:
+            return CLOSED
+        if self._queued >= self.limit or backlog_room <= 0:
+            return FULL
+        self._queued += out.size
+        return SCHEDULE if self._enqueue_locked(out) else QUEUED
+
+    def schedule(self) -> None:
+        """Ask the IO thread to take the pending batch (after :meth:`offer_locked` returned :data:`SCHEDULE`)."""
+        self._schedule()
 
     def _wait_for_room(self, size: int, timeout: float | None, report: bool) -> None:
         if report and not self._full_reported:
@@ -207,7 +218,7 @@ class Outbox:
         self._waiters += 1
         try:
             if self._room is None:
-                self._room = threading.Condition(self._lock)
+                self._room = threading.Condition(self.lock)
             yield self._room
         finally:
             self._waiters -= 1
@@ -228,14 +239,14 @@ class Outbox:
         """
         with self._waiting() as room:
             now = time.monotonic()
-            since = self.blocked_since
+            since = self._blocked_since()
             deadline = now + wait if since is None else min(now + wait, since + wait)
             while self._closed is None and self._queued >= self.limit:
                 left = deadline - time.monotonic()
                 if left > 0:
                     room.wait(left)
                     continue
-                if self.blocked_since is not None and self.behind >= self.limit // 2 and not self._behind_reported:
+                if self._blocked_since() is not None and self.behind >= self.limit // 2 and not self._behind_reported:
                     self._behind_reported = True
                     self._on_behind()
                 deadline = time.monotonic() + 0.01  # look again soon: the IO thread answers, or it was just behind
@@ -247,7 +258,7 @@ class Outbox:
 
     def shut(self, code: int, reason: str) -> bool:
         """Refuse every later :meth:`put` with ``ConnectionClosed(code)``; wake waiters. True the first time."""
-        with self._lock:
+        with self.lock:
             if self._closed is not None:
                 return False
             self._closed = (code, reason)
@@ -264,34 +275,27 @@ class Outbox:
 
     def take(self) -> deque[OutMessage]:
         """The messages producers put since the last call, in order."""
-        with self._lock:
+        with self.lock:
             pending, self._pending = self._pending, deque()
             self._scheduled = False
             if self._pending_bytes:
-                self._backlog.remove_locked(self._pending_bytes)
+                self.backlog.remove_locked(self._pending_bytes)
                 self._pending_bytes = 0
         return pending
 
     def judged(self) -> None:
         """The IO thread has looked at a full queue: the next producer to wait reports again."""
-        with self._lock:
+        with self.lock:
             self._full_reported = False
 
     def judged_behind(self) -> None:
         """The IO thread has judged a fan-out member: the next fan-out to wait past its bound reports again."""
-        with self._lock:
+        with self.lock:
             self._behind_reported = False
-
-    def append(self, buffers: tuple[bytes, ...], reserved: int, length: int) -> None:
-        self.frames.append(Frame(buffers, reserved, length))
-
-    def extend(self, messages: deque[OutMessage]) -> None:
-        """Queue plain data frames, each its message's ready-made frame (reserved = length = ``size``)."""
-        self.frames.extend(messages)
 
     def release(self, size: int) -> None:
         """Give back ``size`` reserved bytes (sent, or dropped unsent)."""
-        with self._lock:
+        with self.lock:
             self._release(size)
 
     def _release(self, size: int) -> None:
@@ -300,159 +304,47 @@ class Outbox:
             assert self._room is not None
             self._room.notify_all()
 
-    def gather(self, max_bytes: int | None = None) -> tuple[list[memoryview | bytes], int, int, int]:
-        """Up to IOV_MAX buffers from the head of the queue: (buffers, frames, bytes, reserved).
-
-        ``max_bytes``: stop adding frames once this many bytes are offered (a
-        TLS transport sends one bounded buffer at a time; gathering the whole
-        queue for it would cost a pass over every queued frame per send).
-        """
-        queue = self.frames
-        skip = self._head_sent
-        if not skip and len(queue) == 1:  # one frame (a broadcast to many idle clients): no loop
-            frame = queue[0]
-            return list(frame.buffers), 1, frame.length, frame.reserved
-        buffers: list[memoryview | bytes] = []
-        frames = offered = reserved = 0
-        if skip:  # the head frame was partly written
-            frame = queue[0]
-            offered = frame.length - skip
-            reserved = frame.reserved
-            frames = 1
-            for buf in frame.buffers:
-                if skip >= len(buf):
-                    skip -= len(buf)
-                    continue
-                buffers.append(memoryview(buf)[skip:] if skip else buf)
-                skip = 0
-        extend = buffers.extend
-        # A frame has at most 2 buffers: this many more frames never pass IOV_MAX.
-        room = (IOV_MAX - len(buffers)) // 2
-        if max_bytes is not None:
-            for frame in itertools.islice(queue, frames, frames + room):
-                if offered >= max_bytes:
-                    break
-                extend(frame.buffers)
-                offered += frame.length
-                reserved += frame.reserved
-                frames += 1
-            return buffers, frames, offered, reserved
-        for frame in itertools.islice(queue, frames, frames + room) if frames or len(queue) > room else queue:
-            extend(frame.buffers)
-            offered += frame.length
-            reserved += frame.reserved
-        frames = min(len(queue), frames + room)
-        return buffers, frames, offered, reserved
-
-    def written(self, sent: int, offered: int, frames: int, reserved: int) -> None:
-        """The socket accepted ``sent`` of the ``offered`` bytes that :meth:`gather` returned."""
-        queue = self.frames
-        if sent == offered:  # the common case: all of it went out, drop whole frames
-            if frames == len(queue):
-                queue.clear()
-            else:
-                for _ in range(frames):
-                    queue.popleft()
-            self._head_sent = 0
-            freed = reserved
-        else:  # partial write: byte-exact bookkeeping, frame by frame
-            freed = 0
-            remaining = sent
-            while queue and remaining:
-                head = queue[0]
-                left = head.length - self._head_sent
-                if remaining < left:
-                    self._head_sent += remaining
-                    break
-                remaining -= left
-                self._head_sent = 0
-                freed += head.reserved
-                queue.popleft()
-        if sent:
-            self.blocked_since = None
-        if queue and sent < offered and self.blocked_since is None:
-            self.blocked_since = time.monotonic()  # the socket's buffer is full now
-        if freed:
-            self.release(freed)
-
-    def frames_in(self, nbytes: int) -> int:
-        """How many frames from the head the next ``nbytes`` bytes to write belong to."""
-        count, left = 0, nbytes + self._head_sent
-        for frame in self.frames:
-            if left <= 0:
-                break
-            count += 1
-            left -= frame.length
-        return count
-
-    @property
-    def head_started(self) -> bool:
-        """Part of the head frame is on the wire: it must be finished before anything else."""
-        return self._head_sent > 0
-
-    def drop_unsent(self, all_frames: bool = False) -> None:
-        """Forget queued data frames (or every frame, with ``all_frames``).
-
-        A partly written head frame is kept so the stream never tears, and so
-        are protocol frames (reserved 0: handshake reply, pong, close).
-        """
-        freed = sum(frame.reserved for frame in self.frames)
-        if all_frames:
-            self.frames.clear()
-            self._head_sent = 0
-            self.blocked_since = None
-        else:
-            keep = max(self.in_flight, 1 if self._head_sent else 0)
-            head = [self.frames.popleft() for _ in range(min(keep, len(self.frames)))]
-            kept = head + [frame for frame in self.frames if frame.reserved == 0]
-            freed -= sum(frame.reserved for frame in head)
-            self.frames = deque(kept)
-        if freed:
-            self.release(freed)
-
 
 def put_shared(out: OutMessage, outboxes: Iterator[Outbox]) -> tuple[Outbox | None, int, int]:
     """Queue ``out`` to the next outboxes under one acquisition of their shared lock, while each has room.
 
     The fast path of a broadcast: the same :class:`OutMessage` goes into each
-    pending queue, with the reservation and backlog accounting of
-    :meth:`Outbox.put`. It stops at the first outbox that needs
-    :meth:`Outbox.put`'s slow path — a full queue, the backlog at its limit,
-    an outbox on another lock — and returns it, so the caller sends to that
-    one with :meth:`Outbox.put` (which waits, drops or judges as the policy
-    says) and calls this again with the same iterator for the rest. Closing
-    outboxes are skipped and counted. Returns ``(that outbox or None when the
-    iterator is exhausted, queued, closed)``.
+    pending queue through :meth:`Outbox.offer_locked` (the reservation and
+    backlog accounting of :meth:`Outbox.put`). It stops at the first outbox
+    that needs :meth:`Outbox.put`'s slow path — a full queue, the backlog at
+    its limit, an outbox on another lock — and returns it, so the caller sends
+    to that one with :meth:`Outbox.put` (which waits, drops or judges as the
+    policy says) and calls this again with the same iterator for the rest.
+    Closing outboxes are skipped and counted. Returns ``(that outbox or None
+    when the iterator is exhausted, queued, closed)``.
     """
     first = next(outboxes, None)
     if first is None:
         return None, 0, 0
-    lock, backlog = first._lock, first._backlog
+    lock, backlog = first.lock, first.backlog
     size = out.size
-    schedules: list[Callable[[], None]] = []
+    to_schedule: list[Outbox] = []
     blocked: Outbox | None = None
     queued = closed = 0
     with lock:
         room = backlog.limit - backlog.bytes  # the backlog's: Outbox.put waits at its limit
         for outbox in itertools.chain((first,), outboxes):
-            if outbox._lock is not lock:
+            if outbox.lock is not lock:
                 blocked = outbox
                 break
-            if outbox._closed is not None:
+            offer = outbox.offer_locked(out, room - queued * size)
+            if offer == QUEUED:
+                queued += 1
+            elif offer == SCHEDULE:
+                queued += 1
+                to_schedule.append(outbox)
+            elif offer == CLOSED:
                 closed += 1
-                continue
-            if outbox._queued >= outbox.limit or queued * size >= room:
+            else:
                 blocked = outbox
                 break
-            outbox._queued += size
-            outbox._pending.append(out)
-            outbox._pending_bytes += size
-            queued += 1
-            if not outbox._scheduled:
-                outbox._scheduled = True
-                schedules.append(outbox._schedule)
         if queued:
             backlog.add_locked(queued * size)
-    for schedule in schedules:
-        schedule()
+    for outbox in to_schedule:
+        outbox.schedule()
     return blocked, queued, closed

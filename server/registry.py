@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from functools import partial
 from operator import attrgetter
 
-from .connection import Connection
+from .connection import Connection, State
 from .errors import ConnectionClosed
 from .frames import OutMessage
 from .outbox import put_shared
 
-_outbox_of = attrgetter("_outbox")
+_outbox_of = attrgetter("writer.outbox")
+_OPEN = State.OPEN
 
 
 @dataclass
@@ -64,8 +65,8 @@ class Registry:
         """The open WebSocket connections (on ``path``, if given)."""
         conns = self.snapshot()
         if path is None:
-            return [c for c in conns if c.is_open]
-        return [c for c in conns if c.is_open and c.path == path]
+            return [c for c in conns if c.state is _OPEN]
+        return [c for c in conns if c.state is _OPEN and c.path == path]
 
     def broadcast(self, message: str | bytes | OutMessage, targets: Iterable[Connection] | None = None) -> BroadcastResult:
         """See :meth:`Server.broadcast`."""

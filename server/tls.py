@@ -14,8 +14,8 @@ non-blocking sockets"), and where each is kept:
 * want-read and want-write can come from ``do_handshake``, ``recv`` and
   ``send``: :meth:`TlsTransport._on_ready` runs whichever side is waiting;
 * after a want-write, retry with the same bytes (no partial writes):
-  :attr:`TlsTransport._pending` holds them, and the outbox keeps the frames
-  they came from (``Outbox.in_flight``) until they are written;
+  :attr:`TlsTransport._pending` holds them, and the send buffer keeps the
+  frames they came from (``SendBuffer.in_flight``) until they are written;
 * no ``sendall``, and no ``sendmsg`` (not implemented for TLS): frames are
   coalesced into one buffer of at most :data:`TLS_CHUNK` bytes per ``send``;
 * ``select()`` cannot see bytes already decrypted inside the ``SSL`` object:
@@ -34,7 +34,7 @@ from . import affinity
 from .errors import WsraceError
 from .handshake import http_response
 from .loop import IOLoop
-from .outbox import Outbox
+from .sendbuffer import SendBuffer
 from .transport import RECV_SIZE, SocketTransport
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class TlsTransport(SocketTransport):
         self.established = self.borrowed
         self._handshake_error: OSError | None = None
         self._pending: tuple[bytes | memoryview, int, int, int] | None = None  # (bytes, offered, frames, reserved)
-        self._outbox: Outbox | None = None
+        self._buffer: SendBuffer | None = None
         self._read_wants_write = False  # a read needs the socket writable (TLS 1.3 key update, ...)
         self._write_wants_read = False  # a write needs the socket readable
         self._eof_seen = False
@@ -124,35 +124,35 @@ class TlsTransport(SocketTransport):
             self._update_interest()
         return b"".join(chunks) if chunks else None
 
-    def write(self, outbox: Outbox) -> None:
-        """Write as much of ``outbox`` as TLS takes; after a want-write, the same bytes again. Raises OSError."""
+    def write(self, buffer: SendBuffer) -> None:
+        """Write as much of ``buffer`` as TLS takes; after a want-write, the same bytes again. Raises OSError."""
         affinity.check_io_thread(self._loop.thread_id, f"TLS write to {self.peer}")  # before anything changes
-        self._outbox = outbox
+        self._buffer = buffer
         if not self.established:
             return  # queued bytes wait for the handshake; it flushes when done
-        while self._pending is not None or outbox.frames:
+        while self._pending is not None or buffer.frames:
             if self._pending is None:
-                self._pending = self._take(outbox)
-                outbox.in_flight = outbox.frames_in(len(self._pending[0]))
+                self._pending = self._take(buffer)
+                buffer.in_flight = buffer.frames_in(len(self._pending[0]))
             data, offered, frames, reserved = self._pending
             try:
                 sent = self._sock.send(data)
             except ssl.SSLWantWriteError:
-                outbox.written(0, offered, frames, reserved)  # blocked: the stall judgement may start
+                buffer.written(0, offered, frames, reserved)  # blocked: the stall judgement may start
                 self._set_writing(True)
                 return
             except ssl.SSLWantReadError:
-                outbox.written(0, offered, frames, reserved)
+                buffer.written(0, offered, frames, reserved)
                 if not self._write_wants_read:
                     self._write_wants_read = True
                     self._update_interest()
                 return
             self._pending = None
-            outbox.in_flight = 0
+            buffer.in_flight = 0
             if self._write_wants_read:
                 self._write_wants_read = False
                 self._update_interest()
-            outbox.written(sent, offered, frames, reserved)
+            buffer.written(sent, offered, frames, reserved)
             self._took_bytes()
         self._set_writing(False)
 
@@ -207,7 +207,7 @@ class TlsTransport(SocketTransport):
         logger.debug("%s: TLS established (%s, %s)", self.peer, self._tls.version(), self._tls.cipher())
         self._set_writing(False)
         self._on_readable()  # the request often arrives with the client's Finished: already decrypted
-        if self._outbox is not None and self._outbox.frames and not self.closed:
+        if self._buffer is not None and self._buffer.frames and not self.closed:
             self._on_writable()  # bytes queued while the handshake ran
 
     def _answer_plain_http(self) -> None:
@@ -224,13 +224,13 @@ class TlsTransport(SocketTransport):
             return False
 
     @staticmethod
-    def _take(outbox: Outbox) -> tuple[bytes | memoryview, int, int, int]:
+    def _take(buffer: SendBuffer) -> tuple[bytes | memoryview, int, int, int]:
         """The next bytes for one ``send``: one big buffer as it is, or buffers joined up to TLS_CHUNK.
 
         A large frame's header is joined with the start of its payload (no
         10-byte record of its own); the rest of the payload goes out uncopied.
         """
-        buffers, frames, offered, reserved = outbox.gather(TLS_CHUNK)
+        buffers, frames, offered, reserved = buffer.gather(TLS_CHUNK)
         if len(buffers) == 1 or len(buffers[0]) >= TLS_CHUNK:
             return buffers[0], offered, frames, reserved
         if offered <= TLS_CHUNK + _JOIN_OVERSHOOT:  # the common case (small frames): one join in C, no loop here

@@ -4,7 +4,7 @@ In the manner of asyncio's transports: a transport owns the socket — selector
 interest, reads, writes with the partial-write bookkeeping, half-close — and
 knows nothing of HTTP or WebSocket. The connection above it calls
 :meth:`SocketTransport.read` when the loop reports the socket readable and
-:meth:`SocketTransport.write` to push its :class:`~server.outbox.Outbox` out.
+:meth:`SocketTransport.write` to push its :class:`~server.sendbuffer.SendBuffer` out.
 
 :class:`SocketTransport` is plain TCP (one ``sendmsg`` of many frames per
 write, nothing copied). A TLS transport is the second implementation of the
@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 from . import affinity
 from .loop import IOLoop
-from .outbox import Outbox
+from .sendbuffer import SendBuffer
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class SocketTransport:
         except OSError:
             self.peer = "?"
         self.reading = False
-        self.writing = False  # watching for EVENT_WRITE: the outbox has bytes the socket refused
+        self.writing = False  # watching for EVENT_WRITE: the send buffer has bytes the socket refused
         self.closed = False
         self.last_progress = time.monotonic()  # when the socket last took bytes or the client's TCP acknowledged some
         self._unacked: int | None = None  # unacknowledged_bytes() at the last look (None: look again first)
@@ -92,24 +92,24 @@ class SocketTransport:
         except (BlockingIOError, InterruptedError):
             return None
 
-    def write(self, outbox: Outbox) -> None:
-        """Write as much of ``outbox`` as the socket takes; watch for writability if it refuses some.
+    def write(self, buffer: SendBuffer) -> None:
+        """Write as much of ``buffer`` as the socket takes; watch for writability if it refuses some.
 
         Raises OSError when the socket fails (the peer reset, ...).
         """
         affinity.check_io_thread(self._loop.thread_id, f"socket write to {self.peer}")
-        while outbox.frames:
-            buffers, frames, offered, reserved = outbox.gather()
+        while buffer.frames:
+            buffers, frames, offered, reserved = buffer.gather()
             try:
                 sent = self._sock.sendmsg(buffers)
             except (BlockingIOError, InterruptedError):
                 sent = 0
-            outbox.written(sent, offered, frames, reserved)
+            buffer.written(sent, offered, frames, reserved)
             if sent:
                 self._took_bytes()
             if sent < offered:
                 break  # the socket is full: resume when writable
-        self._set_writing(bool(outbox.frames))
+        self._set_writing(bool(buffer.frames))
 
     def _took_bytes(self) -> None:
         self.last_progress = time.monotonic()

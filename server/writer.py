@@ -1,13 +1,14 @@
-"""The write path of one connection, on the IO thread: queue to frames, one flush per batch, the stall judgement.
+"""The write side of one connection, on the IO thread: producers' queue to frames to socket, the half-close, the stall judgement.
 
-Producers put messages into the :class:`~server.outbox.Outbox` from any
-thread; the outbox schedules :meth:`Writer._drain` on the IO thread (through
-``IOLoop.post``, the thread boundary), which turns them into frames — shared
-as they are, or compressed by the session with deflate — and asks for one
-flush per loop turn. The flush hands the outbox to the transport. When a
-client's queue is full and it takes nothing for ``stall_timeout`` — no byte
-accepted by its socket, none acknowledged by its TCP — the writer reports it
-stalled.
+The :class:`Writer` owns both halves of a connection's way out: the
+:class:`~server.outbox.Outbox` that producers put into from any thread, and
+the :class:`~server.sendbuffer.SendBuffer` of frames the transport writes
+(see its docstring for the send path step by step). It drains the first into
+the second once per batch (scheduled through ``IOLoop.post``, the thread
+boundary), flushes once per loop turn, half-closes the socket once the last
+frame after a close is out, and judges a client whose full queue makes
+producers wait: stalled when its socket accepts nothing and its TCP
+acknowledges nothing for ``stall_timeout``.
 """
 
 from __future__ import annotations
@@ -20,13 +21,18 @@ from .backlog import Backlog
 from .limits import Limits
 from .loop import IOLoop, Timer
 from .outbox import Outbox
+from .sendbuffer import SendBuffer
 from .session import Session
 from .stats import Stats
 from .transport import SocketTransport
 
 
 class Writer:
-    """Owns a connection's outbox and everything that moves it to the transport (IO thread, but :attr:`outbox`)."""
+    """Owns a connection's outbox, its send buffer and the half-close (IO thread, but :attr:`outbox`).
+
+    ``on_write_shut(error)``: the half-close after :meth:`close_after_flush`
+    happened (``None``) or failed (the ``OSError``).
+    """
 
     def __init__(
         self,
@@ -39,6 +45,7 @@ class Writer:
         on_error: Callable[[OSError], None],
         on_stalled: Callable[[str], None],
         on_behind: Callable[[str], None],
+        on_write_shut: Callable[[OSError | None], None],
     ) -> None:
         self._loop = loop
         self._transport = transport
@@ -47,24 +54,32 @@ class Writer:
         self._on_error = on_error
         self._on_stalled = on_stalled
         self._on_behind = on_behind
+        self._on_write_shut = on_write_shut
         self.outbox = Outbox(
             limits.max_queue_bytes,
             limits.overflow,
-            schedule=partial(loop.post, self._drain),
+            schedule=partial(loop.post, self.drain),
             on_full=partial(loop.post, self.check_stall),
             on_drop=stats.count_drop,
             on_behind=partial(loop.post, self.check_behind),
             backlog=backlog,
             in_io_thread=loop.in_io_thread,
+            blocked_since=self._blocked_since,
         )
+        self.buffer = SendBuffer(self.outbox.release)
         self.session: Session | None = None  # set once open: it frames data messages when deflate is on
         self._flush_posted = False
         self._stall_timer: Timer | None = None
+        self._shut_when_flushed = False
+        self.write_shut = False  # our side is half-closed: nothing more is written
+
+    def _blocked_since(self) -> float | None:
+        return self.buffer.blocked_since  # read by fan-out producers waiting for room (a float: no lock needed)
 
     def append_raw(self, data: bytes | bytearray) -> None:
         """Queue protocol bytes (handshake reply, control frames); not counted against the limit."""
         if data:
-            self.outbox.append((bytes(data),), 0, len(data))
+            self.buffer.append((bytes(data),), 0, len(data))
             self.post_flush()
 
     def post_flush(self) -> None:
@@ -76,18 +91,38 @@ class Writer:
     def flush(self) -> None:
         """Write what the socket takes now; then ``on_flushed`` (or ``on_error`` if the socket failed)."""
         self._flush_posted = False
-        if self._transport.closed:
+        if self._transport.closed or self.write_shut:
             return
-        outbox = self.outbox
+        buffer = self.buffer
         try:
-            self._transport.write(outbox)
+            self._transport.write(buffer)
         except OSError as exc:
             self._on_error(exc)
             return
-        if outbox.blocked_since is not None and outbox.full and self._stall_timer is None:
+        if buffer.blocked_since is not None and self.outbox.full and self._stall_timer is None:
             self._transport.idle_since()  # the first look at the kernel's count: later looks see it fall
             self._stall_timer = self._loop.call_later(self._look_interval, self.check_stall)
         self._on_flushed()
+        if self._shut_when_flushed and not buffer.frames and not self.write_shut and not self._transport.closed:
+            self._shutdown_write()
+
+    def close_after_flush(self) -> None:
+        """Half-close the socket once every queued frame is written (the close frame, or an HTTP reply, is last)."""
+        self._shut_when_flushed = True
+        self.post_flush()
+
+    def _shutdown_write(self) -> None:
+        self.write_shut = True
+        try:
+            self._transport.shutdown_write()
+        except OSError as exc:
+            self._on_write_shut(exc)
+            return
+        self._on_write_shut(None)
+
+    def drop_unsent(self, all_frames: bool = False) -> None:
+        """Forget queued data frames, or every frame (see :meth:`SendBuffer.drop_unsent`)."""
+        self.buffer.drop_unsent(all_frames)
 
     @property
     def _look_interval(self) -> float:
@@ -105,7 +140,7 @@ class Writer:
         """A stall judgement is scheduled."""
         return self._stall_timer is not None
 
-    def _drain(self) -> None:
+    def drain(self) -> None:
         """Turn the messages producers put into frames (scheduled by the outbox, once per batch)."""
         outbox = self.outbox
         pending = outbox.take()
@@ -116,9 +151,9 @@ class Writer:
         if session.deflate:
             for out in pending:  # compress here, in queue order: the deflate context is per connection
                 data = session.encode(out)
-                outbox.append((data,), out.size, len(data))
+                self.buffer.append((data,), out.size, len(data))
         else:
-            outbox.extend(pending)  # each message is its own frame: shared by every client, nothing copied
+            self.buffer.extend(pending)  # each message is its own frame: shared by every client, nothing copied
         self.post_flush()
 
     def _judging(self) -> bool:
@@ -139,7 +174,7 @@ class Writer:
         if not self._judging():
             return
         self.flush()
-        if self._transport.closed or not outbox.full or outbox.blocked_since is None:
+        if self._transport.closed or not outbox.full or self.buffer.blocked_since is None:
             return
         behind = outbox.behind
         if behind >= outbox.limit // 2:
@@ -159,7 +194,7 @@ class Writer:
         outbox.judged()
         if not self._judging():
             return
-        if outbox.blocked_since is None:
+        if self.buffer.blocked_since is None:
             return  # not blocked: the IO thread is just behind; the next partial flush looks again
         timeout = self._limits.stall_timeout
         idle = time.monotonic() - self._transport.idle_since()

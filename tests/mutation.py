@@ -22,7 +22,8 @@ from dataclasses import dataclass
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Fast socket-free tests first: -x stops at the first failure.
 UNIT_TESTS = ["tests/test_frames.py", "tests/test_deflate.py", "tests/test_streamformat.py", "tests/test_app.py",
-              "tests/test_outbox.py", "tests/test_transport.py", "tests/test_session.py", "tests/test_http_phase.py"]
+              "tests/test_outbox.py", "tests/test_writer.py", "tests/test_transport.py", "tests/test_session.py",
+              "tests/test_http_phase.py"]
 TESTS = [*UNIT_TESTS, "tests/test_stall.py", "tests/test_flow_control.py", "tests/test_regression.py"]
 # wss:// only: the five clients over TLS, then tests/test_tls.py (a mutant with its own list runs only those)
 TLS_TESTS = ("tests/test_regression.py::test_fixed_server_over_wss_delivers_every_message_intact",
@@ -45,7 +46,7 @@ MUTANTS = [
     Mutant(
         "drop-unsent-ignores-tls-retry",
         "a failing connection drops the frames a TLS send must retry with the same bytes: bad write retry, or a torn stream",
-        "server/outbox.py",
+        "server/sendbuffer.py",
         "keep = max(self.in_flight, 1 if self._head_sent else 0)",
         "keep = 1 if self._head_sent else 0",
         1,
@@ -62,16 +63,16 @@ MUTANTS = [
         "direct-writes",
         "producers take their messages into frames and write them on their own thread instead of posting to the IO thread",
         "server/writer.py",
-        "schedule=partial(loop.post, self._drain),",
-        "schedule=lambda: (self._drain(), self.flush()),",
+        "schedule=partial(loop.post, self.drain),",
+        "schedule=lambda: (self.drain(), self.flush()),",
         1,
     ),
     Mutant(
         "direct-writes-no-affinity-check",
         "the same, with the write-affinity check off: only the clients' own checks can catch it",
         "server/writer.py",
-        "schedule=partial(loop.post, self._drain),",
-        "schedule=lambda: (self._drain(), self.flush()),",
+        "schedule=partial(loop.post, self.drain),",
+        "schedule=lambda: (self.drain(), self.flush()),",
         1,
         (("WSRACE_CHECK_AFFINITY", "0"),),
     ),
@@ -80,8 +81,8 @@ MUTANTS = [
         "over wss://: producers write the SSL socket on their own thread while the IO thread reads it (no affinity check); "
         "run against the TLS tests only",
         "server/writer.py",
-        "schedule=partial(loop.post, self._drain),",
-        "schedule=lambda: (self._drain(), self.flush()),",
+        "schedule=partial(loop.post, self.drain),",
+        "schedule=lambda: (self.drain(), self.flush()),",
         1,
         (("WSRACE_CHECK_AFFINITY", "0"),),
         TLS_TESTS,
@@ -115,7 +116,7 @@ MUTANTS = [
     Mutant(
         "partial-write-resends-head",
         "after a partial write, the rest of the head frame is offered from its first byte again",
-        "server/outbox.py",
+        "server/sendbuffer.py",
         "buffers.append(memoryview(buf)[skip:] if skip else buf)",
         "buffers.append(buf)",
         1,
@@ -123,7 +124,7 @@ MUTANTS = [
     Mutant(
         "partial-write-forgets-progress",
         "a second partial write into the same frame overwrites the offset instead of adding to it",
-        "server/outbox.py",
+        "server/sendbuffer.py",
         "self._head_sent += remaining",
         "self._head_sent = remaining",
         1,
@@ -142,7 +143,7 @@ MUTANTS = [
         "took since: a busy IO thread or a writability gap gets readers evicted",
         "server/writer.py",
         "idle = time.monotonic() - self._transport.idle_since()",
-        "idle = time.monotonic() - (outbox.blocked_since or 0.0)",
+        "idle = time.monotonic() - (self.buffer.blocked_since or 0.0)",
         1,
     ),
     Mutant(
@@ -176,6 +177,15 @@ MUTANTS = [
         tests=("tests/test_stall.py",),
     ),
     Mutant(
+        "half-close-before-flushed",
+        "the writer half-closes the socket as soon as a close is queued, while data and the close frame still "
+        "wait in the send buffer: the client loses them",
+        "server/writer.py",
+        "if self._shut_when_flushed and not buffer.frames and not self.write_shut",
+        "if self._shut_when_flushed and not self.write_shut",
+        1,
+    ),
+    Mutant(
         "pong-late-behind-data",
         "a keepalive ping queued behind data a slow reader is still taking times out: the reader is failed with 1011",
         "server/connection.py",
@@ -202,11 +212,11 @@ MUTANTS = [
         "if False:",
         1,
     ),
-    # -- partial-write bookkeeping (server/outbox.py: gather / written / drop_unsent) --
+    # -- partial-write bookkeeping (server/sendbuffer.py: gather / written / drop_unsent) --
     Mutant(
         "partial-write-off-by-one-at-frame-end",
         "a write that ends exactly on a frame's last byte leaves the frame queued as 'partly written' (< became <=)",
-        "server/outbox.py",
+        "server/sendbuffer.py",
         "if remaining < left:",
         "if remaining <= left:",
         1,
@@ -214,7 +224,7 @@ MUTANTS = [
     Mutant(
         "partial-write-offset-off-by-one-across-buffers",
         "resuming a two-buffer frame (header, payload) miscounts the offset by one where it crosses into the payload",
-        "server/outbox.py",
+        "server/sendbuffer.py",
         "skip -= len(buf)",
         "skip -= len(buf) - 1",
         1,
@@ -222,7 +232,7 @@ MUTANTS = [
     Mutant(
         "partial-write-miscounts-offered",
         "after a partial write, gather() reports one byte more than its buffers hold",
-        "server/outbox.py",
+        "server/sendbuffer.py",
         "offered = frame.length - skip",
         "offered = frame.length - skip + 1",
         1,
@@ -230,7 +240,7 @@ MUTANTS = [
     Mutant(
         "one-frame-fast-path-ignores-offset",
         "a single queued frame, partly written, is offered again from its first byte (the one-frame shortcut skips the offset check)",
-        "server/outbox.py",
+        "server/sendbuffer.py",
         "if not skip and len(queue) == 1:",
         "if len(queue) == 1:",
         1,
@@ -238,7 +248,7 @@ MUTANTS = [
     Mutant(
         "budget-released-when-offered",
         "the budget of every frame offered to sendmsg comes back whether the socket took it or not (released on gather, not on written)",
-        "server/outbox.py",
+        "server/sendbuffer.py",
         "# the socket's buffer is full now\n        if freed:\n            self.release(freed)",
         "# the socket's buffer is full now\n        if reserved:\n            self.release(reserved)",
         1,
@@ -246,7 +256,7 @@ MUTANTS = [
     Mutant(
         "gather-passes-iov-max",
         "gather() offers up to twice IOV_MAX buffers in one sendmsg (the kernel refuses the call)",
-        "server/outbox.py",
+        "server/sendbuffer.py",
         "room = (IOV_MAX - len(buffers)) // 2",
         "room = IOV_MAX - len(buffers)",
         1,
@@ -254,7 +264,7 @@ MUTANTS = [
     Mutant(
         "drop-unsent-drops-started-head",
         "drop_unsent() drops the partly written head frame too: the rest of the stream starts mid-frame",
-        "server/outbox.py",
+        "server/sendbuffer.py",
         "keep = max(self.in_flight, 1 if self._head_sent else 0)",
         "keep = self.in_flight",
         1,
@@ -262,7 +272,7 @@ MUTANTS = [
     Mutant(
         "drop-unsent-restarts-started-head",
         "drop_unsent() keeps the partly written head frame but forgets how much of it went out: it is sent again from its first byte",
-        "server/outbox.py",
+        "server/sendbuffer.py",
         "            self.frames = deque(kept)\n",
         "            self.frames = deque(kept)\n            self._head_sent = 0\n",
         1,
@@ -296,8 +306,8 @@ MUTANTS = [
         "put-shared-full-check-off-by-one",
         "a broadcast's fast path queues to an outbox exactly at its limit instead of handing it to put()",
         "server/outbox.py",
-        "if outbox._queued >= outbox.limit or",
-        "if outbox._queued > outbox.limit or",
+        "if self._queued >= self.limit or backlog_room <= 0:",
+        "if self._queued > self.limit or backlog_room <= 0:",
         1,
     ),
     Mutant(

@@ -11,7 +11,7 @@ import pytest
 from server import affinity
 from server.affinity import WriteAffinityError
 from server.loop import IOLoop
-from server.outbox import Backlog, Outbox, OverflowPolicy
+from server.sendbuffer import SendBuffer
 
 from .helpers import raised_on, wait_until, ws_handshake
 
@@ -30,13 +30,12 @@ def test_off_thread_socket_write_and_read_raise_naming_both_threads(server) -> N
         idle = threading.Event()  # the IO thread has finished writing the 101
         server.loop.post(idle.set)
         assert idle.wait(5)
-        outbox = Outbox(1 << 20, OverflowPolicy.CLOSE, schedule=_nothing, on_full=_nothing, on_drop=_nothing,
-                        backlog=Backlog(1 << 20), in_io_thread=lambda: False)
-        outbox.append((b"\x81\x00",), 0, 2)  # something to write
+        buffer = SendBuffer(release=lambda size: None)
+        buffer.append((b"\x81\x00",), 0, 2)  # something to write
 
-        message = raised_on("rogue-writer", lambda: conn.transport.write(outbox))
+        message = raised_on("rogue-writer", lambda: conn.transport.write(buffer))
         assert "socket write to" in message and "rogue-writer" in message and "wsrace-io" in message
-        assert outbox.frames, "nothing may have been written"
+        assert buffer.frames, "nothing may have been written"
 
         message = raised_on("rogue-reader", conn.transport.read)
         assert "socket read from" in message and "rogue-reader" in message and "wsrace-io" in message

@@ -1,4 +1,4 @@
-"""The outbox alone, without sockets: partial-write bookkeeping, room, waiting, dropping, batching.
+"""The outbox and its send buffer, without sockets: partial-write bookkeeping, room, waiting, dropping, batching.
 
 The test is the IO thread: it takes pending messages into frames as the connection's ``_drain`` does and
 flushes them through :class:`FakeSocket`, whose ``sendmsg`` accepts the byte counts a test scripts — ends
@@ -17,7 +17,8 @@ import pytest
 
 from server.errors import ConnectionClosed
 from server.frames import OutMessage
-from server.outbox import IOV_MAX, Backlog, Outbox, OverflowPolicy, put_shared
+from server.outbox import Backlog, Outbox, OverflowPolicy, put_shared
+from server.sendbuffer import IOV_MAX, SendBuffer
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -51,7 +52,9 @@ class Harness:
         self.drops = 0
         self.backlog = backlog if isinstance(backlog, Backlog) else Backlog(backlog)
         self.outbox = Outbox(limit, policy, schedule=self._schedule, on_full=self._on_full, on_drop=self._on_drop,
-                             backlog=self.backlog, in_io_thread=lambda: io_thread)
+                             backlog=self.backlog, in_io_thread=lambda: io_thread,
+                             blocked_since=lambda: self.buffer.blocked_since)
+        self.buffer = SendBuffer(self.outbox.release)
         self.sock = FakeSocket()
 
     def _schedule(self) -> None:
@@ -66,24 +69,24 @@ class Harness:
     def drain(self) -> list[OutMessage]:
         """What the connection's _drain does without deflate: each message is its own frame, nothing copied."""
         pending = self.outbox.take()
-        self.outbox.extend(pending)
+        self.buffer.extend(pending)
         return list(pending)
 
     def step(self, accept: int | None = None) -> int:
         """One turn of the connection's flush loop: gather, one sendmsg taking ``accept`` bytes (None: all), written."""
-        buffers, frames, offered, reserved = self.outbox.gather()
+        buffers, frames, offered, reserved = self.buffer.gather()
         assert offered == sum(len(b) for b in buffers), "gather's byte count does not match its buffers"
         if accept is not None:
             self.sock.accept.insert(0, accept)
         sent = self.sock.sendmsg(buffers)
-        self.outbox.written(sent, offered, frames, reserved)
+        self.buffer.written(sent, offered, frames, reserved)
         return sent
 
     def write(self, accept: list[int] | None = None) -> bytes:
         """Flush everything queued, the socket taking ``accept[i]`` bytes on call i; return what went on the wire."""
         start = len(self.sock.wire)
         self.sock.accept = list(accept or [])
-        while self.outbox.frames:
+        while self.buffer.frames:
             self.step()
         return bytes(self.sock.wire[start:])
 
@@ -132,7 +135,7 @@ class ScriptedCondition:
 
 
 def scripted_room(h: Harness, *turns: Callable[[], object]) -> ScriptedCondition:
-    room = ScriptedCondition(h.outbox._lock, list(turns))  # type: ignore[arg-type]
+    room = ScriptedCondition(h.outbox.lock, list(turns))  # type: ignore[arg-type]
     h.outbox._room = room  # type: ignore[assignment]  # made lazily by the first producer to wait: this one instead
     return room
 
@@ -159,10 +162,10 @@ def test_random_partial_writes_across_frame_boundaries_keep_the_stream_exact() -
     h = Harness(limit=1 << 30)
     messages = [msg(rng.choice([0, 1, 125, 126, 5000, 20000, 70000]), fill=i % 256) for i in range(300)]
     queue(h, *messages)
-    h.outbox.append((PONG,), 0, 2)
+    h.buffer.append((PONG,), 0, 2)
     wire = h.write([rng.choice([0, 1, 2, 3, 100, 4096, 65536, 200000]) for _ in range(5000)])
     assert wire == wire_of(*messages) + PONG
-    assert h.outbox.queued == 0 and h.backlog.bytes == 0 and not h.outbox.frames and not h.outbox.head_started
+    assert h.outbox.queued == 0 and h.backlog.bytes == 0 and not h.buffer.frames and not h.buffer.head_started
 
 
 @pytest.mark.parametrize("payload,cuts", [
@@ -183,11 +186,11 @@ def test_writes_that_end_inside_a_header(payload: int, cuts: list[int]) -> None:
         assert h.step(cut) == cut
         done += cut
         assert bytes(h.sock.wire) == full[:done]
-        assert h.outbox.head_started and h.outbox.queued == out.size + after.size, "budget released before the last byte"
-        buffers, *_ = h.outbox.gather()
+        assert h.buffer.head_started and h.outbox.queued == out.size + after.size, "budget released before the last byte"
+        buffers, *_ = h.buffer.gather()
         assert b"".join(bytes(b) for b in buffers) == full[done:], "the next offer does not resume at the right byte"
     assert h.write() == full[done:]
-    assert h.outbox.queued == 0 and not h.outbox.head_started
+    assert h.outbox.queued == 0 and not h.buffer.head_started
 
 
 def test_writes_that_end_exactly_on_frame_boundaries() -> None:
@@ -199,12 +202,12 @@ def test_writes_that_end_exactly_on_frame_boundaries() -> None:
         assert h.step(out.size) == out.size
         left -= out.size
         assert h.outbox.queued == left, f"frame {i}: its budget must be released as its last byte goes out"
-        assert not h.outbox.head_started
+        assert not h.buffer.head_started
         if i + 1 < len(outs):
-            buffers, frames, _, _ = h.outbox.gather()
+            buffers, frames, _, _ = h.buffer.gather()
             assert buffers[0] is outs[i + 1].frame[0], "a frame not yet started is offered as is, not sliced or copied"
             assert frames == len(outs) - i - 1
-    assert bytes(h.sock.wire) == wire_of(*outs) and not h.outbox.frames
+    assert bytes(h.sock.wire) == wire_of(*outs) and not h.buffer.frames
 
 
 def test_one_write_across_several_frames_releases_only_the_finished_ones() -> None:
@@ -214,14 +217,14 @@ def test_one_write_across_several_frames_releases_only_the_finished_ones() -> No
     into_c = 1000
     h.step(a.size + b.size + into_c)
     assert h.outbox.queued == c.size + d.size
-    assert len(h.outbox.frames) == 2 and h.outbox.frames[0] is c and h.outbox.head_started
-    buffers, frames, offered, reserved = h.outbox.gather()
+    assert len(h.buffer.frames) == 2 and h.buffer.frames[0] is c and h.buffer.head_started
+    buffers, frames, offered, reserved = h.buffer.gather()
     assert (frames, offered, reserved) == (2, c.size - into_c + d.size, c.size + d.size)
     assert bytes(buffers[0]) == c.payload[into_c - len(c.header):], "resumes inside c's payload buffer"
     h.step(c.size - into_c - 1)  # all of c but its last byte
     assert h.outbox.queued == c.size + d.size, "c's budget released before its last byte was written"
     h.step(1)
-    assert h.outbox.queued == d.size and not h.outbox.head_started
+    assert h.outbox.queued == d.size and not h.buffer.head_started
     h.write()
     assert bytes(h.sock.wire) == wire_of(a, b, c, d) and h.outbox.queued == 0
 
@@ -234,9 +237,9 @@ def test_the_budget_comes_back_with_the_last_byte_not_before(payload: int) -> No
     first = min(out.size - 1, 12)  # byte by byte through the header and into the payload, then all but the last
     for cut in [1] * first + ([out.size - 1 - first] if out.size - 1 > first else []):
         h.step(cut)
-        assert h.outbox.queued == out.size and h.outbox.head_started
+        assert h.outbox.queued == out.size and h.buffer.head_started
     h.step(1)
-    assert h.outbox.queued == 0 and not h.outbox.frames and bytes(h.sock.wire) == wire_of(out)
+    assert h.outbox.queued == 0 and not h.buffer.frames and bytes(h.sock.wire) == wire_of(out)
 
 
 def test_a_compressed_frame_releases_what_it_reserved_not_its_length() -> None:
@@ -245,7 +248,7 @@ def test_a_compressed_frame_releases_what_it_reserved_not_its_length() -> None:
     h.outbox.put(msg(5000))
     pending = h.outbox.take()
     compressed = b"\xc2\x05" + b"zzzzz"  # stands in for wsproto's output
-    h.outbox.append((compressed,), pending[0].size, len(compressed))
+    h.buffer.append((compressed,), pending[0].size, len(compressed))
     h.step(6)
     assert h.outbox.queued == 5004
     h.step(1)
@@ -256,12 +259,12 @@ def test_a_refused_write_changes_nothing_but_the_blocked_clock() -> None:
     h = Harness()
     queue(h, msg(100))
     h.step(10)
-    assert h.outbox.blocked_since is not None
-    first = h.outbox.blocked_since
+    assert h.buffer.blocked_since is not None
+    first = h.buffer.blocked_since
     assert h.step(0) == 0
-    assert h.outbox.blocked_since == first and h.outbox.queued == msg(100).size  # still blocked since the first refusal
+    assert h.buffer.blocked_since == first and h.outbox.queued == msg(100).size  # still blocked since the first refusal
     h.write()
-    assert h.outbox.blocked_since is None and h.outbox.queued == 0 and bytes(h.sock.wire) == wire_of(msg(100))
+    assert h.buffer.blocked_since is None and h.outbox.queued == 0 and bytes(h.sock.wire) == wire_of(msg(100))
 
 
 def test_gather_offers_at_most_iov_max_buffers() -> None:
@@ -269,7 +272,7 @@ def test_gather_offers_at_most_iov_max_buffers() -> None:
     h = Harness(limit=1 << 30)
     queue(h, *outs)
     h.step(outs[0].size + 5)  # the head partly written: its rest, then whole frames
-    buffers, _, offered, _ = h.outbox.gather()
+    buffers, _, offered, _ = h.buffer.gather()
     assert len(buffers) <= IOV_MAX and offered == sum(len(b) for b in buffers)
     wire = h.write()
     assert bytes(h.sock.wire) == wire_of(*outs) and len(wire) == sum(o.size for o in outs) - outs[0].size - 5
@@ -280,11 +283,11 @@ def test_gather_with_max_bytes_stops_at_the_first_frame_past_it() -> None:
     outs = [msg(1000, fill=i) for i in range(10)]
     h = Harness(limit=1 << 30)
     queue(h, *outs)
-    buffers, frames, offered, reserved = h.outbox.gather(2500)
+    buffers, frames, offered, reserved = h.buffer.gather(2500)
     assert frames == 3 and offered == reserved == sum(o.size for o in outs[:3])
     assert b"".join(bytes(b) for b in buffers) == wire_of(*outs[:3])
     h.step(offered - 10)  # the third frame partly written: the next gather starts with its rest
-    buffers, frames, offered, _ = h.outbox.gather(1)
+    buffers, frames, offered, _ = h.buffer.gather(1)
     assert frames == 1 and offered == 10
     assert b"".join(bytes(b) for b in buffers) == wire_of(*outs[:3])[-10:]
 
@@ -293,7 +296,7 @@ def test_a_single_partly_written_frame_resumes_where_it_stopped() -> None:
     h = Harness()
     queue(h, msg(300, fill=7))
     h.step(100)
-    _, frames, offered, _ = h.outbox.gather()
+    _, frames, offered, _ = h.buffer.gather()
     assert frames == 1 and offered == msg(300).size - 100
     assert h.write() == wire_of(msg(300, fill=7))[100:]
 
@@ -305,10 +308,10 @@ def test_drop_unsent_keeps_a_partly_written_head_whole_and_protocol_frames() -> 
     head, dropped = msg(70000, 1), [msg(1000, 2), msg(20, 3)]
     h = Harness(limit=1 << 20)
     queue(h, head, *dropped)
-    h.outbox.append((PONG,), 0, 2)
+    h.buffer.append((PONG,), 0, 2)
     h.step(5)  # inside head's header
-    h.outbox.drop_unsent()
-    assert list(h.outbox.frames) == [head, h.outbox.frames[1]] and h.outbox.frames[1].reserved == 0
+    h.buffer.drop_unsent()
+    assert list(h.buffer.frames) == [head, h.buffer.frames[1]] and h.buffer.frames[1].reserved == 0
     assert h.outbox.queued == head.size, "the started head's bytes stay reserved until written"
     h.step(40000)
     assert h.outbox.queued == head.size
@@ -322,16 +325,16 @@ def test_drop_unsent_keeps_the_frames_a_tls_write_must_retry() -> None:
     first, second, third = msg(100, 1), msg(200, 2), msg(300, 3)
     h = Harness(limit=1 << 20)
     queue(h, first, second, third)
-    h.outbox.append((PONG,), 0, 2)
-    _, frames, offered, reserved = h.outbox.gather(250)  # what a TLS transport takes for one send
+    h.buffer.append((PONG,), 0, 2)
+    _, frames, offered, reserved = h.buffer.gather(250)  # what a TLS transport takes for one send
     assert frames == 2
-    h.outbox.in_flight = frames
-    h.outbox.written(0, offered, frames, reserved)  # want-write: nothing went out yet
-    h.outbox.drop_unsent()
-    assert list(h.outbox.frames)[:2] == [first, second] and len(h.outbox.frames) == 3
+    h.buffer.in_flight = frames
+    h.buffer.written(0, offered, frames, reserved)  # want-write: nothing went out yet
+    h.buffer.drop_unsent()
+    assert list(h.buffer.frames)[:2] == [first, second] and len(h.buffer.frames) == 3
     assert h.outbox.queued == first.size + second.size
-    h.outbox.written(offered, offered, frames, reserved)  # the retry took them
-    h.outbox.in_flight = 0
+    h.buffer.written(offered, offered, frames, reserved)  # the retry took them
+    h.buffer.in_flight = 0
     assert h.write() == PONG and h.outbox.queued == 0
 
 
@@ -339,16 +342,16 @@ def test_frames_in_counts_the_frames_the_next_bytes_belong_to() -> None:
     h = Harness(limit=1 << 20)
     queue(h, msg(100, 1), msg(100, 2), msg(100, 3))
     size = msg(100).size
-    assert [h.outbox.frames_in(n) for n in (0, 1, size, size + 1, 3 * size, 10 * size)] == [0, 1, 1, 2, 3, 3]
+    assert [h.buffer.frames_in(n) for n in (0, 1, size, size + 1, 3 * size, 10 * size)] == [0, 1, 1, 2, 3, 3]
     h.step(size - 1)  # one byte of the first frame left
-    assert [h.outbox.frames_in(n) for n in (1, 2, size + 1)] == [1, 2, 2]
+    assert [h.buffer.frames_in(n) for n in (1, 2, size + 1)] == [1, 2, 2]
 
 
 def test_drop_unsent_with_nothing_started_drops_every_data_frame() -> None:
     h = Harness(limit=1 << 20)
     queue(h, msg(10), msg(20))
-    h.outbox.append((PONG,), 0, 2)
-    h.outbox.drop_unsent()
+    h.buffer.append((PONG,), 0, 2)
+    h.buffer.drop_unsent()
     assert h.outbox.queued == 0 and h.write() == PONG
 
 
@@ -356,14 +359,14 @@ def test_drop_unsent_all_frames_forgets_even_a_started_head() -> None:
     h = Harness(limit=1 << 20)
     queue(h, msg(500), msg(10))
     h.step(7)
-    h.outbox.drop_unsent(all_frames=True)
-    assert h.outbox.queued == 0 and not h.outbox.frames and not h.outbox.head_started and h.outbox.blocked_since is None
+    h.buffer.drop_unsent(all_frames=True)
+    assert h.outbox.queued == 0 and not h.buffer.frames and not h.buffer.head_started and h.buffer.blocked_since is None
 
 
 def test_drop_unsent_wakes_a_waiting_producer() -> None:
     h = Harness(limit=100)
     queue(h, msg(200))
-    room = scripted_room(h, h.outbox.drop_unsent)
+    room = scripted_room(h, h.buffer.drop_unsent)
     assert h.outbox.put(msg(10))
     assert room.woken == [True] and h.outbox.queued == 12
 
@@ -380,8 +383,8 @@ def test_put_shared_queues_the_same_object_to_each_outbox_and_each_writes_it_onc
     assert backlog.bytes == 3 * out.size and [h.scheduled for h in hs] == [1, 1, 1]
     for h, accept in zip(hs, ([], [3, 10], [out.size - 1]), strict=True):
         assert h.drain() == [out]
-        assert h.outbox.frames[0] is out, "copied per outbox"
-        buffers, *_ = h.outbox.gather()
+        assert h.buffer.frames[0] is out, "copied per outbox"
+        buffers, *_ = h.buffer.gather()
         assert buffers[1] is out.payload, "the payload was copied instead of shared"
         assert h.write(accept) == wire_of(out), "each outbox writes the shared message exactly once"
         assert h.outbox.queued == 0
@@ -576,7 +579,7 @@ def test_with_a_real_thread_and_condition() -> None:
             entered.set()  # the lock is held here: the IO thread's write below runs once the producer sleeps
             return super().wait_for(predicate, timeout)
 
-    h.outbox._room = Signalling(h.outbox._lock)
+    h.outbox._room = Signalling(h.outbox.lock)
     done = threading.Event()
 
     def producer() -> None:

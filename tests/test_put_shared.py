@@ -29,9 +29,9 @@ def test_queues_to_every_outbox_with_room_and_schedules_once_per_batch() -> None
         assert put_shared(out, iter(boxes)) == (None, 5, 0)
     assert scheduled == [1] * 5
     assert all(b.queued == 3 * 102 for b in boxes)
-    assert boxes[0]._backlog.bytes == 5 * 3 * 102
+    assert boxes[0].backlog.bytes == 5 * 3 * 102
     assert list(boxes[2].take()) == [out] * 3
-    assert boxes[0]._backlog.bytes == 4 * 3 * 102
+    assert boxes[0].backlog.bytes == 4 * 3 * 102
 
 
 def test_stops_at_a_full_outbox_and_the_rest_follow_after_it() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from server import ConnectionClosed
+from server.connection import State
 from server.registry import Registry
 
 pytestmark = pytest.mark.timeout(10)
@@ -14,7 +15,8 @@ class Conn:
     """Not a server Connection: its class has its own send(), so broadcast delivers through it."""
 
     def __init__(self, path: str = "/", is_open: bool = True, answer: bool | None = True) -> None:
-        self.path, self.is_open, self.answer = path, is_open, answer
+        self.path, self.answer = path, answer
+        self.state = State.OPEN if is_open else State.CLOSED
         self.got: list[bytes] = []
 
     def send(self, message: object) -> bool:

@@ -31,7 +31,7 @@ from repro.client import ClientOptions, check_url
 from repro.disciplines import KnobServer, serve
 from server import DemoApp, Limits, Server, streamformat
 from server.connection import Connection
-from server.outbox import Backlog, Outbox, OverflowPolicy
+from server.sendbuffer import SendBuffer
 from server.tls import TlsTransport
 
 from .check_servers import ROOT
@@ -355,11 +355,10 @@ def test_shutdown_over_tls_closes_websockets_and_the_strict_checker_with_1001(tl
 # -- (d) the affinity check covers TLS reads and writes ------------------------------------------
 
 
-def _rogue_outbox() -> Outbox:
-    outbox = Outbox(1 << 20, OverflowPolicy.CLOSE, schedule=_nothing, on_full=_nothing, on_drop=_nothing,
-                    backlog=Backlog(1 << 20), in_io_thread=lambda: False)
-    outbox.append((b"\x81\x05rogue",), 0, 7)  # something to write: a text frame "rogue"
-    return outbox
+def _rogue_buffer() -> SendBuffer:
+    buffer = SendBuffer(release=lambda size: None)
+    buffer.append((b"\x81\x05rogue",), 0, 7)  # something to write: a text frame "rogue"
+    return buffer
 
 
 def _open_tls_echo(srv: Server, tls_files: TLSFiles) -> tuple[socket.socket, bytes, Connection]:
@@ -376,10 +375,10 @@ def _open_tls_echo(srv: Server, tls_files: TLSFiles) -> tuple[socket.socket, byt
 def test_off_thread_tls_write_and_read_raise_naming_the_thread(tls_server: Server, tls_files: TLSFiles) -> None:
     sock, _, conn = _open_tls_echo(tls_server, tls_files)
     with sock:
-        outbox = _rogue_outbox()
-        message = raised_on("rogue-tls-writer", lambda: conn.transport.write(outbox))
+        buffer = _rogue_buffer()
+        message = raised_on("rogue-tls-writer", lambda: conn.transport.write(buffer))
         assert "TLS write to" in message and "rogue-tls-writer" in message and "wsrace-io" in message, message
-        assert outbox.frames, "nothing may have been written"
+        assert buffer.frames, "nothing may have been written"
 
         message = raised_on("rogue-tls-reader", conn.transport.read)
         assert "TLS read from" in message and "rogue-tls-reader" in message and "wsrace-io" in message, message
@@ -389,7 +388,7 @@ def test_a_refused_off_thread_tls_write_leaves_the_connection_unharmed(tls_serve
     """The check runs before the transport changes anything: nothing of the refused write goes out later."""
     sock, rest, conn = _open_tls_echo(tls_server, tls_files)
     with sock:
-        assert raised_on("rogue-tls-writer", lambda: conn.transport.write(_rogue_outbox()))
+        assert raised_on("rogue-tls-writer", lambda: conn.transport.write(_rogue_buffer()))
         sock.sendall(client_frame(0x1, b"after the rogue call"))
         frames, _ = read_server_frames(sock, rest, timeout=3, max_frames=1)
         assert frames == [(0x1, b"after the rogue call")], "the refused write's bytes reached the client"

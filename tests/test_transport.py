@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from server.loop import IOLoop
-from server.outbox import Backlog, Outbox, OverflowPolicy
+from server.sendbuffer import SendBuffer
 from server.transport import SocketTransport
 
 pytestmark = pytest.mark.timeout(10)
@@ -78,9 +78,8 @@ def _nothing() -> None:
     pass
 
 
-def outbox_with(*frames: bytes) -> Outbox:
-    box = Outbox(1 << 20, OverflowPolicy.CLOSE, schedule=_nothing, on_full=_nothing, on_drop=_nothing,
-                 backlog=Backlog(1 << 20), in_io_thread=lambda: True)
+def buffer_with(*frames: bytes) -> SendBuffer:
+    box = SendBuffer(release=lambda size: None)
     for frame in frames:
         box.append((frame,), 0, len(frame))
     return box
@@ -101,7 +100,7 @@ def test_partial_writes_put_every_byte_on_the_wire_once_in_order(loop: IOLoop, f
     sock = ScriptedSocket(fd, takes)
     transport = SocketTransport(loop, sock)  # type: ignore[arg-type]
     transport.start(_nothing, _nothing)
-    box = outbox_with(*FRAMES)
+    box = buffer_with(*FRAMES)
     for _ in range(len(takes)):
         transport.write(box)
         if not box.frames:
@@ -111,11 +110,11 @@ def test_partial_writes_put_every_byte_on_the_wire_once_in_order(loop: IOLoop, f
     assert not box.frames and not transport.writing, "all written: stop watching for writability"
 
 
-def test_would_block_leaves_the_outbox_whole_and_watches_for_writability(loop: IOLoop, fd: socket.socket) -> None:
+def test_would_block_leaves_the_buffer_whole_and_watches_for_writability(loop: IOLoop, fd: socket.socket) -> None:
     sock = ScriptedSocket(fd, [None])
     transport = SocketTransport(loop, sock)  # type: ignore[arg-type]
     transport.start(_nothing, _nothing)
-    box = outbox_with(*FRAMES)
+    box = buffer_with(*FRAMES)
     transport.write(box)
     assert sock.wire == b"" and len(box.frames) == len(FRAMES) and transport.writing and transport.reading
 
@@ -124,9 +123,9 @@ def test_progress_time_moves_only_when_bytes_are_taken(loop: IOLoop, fd: socket.
     sock = ScriptedSocket(fd, [None, 3])
     transport = SocketTransport(loop, sock)  # type: ignore[arg-type]
     transport.last_progress = 0.0
-    transport.write(outbox_with(*FRAMES))
+    transport.write(buffer_with(*FRAMES))
     assert transport.last_progress == 0.0
-    transport.write(outbox_with(*FRAMES))
+    transport.write(buffer_with(*FRAMES))
     assert transport.last_progress > 0.0
 
 
@@ -147,7 +146,7 @@ def test_a_failing_socket_raises_out_of_write(loop: IOLoop, fd: socket.socket) -
 
     transport = SocketTransport(loop, Broken(fd, []))  # type: ignore[arg-type]
     with pytest.raises(BrokenPipeError):
-        transport.write(outbox_with(*FRAMES))
+        transport.write(buffer_with(*FRAMES))
 
 
 def test_close_runs_once_and_stops_interest_changes(loop: IOLoop, fd: socket.socket) -> None:

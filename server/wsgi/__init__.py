@@ -31,7 +31,7 @@ from ..handshake import Handshake, HttpError, check_upgrade
 from ..limits import Limits
 from .hub import hub, post_worker_init, shutdown, track
 from .takeover import StartResponse, UnsupportedServer, body_problem, detect, rebuild_head, take
-from .websocket import Bridge, ConnectionClosed, WebSocket
+from .websocket import ConnectionClosed, WebSocket
 
 __all__ = ["ConnectionClosed", "Refused", "UnsupportedServer", "WebSocket", "accept", "hub", "post_worker_init",
            "shutdown"]
@@ -99,7 +99,7 @@ def accept(environ: dict[str, Any], subprotocols: Sequence[str] | str | None = N
     ws = WebSocket(mode, subprotocols or (), borrowed=taken.borrowed)
     track(ws)
     try:
-        hub().adopt(taken.sock, taken.request, Bridge(ws), limits).result(timeout=limits.handshake_timeout)
+        hub().adopt(taken.sock, taken.request, ws.bridge(), limits).result(timeout=limits.handshake_timeout)
     except (OSError, FutureTimeout) as exc:  # the client left before the IO thread took it
         ws.not_opened(f"the client left during the handshake: {exc}")
     else:

@@ -63,6 +63,10 @@ class WebSocket:
         self._on_message: OnMessage | None = None
         self._on_close: OnClose | None = None
 
+    def bridge(self) -> Bridge:
+        """The handler that feeds this WebSocket: what :func:`~server.wsgi.accept` gives the hub with the socket."""
+        return Bridge(self.subprotocols, self._opened, self._received, self._ended)
+
     # -- simple-websocket's surface ----------------------------------------
 
     @property
@@ -235,21 +239,26 @@ class WebSocket:
 
 
 class Bridge:
-    """The wsrace :class:`~server.handler.Handler` (and its one-route router) behind a :class:`WebSocket`."""
+    """The wsrace :class:`~server.handler.Handler` (and its one-route router) behind a :class:`WebSocket`.
 
-    def __init__(self, ws: WebSocket) -> None:
-        self.ws = ws
-        self.subprotocols = ws.subprotocols
+    Made by :meth:`WebSocket.bridge`: it calls the WebSocket's own delivery methods, on the IO thread
+    (``opened``) and on the connection's strand (``received``, and ``ended`` after the last message).
+    """
+
+    def __init__(self, subprotocols: Sequence[str], opened: Callable[[Connection], None],
+                 received: Callable[[str | bytes], None], ended: Callable[[int, str], None]) -> None:
+        self.subprotocols = list(subprotocols)
+        self._opened, self._received, self._ended = opened, received, ended
 
     def route(self, request: object) -> Bridge:
         return self
 
     def on_open(self, conn: Connection) -> None:
-        self.ws._opened(conn)
+        self._opened(conn)
 
     def on_message(self, conn: Connection, message: str | bytes) -> None:
-        self.ws._received(message)
+        self._received(message)
 
     def on_close(self, conn: Connection) -> None:
         code, reason = conn.close_code or CloseCode.ABNORMAL, conn.close_reason
-        conn.after_messages(lambda: self.ws._ended(code, reason))
+        conn.after_messages(lambda: self._ended(code, reason))
