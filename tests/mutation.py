@@ -306,8 +306,8 @@ MUTANTS = [
         "put-shared-full-check-off-by-one",
         "a broadcast's fast path queues to an outbox exactly at its limit instead of handing it to put()",
         "server/outbox.py",
-        "if self._queued >= self.limit or backlog_room <= 0:",
-        "if self._queued > self.limit or backlog_room <= 0:",
+        "if outbox._queued >= outbox.limit or",
+        "if outbox._queued > outbox.limit or",
         1,
     ),
     Mutant(
