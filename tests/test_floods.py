@@ -33,6 +33,7 @@ from .helpers import (
     running_server,
     stop_process,
     upgrade_request,
+    wait_until,
 )
 
 pytestmark = pytest.mark.timeout(90)
@@ -187,6 +188,8 @@ def test_max_connections_per_ip_answers_429() -> None:
             assert response.startswith(b"HTTP/1.1 429 "), response[:200]
             assert b"\r\nRetry-After: 1\r\n" in response, response[:300]
             assert srv.stats.rejected_per_ip == 1
+        # The two count until the server reads their EOF after its half-close: wait for that, then a third gets in.
+        assert wait_until(lambda: not srv.connections, 5), srv.connections
         assert echo_works(srv.port)
 
 

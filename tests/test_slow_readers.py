@@ -168,11 +168,11 @@ def test_a_reader_that_stops_is_closed_as_stalled_within_the_bound(stall_timeout
 
 
 def test_a_reader_that_pauses_for_less_than_the_timeout_is_never_closed(ssl_pair) -> None:
-    """Bursts of 0.1 s at 4 MiB/s, pauses of 0.6 s, stall_timeout 1 s: slow on average, never stuck long enough.
+    """Bursts of 0.1 s at 4 MiB/s, pauses of 0.6 s, stall_timeout 1.5 s: slow on average, never stuck long enough.
 
     A burst frees less than a third of a full send buffer, so the socket stays unwritable across several bursts.
     """
-    limits = Limits(ping_interval=None, max_queue_bytes=MIB, stall_timeout=1.0)
+    limits = Limits(ping_interval=None, max_queue_bytes=MIB, stall_timeout=1.5)
     count = 64  # 4 MiB
     with running_server(limits, ssl_context=ssl_pair[0]) as srv:
         sock, checker = _open_stream(srv.port, count, 64 * KIB, ssl_context=ssl_pair[1])
@@ -231,7 +231,8 @@ def _loop_fanout(srv: Server, conns: list, message: bytes) -> None:
 @pytest.mark.parametrize("rate", [20_000, 1_000_000], ids=["20KB/s", "1MB/s"])
 def test_one_slow_member_is_closed_as_too_slow_and_the_rest_get_everything(rate: float, send: Callable) -> None:
     healthy, producers, count, size = 4, 4, 600, 4 * KIB  # 9.4 MiB to each member
-    limits = Limits(ping_interval=None, max_queue_bytes=MIB, stall_timeout=30.0, fanout_wait=0.1)
+    # fanout_wait 0.5 s: a healthy in-process reader paused by the scheduler is not "too slow for the feed"
+    limits = Limits(ping_interval=None, max_queue_bytes=MIB, stall_timeout=30.0, fanout_wait=0.5)
     with running_server(limits, router=FanOut) as srv:
         app = cast(FanOut, srv.router)
         spec = StreamSpec(producers, count)

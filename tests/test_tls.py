@@ -54,7 +54,7 @@ from .tls import TLSFiles, make_tls_files
 
 pytestmark = pytest.mark.timeout(60)
 
-HANDSHAKE_TIMEOUT = 1.0  # the small Limits.handshake_timeout of the bad-input server
+HANDSHAKE_TIMEOUT = 3.0  # the small Limits.handshake_timeout of the bad-input server ("at once": well under it)
 SLACK = 2.5  # "within the handshake timeout": closed no later than this past it (a loaded 2-core machine)
 
 
@@ -63,7 +63,7 @@ SLACK = 2.5  # "within the handshake timeout": closed no later than this past it
 
 @pytest.fixture
 def tls_server(tls_files: TLSFiles, caplog: pytest.LogCaptureFixture) -> Iterator[Server]:
-    """Our server on wss:// with a 1 s handshake timeout; INFO logs captured."""
+    """Our server on wss:// with a short handshake timeout (HANDSHAKE_TIMEOUT); INFO logs captured."""
     caplog.set_level(logging.INFO, logger="server")
     with running_server(Limits(ping_interval=None, handshake_timeout=HANDSHAKE_TIMEOUT),
                         ssl_context=tls_files.server_context()) as srv:
@@ -119,7 +119,7 @@ def expect_counters(srv: Server, **expected: int) -> None:
     A client sees the close before the IO thread has finished counting it, hence the wait.
     """
     want = {name: expected.get(name, 0) for name in counters(srv)}
-    wait_until(lambda: counters(srv) == want, 2)
+    wait_until(lambda: counters(srv) == want, 10)
     assert counters(srv) == want
 
 
@@ -220,7 +220,7 @@ def test_silent_client_is_closed_within_the_handshake_timeout(tls_server: Server
     with raw_connect(tls_server.port) as sock:
         took, got = wait_closed_by_server(sock, HANDSHAKE_TIMEOUT + SLACK)
     assert got == b"", "nothing can be said to a client that has not begun TLS"
-    assert took >= HANDSHAKE_TIMEOUT - 0.1, f"closed after {took:.2f} s, before the handshake timeout"
+    assert took >= HANDSHAKE_TIMEOUT - 0.5, f"closed after {took:.2f} s, before the handshake timeout"
     expect_counters(tls_server, accepted=1, closed=1, handshake_timeouts=1)
     assert any("no TLS handshake within" in line for line in info_lines(caplog)), info_lines(caplog)
     assert_healthy_client_served(tls_server, tls_files)
@@ -252,7 +252,7 @@ def test_truncated_client_hello_then_silence_is_closed_at_the_handshake_timeout(
     with raw_connect(tls_server.port) as sock:
         sock.sendall(hello[: len(hello) // 2])
         took, got = wait_closed_by_server(sock, HANDSHAKE_TIMEOUT + SLACK)
-    assert got == b"" and took >= HANDSHAKE_TIMEOUT - 0.1, (took, got[:100])
+    assert got == b"" and took >= HANDSHAKE_TIMEOUT - 0.5, (took, got[:100])
     expect_counters(tls_server, accepted=1, closed=1, handshake_timeouts=1)
     assert_healthy_client_served(tls_server, tls_files)
 
@@ -338,7 +338,7 @@ def test_shutdown_over_tls_closes_websockets_and_the_strict_checker_with_1001(tl
             assert echo.recv(timeout=5) == "before the shutdown"
             stream.recv(timeout=5)
             checker.start()
-            assert wait_until(lambda: len(srv.open_connections()) == 3 and stream_check.received > 0, 5)
+            assert wait_until(lambda: len(srv.open_connections()) == 3 and stream_check.received > 0, 10)
             readers = [drain_in_background(ws) for ws in (echo, stream)]
             assert srv.shutdown(timeout=10), "the shutdown had to cut connections"
             for reader in readers:
