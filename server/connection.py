@@ -341,7 +341,7 @@ class Connection(ConnectionHandle):
         if session.state is not SessionState.OPEN:
             return
         busy = session.inflight >= self.limits.max_inflight_messages
-        full = self._outbox.queued + session.inflight_bytes > self.limits.max_queue_bytes // 2
+        full = self.outbox.queued + session.inflight_bytes > self.limits.max_queue_bytes // 2
         self.transport.set_reading(not (busy or full))
 
     # -- closing --------------------------------------------------------
@@ -351,7 +351,7 @@ class Connection(ConnectionHandle):
             self.state = State.CLOSING
         if self._close_code is None:
             self._close_code, self._close_reason = code, reason
-        self._outbox.shut(code, reason)  # producers waiting for room get ConnectionClosed
+        self.outbox.shut(code, reason)  # producers waiting for room get ConnectionClosed
 
     def _close_stalled(self, reason: str) -> None:
         if self.state is State.OPEN:

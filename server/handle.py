@@ -24,7 +24,7 @@ class ConnectionHandle:
 
     def __init__(self, loop: IOLoop, outbox: Outbox, peer: str, fanout_wait: float = Limits.fanout_wait) -> None:
         self._loop = loop
-        self._outbox = outbox
+        self.outbox = outbox  # the producers' queue: what send() and a broadcast fill (thread-safe)
         self._fanout_wait = fanout_wait
         self.peer = peer
         self.path = ""
@@ -59,7 +59,7 @@ class ConnectionHandle:
         connection is closing or closed, :class:`TimeoutError` after ``timeout``
         seconds.
         """
-        return self._outbox.put(OutMessage.of(message), timeout, fanout_wait=self._fanout_wait if fanout else None)
+        return self.outbox.put(OutMessage.of(message), timeout, fanout_wait=self._fanout_wait if fanout else None)
 
     def send_paced(self, message: str | bytes | OutMessage, timeout: float | None = None) -> None:
         """Like :meth:`send`, but wait for room under either policy, and never ask for the client to be closed.
@@ -68,7 +68,7 @@ class ConnectionHandle:
         (like awaiting asyncio's ``drain()``). Raises :class:`TimeoutError`
         after ``timeout``.
         """
-        self._outbox.put(OutMessage.of(message), timeout, paced=True)
+        self.outbox.put(OutMessage.of(message), timeout, paced=True)
 
     def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Start the closing handshake after everything already queued. Any thread.
@@ -77,7 +77,7 @@ class ConnectionHandle:
         1007-1014, 3000-4999) and ``reason`` at most 123 bytes of UTF-8.
         """
         check_close(code, reason)
-        if self._outbox.shut(code, reason):
+        if self.outbox.shut(code, reason):
             self._loop.post(partial(self._close_requested, code, reason))
 
     @property
@@ -99,17 +99,17 @@ class ConnectionHandle:
     @property
     def queued_bytes(self) -> int:
         """Bytes sent to this client and not yet accepted by its socket (posted or queued)."""
-        return self._outbox.queued
+        return self.outbox.queued
 
     @property
     def dropped_messages(self) -> int:
         """Messages the ``drop`` policy discarded for this client."""
-        return self._outbox.dropped
+        return self.outbox.dropped
 
     @property
     def waits(self) -> int:
         """How often a producer had to wait for room in this client's queue."""
-        return self._outbox.waits
+        return self.outbox.waits
 
     def _close_requested(self, code: int, reason: str) -> None:
         """On the IO thread, once per connection: start the closing handshake (the connection's part)."""

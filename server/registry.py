@@ -20,7 +20,7 @@ from .errors import ConnectionClosed
 from .frames import OutMessage
 from .outbox import put_shared
 
-_outbox_of = attrgetter("writer.outbox")
+_outbox_of = attrgetter("outbox")
 _OPEN = State.OPEN
 
 
