@@ -106,7 +106,7 @@ class Outbox:
         self._room: threading.Condition | None = None  # made by the first producer to wait (memory per client)
         self._waiters = 0
         self._queued = 0  # reserved: pending + frames not yet accepted by the socket
-        # A deque, not a list: with a list, tests/test_faults.py's bound on producer waits failed far
+        # A deque, not a list: with a list, tests/e2e/test_faults.py's bound on producer waits failed far
         # more often (GIL hand-offs land elsewhere: list.append never checks for a switch request).
         self._pending: deque[OutMessage] = deque()
         self._pending_bytes = 0  # of _pending, counted in the backlog
@@ -164,7 +164,7 @@ class Outbox:
             backlog.bytes += size  # Backlog.add_locked, inline
             if backlog.bytes > backlog.peak:
                 backlog.peak = backlog.bytes
-            # The enqueue; put_shared() does the same for each target (tests/test_put_shared.py holds them equal).
+            # The enqueue; put_shared() does the same for each target (tests/unit/test_put_shared.py holds them equal).
             self._pending.append(out)
             self._pending_bytes += size
             if self._scheduled:
@@ -292,7 +292,7 @@ def put_shared(out: OutMessage, outboxes: Iterator[Outbox]) -> tuple[Outbox | No
     purpose: it is the per-target loop of every broadcast, and a method call
     per target (an ``Outbox.offer_locked``, tried) cost 130 ns a target, 12 %
     of the CPU per delivery of bench workload A. Its accounting is held equal
-    to :meth:`Outbox.put`'s by tests/test_put_shared.py and the mutants.
+    to :meth:`Outbox.put`'s by tests/unit/test_put_shared.py and the mutants.
     """
     first = next(outboxes, None)
     if first is None:

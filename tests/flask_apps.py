@@ -1,4 +1,4 @@
-"""A Flask app written the way flask-sock users write it, run by real WSGI servers for tests/test_flask.py.
+"""A Flask app written the way flask-sock users write it, run by real WSGI servers for tests/e2e/test_flask.py.
 
 ``create_app(fixed=True)`` imports ``Sock`` from ``wsrace.flask``,
 ``fixed=False`` from ``flask_sock``; nothing else differs. Routes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import ssl
@@ -18,6 +19,8 @@ from repro.checker import WireChecker
 from repro.client import open_socket, start_pinger
 from server import DemoApp, Limits, Server, streamformat
 from server.affinity import WriteAffinityError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 
 
 @contextlib.contextmanager

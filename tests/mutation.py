@@ -21,13 +21,13 @@ from dataclasses import dataclass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Fast socket-free tests first: -x stops at the first failure.
-UNIT_TESTS = ["tests/test_frames.py", "tests/test_deflate.py", "tests/test_streamformat.py", "tests/test_app.py",
-              "tests/test_outbox.py", "tests/test_writer.py", "tests/test_transport.py", "tests/test_session.py",
-              "tests/test_http_phase.py"]
-TESTS = [*UNIT_TESTS, "tests/test_stall.py", "tests/test_flow_control.py", "tests/test_regression.py"]
-# wss:// only: the five clients over TLS, then tests/test_tls.py (a mutant with its own list runs only those)
-TLS_TESTS = ("tests/test_regression.py::test_fixed_server_over_wss_delivers_every_message_intact",
-             "tests/test_regression.py::test_fixed_server_over_wss_under_backpressure_and_pings", "tests/test_tls.py")
+UNIT_TESTS = ["tests/unit/test_frames.py", "tests/unit/test_deflate.py", "tests/unit/test_streamformat.py", "tests/unit/test_app.py",
+              "tests/unit/test_outbox.py", "tests/unit/test_writer.py", "tests/unit/test_transport.py", "tests/unit/test_session.py",
+              "tests/unit/test_http_phase.py"]
+TESTS = [*UNIT_TESTS, "tests/e2e/test_stall.py", "tests/e2e/test_flow_control.py", "tests/e2e/test_regression.py"]
+# wss:// only: the five clients over TLS, then tests/e2e/test_tls.py (a mutant with its own list runs only those)
+TLS_TESTS = ("tests/e2e/test_regression.py::test_fixed_server_over_wss_delivers_every_message_intact",
+             "tests/e2e/test_regression.py::test_fixed_server_over_wss_under_backpressure_and_pings", "tests/e2e/test_tls.py")
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ MUTANTS = [
         "        if not self.transport.established:  # no TLS yet: no way to send an HTTP answer",
         "        if False:",
         1,
-        tests=("tests/test_tls.py",),
+        tests=("tests/e2e/test_tls.py",),
     ),
     Mutant(
         "unordered-queue",
@@ -154,7 +154,7 @@ MUTANTS = [
         "        elif unacked < self._unacked:\n            self.last_progress = now",
         "        elif False:\n            self.last_progress = now",
         1,
-        tests=("tests/test_stall.py", "tests/test_slow_readers.py::test_a_steady_reader_gets_the_whole_download[plain-1MB/s]"),
+        tests=("tests/e2e/test_stall.py", "tests/e2e/test_slow_readers.py::test_a_steady_reader_gets_the_whole_download[plain-1MB/s]"),
     ),
     Mutant(
         "fanout-paced-by-its-slowest",
@@ -164,7 +164,7 @@ MUTANTS = [
         "_count_send(partial(blocked.put, fanout_wait=self._fanout_wait), out, result)",
         "_count_send(blocked.put, out, result)",
         1,
-        tests=("tests/test_slow_readers.py::test_one_slow_member_is_closed_as_too_slow_and_the_rest_get_everything[20KB/s-broadcast]",),
+        tests=("tests/e2e/test_slow_readers.py::test_one_slow_member_is_closed_as_too_slow_and_the_rest_get_everything[20KB/s-broadcast]",),
     ),
     Mutant(
         "fanout-judged-without-writing",
@@ -174,7 +174,7 @@ MUTANTS = [
         "        self.flush()\n        if self._transport.closed or not outbox.full",
         "        if self._transport.closed or not outbox.full",
         1,
-        tests=("tests/test_stall.py",),
+        tests=("tests/e2e/test_stall.py",),
     ),
     Mutant(
         "half-close-before-flushed",
@@ -186,13 +186,33 @@ MUTANTS = [
         1,
     ),
     Mutant(
+        "busy-timeout-without-pressure",
+        "the handshake sweep keeps answering 408 at the busy timeout after the pressure has gone: a slow but "
+        "legitimate client loses the normal handshake timeout",
+        "server/admission.py",
+        "        if not self._handshaking or not self._under_pressure():",
+        "        if not self._handshaking:",
+        1,
+        tests=("tests/unit/test_admission.py",),
+    ),
+    Mutant(
+        "accept-backoff-never-grows",
+        "every failed accept waits the shortest backoff: at the descriptor limit the loop retries accept() "
+        "twenty times a second for as long as it lasts",
+        "server/admission.py",
+        "self._backoff = min(BACKOFF_MAX, self._backoff * 2) if self._backoff else BACKOFF_FIRST",
+        "self._backoff = BACKOFF_FIRST",
+        1,
+        tests=("tests/unit/test_admission.py",),
+    ),
+    Mutant(
         "pong-late-behind-data",
         "a keepalive ping queued behind data a slow reader is still taking times out: the reader is failed with 1011",
         "server/connection.py",
         "late_behind_data = self._pong_behind_data() if deadline is Deadline.PONG else None",
         "late_behind_data = None",
         1,
-        tests=("tests/test_slow_readers.py::test_keepalive_waits_for_a_ping_stuck_behind_data_a_slow_reader_is_taking[plain]",),
+        tests=("tests/e2e/test_slow_readers.py::test_keepalive_waits_for_a_ping_stuck_behind_data_a_slow_reader_is_taking[plain]",),
     ),
     Mutant(
         "inline-ignored",
@@ -202,7 +222,7 @@ MUTANTS = [
         'self._inline = bool(getattr(handler, "inline", False))',
         "self._inline = False",
         1,
-        tests=("tests/test_inline.py",),
+        tests=("tests/e2e/test_inline.py",),
     ),
     Mutant(
         "unbounded-backlog",

@@ -1,0 +1,77 @@
+"""The affinity check: socket IO and the loop's IO-thread-only calls refuse any other thread."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable
+
+import pytest
+
+from server import affinity
+from server.affinity import WriteAffinityError
+from server.loop import IOLoop
+from server.sendbuffer import SendBuffer
+
+from ..helpers import raised_on, wait_until, ws_handshake
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def _nothing() -> None:
+    pass
+
+
+def test_off_thread_socket_write_and_read_raise_naming_both_threads(server) -> None:
+    sock, _ = ws_handshake(server.port, "/echo")
+    with sock:
+        assert wait_until(lambda: len(server.connections) == 1, 5)
+        conn = next(iter(server.connections))
+        idle = threading.Event()  # the IO thread has finished writing the 101
+        server.loop.post(idle.set)
+        assert idle.wait(5)
+        buffer = SendBuffer(release=lambda size: None)
+        buffer.append((b"\x81\x00",), 0, 2)  # something to write
+
+        message = raised_on("rogue-writer", lambda: conn.transport.write(buffer))
+        assert "socket write to" in message and "rogue-writer" in message and "wsrace-io" in message
+        assert buffer.frames, "nothing may have been written"
+
+        message = raised_on("rogue-reader", conn.transport.read)
+        assert "socket read from" in message and "rogue-reader" in message and "wsrace-io" in message
+
+
+def test_every_io_thread_only_loop_call_checks_its_thread() -> None:
+    loop = IOLoop()
+    loop.start()
+    a, b = socket.socketpair()
+    try:
+        calls: dict[str, Callable[[], object]] = {
+            "call_later": lambda: loop.call_later(1.0, lambda: None),
+            "call_after_batch": lambda: loop.call_after_batch(lambda: None),
+            "set_interest": lambda: loop.set_interest(a, lambda mask: None, read=True, write=False),
+            "remove": lambda: loop.remove(a),
+        }
+        for name, call in calls.items():
+            message = raised_on("not-the-io-thread", call)
+            assert f"IOLoop.{name}()" in message and "not-the-io-thread" in message, (name, message)
+        ran = threading.Event()
+        loop.post(lambda: (loop.call_later(0, ran.set), None)[1])  # on the IO thread: allowed
+        assert ran.wait(5)
+    finally:
+        loop.stop()
+        assert loop.thread is not None
+        loop.thread.join(5)
+        loop.close()
+        a.close()
+        b.close()
+
+
+def test_check_can_be_switched_off() -> None:
+    affinity.set_enabled(False)
+    try:
+        affinity.check_io_thread(-1, "anything")  # no error when off
+    finally:
+        affinity.set_enabled(True)
+    with pytest.raises(WriteAffinityError):
+        affinity.check_io_thread(-1, "anything")
