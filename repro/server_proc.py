@@ -153,6 +153,7 @@ def _child(config: dict[str, Any]) -> int:
 
     from .certs import CertFiles
     from .disciplines import serve
+    from .tlsrace import TlsEvents
 
     faulthandler.enable(all_threads=True)
     faulthandler.register(signal.SIGUSR1, all_threads=True)
@@ -178,7 +179,7 @@ def _child(config: dict[str, Any]) -> int:
         for line in sys.stdin:
             if line.strip() == "stop":
                 break
-        report = served.tls_events.to_json() if served.tls_events is not None else {"counts": {}, "examples": {}, "eofs": {}}
+        report = (served.tls_events or TlsEvents()).to_json()
         report["thread_errors"] = thread_errors
         print("report " + json.dumps(report), flush=True)
     return 0
@@ -200,4 +201,3 @@ def _phantom_eof() -> None:
 
 if __name__ == "__main__":
     raise SystemExit(_child(json.loads(sys.argv[1])))
-

@@ -177,7 +177,7 @@ class Connection(ConnectionHandle):
             self._on_eof()
         elif self._http is not None:
             self._on_handshake_data(data)
-        elif self.session is not None and not self.writer.write_shut:
+        elif self.session is not None and self.state is not State.DRAINING:
             self.session.receive_data(data)
             self._apply_session()
         # else: draining after our half-close (or an HTTP reply); discard until EOF
@@ -185,7 +185,7 @@ class Connection(ConnectionHandle):
     def _on_eof(self) -> None:
         if self._http is not None:
             self.abort(CloseCode.ABNORMAL, "client closed during handshake")
-        elif self.writer.write_shut:
+        elif self.state is State.DRAINING:
             self.abort(self._close_code or CloseCode.NORMAL, self._close_reason)
         else:
             self.abort(CloseCode.ABNORMAL, "client vanished without a close frame")
@@ -333,7 +333,7 @@ class Connection(ConnectionHandle):
         reads, instead of the outbox overflowing.
         """
         session = self.session
-        if session is None or self.writer.write_shut:
+        if session is None or self.state is State.DRAINING:
             return
         if session.state is SessionState.CLOSING:  # our close frame is out: its answer is all we read for now
             self.transport.set_reading(True)
@@ -380,7 +380,7 @@ class Connection(ConnectionHandle):
         # The timeout bounds a *stalled* close, not a long flush: a client that
         # is still reading what was queued before the close frame gets its data.
         idle = time.monotonic() - self.transport.idle_since()
-        if idle < self.limits.close_timeout and not self.writer.write_shut and self.writer.buffer.frames:
+        if idle < self.limits.close_timeout and self.state is not State.DRAINING and self.writer.buffer.frames:
             self._timers.arm(Deadline.CLOSE, self.limits.close_timeout - idle, self._on_close_timeout)
             return
         self.abort(CloseCode.ABNORMAL, "close timeout")

@@ -103,7 +103,7 @@ class Writer:
             self._transport.idle_since()  # the first look at the kernel's count: later looks see it fall
             self._stall_timer = self._loop.call_later(self._look_interval, self.check_stall)
         self._on_flushed()
-        if self._shut_when_flushed and not buffer.frames and not self.write_shut and not self._transport.closed:
+        if self._shut_when_flushed and not buffer.frames and not self._transport.closed:
             self._shutdown_write()
 
     def close_after_flush(self) -> None:
