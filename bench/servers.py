@@ -104,17 +104,16 @@ class Ours(Base):
     ``direct`` (the bug: the same loop over ``DirectConnection``)."""
 
     def __init__(self, mode: str, outbox: int | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
-        from server import Limits, Server
-        from server.connection import Connection
+        from server import ConnectionHandle, Limits, Server
 
         class Sink:
-            def on_open(self, conn: Connection) -> None:
+            def on_open(self, conn: ConnectionHandle) -> None:
                 pass
 
-            def on_message(self, conn: Connection, message: str | bytes) -> None:
+            def on_message(self, conn: ConnectionHandle, message: str | bytes) -> None:
                 pass
 
-            def on_close(self, conn: Connection) -> None:
+            def on_close(self, conn: ConnectionHandle) -> None:
                 pass
 
         class Router:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from server import Connection, HttpError, HttpRequest, Limits, Response, Server
+from server import ConnectionHandle, HttpError, HttpRequest, Limits, Response, Server
 
 USER = re.compile(r"[A-Za-z0-9_-]{1,32}")
 MAX_TEXT = 4096
@@ -41,7 +41,7 @@ class Room:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.members: dict[str, Connection] = {}
+        self.members: dict[str, ConnectionHandle] = {}
         self.relayed = 0
 
 
@@ -67,7 +67,7 @@ class ChatApp:
                 raise HttpError(409, f"user {user!r} is already in room {room!r}")
         return Member(self, room, user)
 
-    def join(self, room_name: str, user: str, conn: Connection) -> Room:
+    def join(self, room_name: str, user: str, conn: ConnectionHandle) -> Room:
         with self.lock:
             room = self.rooms.setdefault(room_name, Room(room_name))
             room.members = {**room.members, user: conn}
@@ -106,11 +106,11 @@ class Member:
         self.app, self.room_name, self.user = app, room, user
         self.room: Room | None = None
 
-    def on_open(self, conn: Connection) -> None:
+    def on_open(self, conn: ConnectionHandle) -> None:
         self.room = self.app.join(self.room_name, self.user, conn)
         self.app.say(self.room, {"type": "joined", "user": self.user, "members": sorted(self.room.members)})
 
-    def on_message(self, conn: Connection, message: str | bytes) -> None:
+    def on_message(self, conn: ConnectionHandle, message: str | bytes) -> None:
         assert self.room is not None
         try:
             text = json.loads(message)["text"]
@@ -123,7 +123,7 @@ class Member:
             self.room.relayed += 1
         self.app.say(self.room, {"type": "message", "user": self.user, "text": text})
 
-    def on_close(self, conn: Connection) -> None:
+    def on_close(self, conn: ConnectionHandle) -> None:
         if self.room is not None:
             self.app.leave(self.room, self.user)
             self.app.say(self.room, {"type": "left", "user": self.user})

@@ -1,9 +1,10 @@
 """Write disciplines: who writes to the socket. Everything else is shared.
 
 ``queued`` is the fixed server as shipped. ``direct`` and ``locked`` are the
-same server with :class:`~server.connection.Connection` swapped for a subclass
-whose ``send()`` writes from the calling thread — the bug, on purpose, and
-only here. ``simple-websocket`` and ``simple-websocket+lock`` run the same
+same server, plugged in through its documented factories
+(:meth:`Server.make_connection`, :meth:`Connection.make_handle`): handlers
+get a :class:`DirectHandle` whose ``send()`` writes from the calling thread —
+the bug, on purpose, and only here. ``simple-websocket`` and ``simple-websocket+lock`` run the same
 routes on the real library, the way flask-sock users do.
 """
 
@@ -19,8 +20,9 @@ from collections.abc import Iterator
 from typing import Protocol
 
 from server import CloseCode, ConnectionClosed, DemoApp, Limits, Router, Server
-from server.connection import Connection, State
+from server.connection import Connection
 from server.frames import OutMessage
+from server.handle import ConnectionHandle, State
 from server.transport import SocketTransport
 
 from .guard import Violation, WriteGuard
@@ -67,25 +69,27 @@ class KnobServer(Server):
         return SocketTransport(self.loop, sock)
 
 
-class DirectConnection(Connection):
+class DirectHandle(ConnectionHandle):
     """UNSAFE ON PURPOSE: ``send()`` encodes and writes on the caller's thread.
 
     The IO thread keeps writing what it always writes (101, pongs, keepalive
     pings, close frames) — so, as with simple-websocket's reader thread, two
-    threads write to one socket. It uses the IO-thread-only ``session`` and
-    ``transport`` from a worker thread: exactly the contract the bug breaks.
+    threads write to one socket. It uses the connection's IO-thread-only
+    ``session`` and ``transport`` from a worker thread: exactly the contract
+    the bug breaks. ``worker_lock``: the common workaround, a lock around the
+    workers' writes (``locked``).
     """
 
-    worker_lock: threading.Lock | contextlib.nullcontext[None]
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.worker_lock = contextlib.nullcontext()
+    def __init__(self, conn: Connection, worker_lock: threading.Lock | contextlib.nullcontext[None]) -> None:
+        super().__init__(conn.loop, conn.writer.outbox, conn.peer, conn.close_session, conn.after_messages,
+                         conn.limits.fanout_wait)
+        self.conn = conn
+        self.worker_lock = worker_lock
 
     def send(self, message: str | bytes | OutMessage, timeout: float | None = None, fanout: bool = False) -> bool:
         out = OutMessage.of(message)
         with self.worker_lock:
-            session = self.session
+            session = self.conn.session
             if self.state is not State.OPEN or session is None:
                 raise ConnectionClosed(self.close_code or CloseCode.ABNORMAL, self.close_reason or "not open")
             # With deflate: the shared compressor, from whichever thread gets here.
@@ -103,8 +107,9 @@ class DirectConnection(Connection):
         # Over TLS (an SSLSocket): what a blocking SSLSocket does inside send() —
         # on want-write, wait and call SSL_write again with the same bytes — on
         # the SSL object that the IO thread reads and writes at the same time.
-        sock = self.transport.socket
-        events: TlsEvents | None = getattr(self.transport, "events", None)
+        transport = self.conn.transport
+        sock = transport.socket
+        events: TlsEvents | None = getattr(transport, "events", None)
         view = memoryview(data)
         while view:
             try:
@@ -123,12 +128,18 @@ class DirectConnection(Connection):
             view = view[sent:]
 
 
-class LockedConnection(DirectConnection):
-    """UNSAFE ON PURPOSE: the common workaround, a lock around the workers' writes."""
+class DirectConnection(Connection):
+    """The fixed connection, except that handlers get a :class:`DirectHandle` (no lock)."""
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)
-        self.worker_lock = threading.Lock()
+    def make_handle(self) -> ConnectionHandle:
+        return DirectHandle(self, contextlib.nullcontext())
+
+
+class LockedConnection(Connection):
+    """The fixed connection, except that handlers get a :class:`DirectHandle` with a per-connection lock."""
+
+    def make_handle(self) -> ConnectionHandle:
+        return DirectHandle(self, threading.Lock())
 
 
 class RunningServer(Protocol):

@@ -4,7 +4,7 @@ Quick use (a complete app: ``examples/chat.py``)::
 
     from server import Server, DemoApp
     srv = Server(DemoApp, port=0).start()
-    ...                      # conn.send() from any thread; never touches a socket
+    ...                      # handlers get a ConnectionHandle: conn.send() from any thread
     srv.shutdown()
 
 What is listed in ``__all__`` is the public API; the IO core (``server.loop``,
@@ -19,10 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from .broker import BrokerError, PublishQueueFull, make_broker
 from .codes import CloseCode
-from .connection import Connection
 from .errors import ConnectionClosed, WsraceError
 from .frames import OutMessage
-from .handle import ConnectionHandle
+from .handle import ConnectionHandle, State
 from .handler import Handler, Router
 from .handshake import HttpError, HttpRequest
 from .http import Response
@@ -39,7 +38,6 @@ __all__ = [
     "BroadcastResult",
     "BrokerError",
     "CloseCode",
-    "Connection",
     "ConnectionClosed",
     "ConnectionHandle",
     "DemoApp",
@@ -53,6 +51,7 @@ __all__ = [
     "Response",
     "Router",
     "Server",
+    "State",
     "Stats",
     "TlsConfigError",
     "WsraceError",

@@ -33,7 +33,8 @@ import socket
 import time
 from collections.abc import Callable
 
-from .connection import Connection, State
+from .connection import Connection
+from .handle import State
 from .handshake import HttpError, error_response
 from .limits import Limits
 from .loop import IOLoop, Timer, Timers

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from . import streamformat
 from .broker import PublishQueueFull
 from .codes import CloseCode
-from .connection import Connection
 from .errors import ConnectionClosed
+from .handle import ConnectionHandle
 from .handler import Handler
 from .handshake import HttpError, HttpRequest
 from .http import Response
@@ -45,13 +45,13 @@ class EchoHandler:
 
     concurrent_messages = True
 
-    def on_open(self, conn: Connection) -> None:
+    def on_open(self, conn: ConnectionHandle) -> None:
         pass
 
-    def on_message(self, conn: Connection, message: str | bytes) -> None:
+    def on_message(self, conn: ConnectionHandle, message: str | bytes) -> None:
         conn.send(message)
 
-    def on_close(self, conn: Connection) -> None:
+    def on_close(self, conn: ConnectionHandle) -> None:
         pass
 
 
@@ -138,13 +138,13 @@ class StreamHandler:
         self.threads: list[threading.Thread] = []
         self.sent = 0
 
-    def on_open(self, conn: Connection) -> None:
+    def on_open(self, conn: ConnectionHandle) -> None:
         if self.launcher is None:
             self._start_producers(conn)
         else:
             self.launcher.submit(self._start_producers, conn)
 
-    def _start_producers(self, conn: Connection) -> None:
+    def _start_producers(self, conn: ConnectionHandle) -> None:
         for producer in range(self.params.producers):
             thread = threading.Thread(
                 target=self._produce, args=(conn, producer), name=f"wsrace-producer-{conn.peer}-{producer}", daemon=True
@@ -152,7 +152,7 @@ class StreamHandler:
             self.threads.append(thread)
             thread.start()
 
-    def _produce(self, conn: Connection, producer: int) -> None:
+    def _produce(self, conn: ConnectionHandle, producer: int) -> None:
         params = self.params
         sent = 0
         try:
@@ -176,10 +176,10 @@ class StreamHandler:
             # Every producer's messages were posted before this close: it goes out after them.
             conn.close(CloseCode.NORMAL, "stream complete")
 
-    def on_message(self, conn: Connection, message: str | bytes) -> None:
+    def on_message(self, conn: ConnectionHandle, message: str | bytes) -> None:
         pass  # /stream ignores what the client says
 
-    def on_close(self, conn: Connection) -> None:
+    def on_close(self, conn: ConnectionHandle) -> None:
         pass  # producers see ConnectionClosed on their next send and stop
 
     def join(self, timeout: float) -> None:
@@ -205,14 +205,14 @@ class BroadcastHub:
         self.refused = 0  # publishes refused: broker unreachable and the local queue full
 
     @property
-    def subscribers(self) -> frozenset[Connection]:
+    def subscribers(self) -> frozenset[ConnectionHandle]:
         """This process's subscribers of the default topic."""
         return self.server.subscribers("")
 
-    def subscribe(self, conn: Connection, topic: str = "") -> None:
+    def subscribe(self, conn: ConnectionHandle, topic: str = "") -> None:
         self.server.subscribe(conn, topic)
 
-    def unsubscribe(self, conn: Connection, topic: str = "") -> None:
+    def unsubscribe(self, conn: ConnectionHandle, topic: str = "") -> None:
         self.server.unsubscribe(conn, topic)
 
     def publish(self, message: str | bytes, topic: str = "") -> BroadcastResult | None:
@@ -268,17 +268,17 @@ class BroadcastHandler:
         self.hub = hub
         self.topic = topic
 
-    def on_open(self, conn: Connection) -> None:
+    def on_open(self, conn: ConnectionHandle) -> None:
         self.hub.subscribe(conn, self.topic)
 
-    def on_message(self, conn: Connection, message: str | bytes) -> None:
+    def on_message(self, conn: ConnectionHandle, message: str | bytes) -> None:
         try:
             self.hub.publish(message, self.topic)
         except PublishQueueFull:
             self.hub.refused += 1
             conn.close(CloseCode.TRY_AGAIN_LATER, "try again later: broker unreachable, publish queue full")
 
-    def on_close(self, conn: Connection) -> None:
+    def on_close(self, conn: ConnectionHandle) -> None:
         self.hub.unsubscribe(conn, self.topic)
 
 

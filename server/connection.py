@@ -28,7 +28,7 @@ from functools import partial
 from .backlog import Backlog
 from .codes import CloseCode
 from .dispatch import Dispatcher
-from .handle import ConnectionHandle
+from .handle import ConnectionHandle, State
 from .handler import Handler, Router
 from .handshake import HttpError
 from .http_phase import HttpPhase, Reply, Upgrade
@@ -53,21 +53,6 @@ from .writer import Writer
 logger = logging.getLogger(__name__)
 
 
-class State(enum.Enum):
-    """Where a connection is in its life: :attr:`Connection.state`, one field, set by the IO thread only.
-
-    ``HANDSHAKE → OPEN → CLOSING → DRAINING → CLOSED``; any state may go
-    straight to ``CLOSED`` (an abort), and ``HANDSHAKE`` to ``CLOSING`` (an
-    HTTP answer instead of the 101).
-    """
-
-    HANDSHAKE = "handshake"
-    OPEN = "open"
-    CLOSING = "closing"  # close frame (or HTTP reply) queued or received; flushing
-    DRAINING = "draining"  # our side shut down; reading until the peer's EOF
-    CLOSED = "closed"
-
-
 class ConnectionTimer(enum.Enum):
     """The connection's own timers (the session's are its :class:`~server.session.Deadline` s; the writer has one)."""
 
@@ -77,12 +62,12 @@ class ConnectionTimer(enum.Enum):
 TimerName = Deadline | ConnectionTimer
 
 
-class Connection(ConnectionHandle):
-    """A WebSocket connection owned by an :class:`IOLoop`.
+class Connection:
+    """A WebSocket connection owned by an :class:`IOLoop`: everything here is IO thread only.
 
-    Any thread: what :class:`~server.handle.ConnectionHandle` offers (``send``,
-    ``close``, ``wait_closed``, ...). IO thread only: :meth:`start`,
-    :meth:`abort`, :meth:`reject_now`, :attr:`transport`, :attr:`session`.
+    Other threads, and handlers, get :attr:`handle` (a
+    :class:`~server.handle.ConnectionHandle`: ``send``, ``close``,
+    ``wait_closed``, the state and the close outcome), never this object.
     """
 
     def __init__(
@@ -101,7 +86,8 @@ class Connection(ConnectionHandle):
             on_flushed=self._on_flushed, on_error=self._on_write_error,
             on_stalled=self._close_stalled, on_behind=self._close_too_slow, on_write_shut=self._on_write_shut,
         )
-        super().__init__(loop, self.writer.outbox, transport.peer, limits.fanout_wait)  # producers put into the writer's outbox
+        self.peer = transport.peer
+        self.loop = loop
         self.transport = transport
         self._executor = executor
         self.limits = limits
@@ -110,10 +96,17 @@ class Connection(ConnectionHandle):
         self._dispatcher: Dispatcher | None = None  # once open
         self._http: HttpPhase | None = HttpPhase(router, limits, stats, transport.peer)
         self.session: Session | None = None
-        # One field, read from any thread (a plain attribute: producers filter on it per message),
-        # written by the IO thread at each transition below.
-        self.state = State.HANDSHAKE
         self._timers: Timers[TimerName] = Timers(loop)
+        # The face handlers and other threads get; it holds the state, written at each transition below.
+        self.handle = self.make_handle()
+
+    def make_handle(self) -> ConnectionHandle:
+        """The :class:`~server.handle.ConnectionHandle` given to handlers; producers put into the writer's outbox.
+
+        A subclass may return its own (the repro's unsafe write disciplines do).
+        """
+        return ConnectionHandle(self.loop, self.writer.outbox, self.peer, self.close_session,
+                                self.after_messages, self.limits.fanout_wait)
 
     @property
     def handler(self) -> Handler | None:
@@ -121,9 +114,9 @@ class Connection(ConnectionHandle):
         return self._dispatcher.handler if self._dispatcher is not None else None
 
     @property
-    def is_open(self) -> bool:
-        """From the 101 until either side starts closing (a failing connection's replies still go out)."""
-        return self.state is State.OPEN
+    def state(self) -> State:
+        """The handle's :class:`~server.handle.State` (read here; the transitions below write it there)."""
+        return self.handle.state
 
     # ------------------------------------------------------------------
     # IO thread only from here on
@@ -152,7 +145,7 @@ class Connection(ConnectionHandle):
 
     def abort(self, code: int, reason: str) -> None:
         """Close the socket now, with no closing handshake; report ``code``. Runs once."""
-        self._record_close(code, reason)
+        self.handle.record_close(code, reason)
         self._finish()
 
     def reject_now(self, error: HttpError) -> None:
@@ -186,7 +179,7 @@ class Connection(ConnectionHandle):
         if self._http is not None:
             self.abort(CloseCode.ABNORMAL, "client closed during handshake")
         elif self.state is State.DRAINING:
-            self.abort(self._close_code or CloseCode.NORMAL, self._close_reason)
+            self.abort(self.handle.close_code or CloseCode.NORMAL, self.handle.close_reason)
         else:
             self.abort(CloseCode.ABNORMAL, "client vanished without a close frame")
 
@@ -196,7 +189,7 @@ class Connection(ConnectionHandle):
         assert self._http is not None
         outcome = self._http.receive_data(data)
         if self._http.request is not None:
-            self.path, self.query = self._http.request.path, self._http.request.query
+            self.handle.path, self.handle.query = self._http.request.path, self._http.request.query
         if isinstance(outcome, Upgrade):
             self._open(outcome)
         elif outcome is not None:
@@ -205,15 +198,16 @@ class Connection(ConnectionHandle):
     def _open(self, upgrade: Upgrade) -> None:
         self._timers.cancel(ConnectionTimer.HANDSHAKE)
         self._http = None
-        self._dispatcher = Dispatcher(self, upgrade.handler, self._loop, self._executor, self._stats, self._message_done)
+        self._dispatcher = Dispatcher(self.handle, upgrade.handler, self.loop, self._executor, self._stats,
+                                      self._message_done, self.limits.inline_warn)
         self.session = self.writer.session = Session(self.limits, upgrade.extension)
-        self.state = State.OPEN
-        self.deflate = self.session.deflate
-        self.subprotocol = upgrade.subprotocol
+        self.handle.deflate = self.session.deflate
+        self.handle.subprotocol = upgrade.subprotocol
+        self.handle.state = State.OPEN
         self._stats.opened += 1
         self.writer.append_raw(upgrade.reply)
         self.writer.flush()  # the 101 goes out before any handler can queue a frame
-        logger.debug("%s: WebSocket open on %s (deflate=%s)", self.peer, upgrade.request.target, self.deflate)
+        logger.debug("%s: WebSocket open on %s (deflate=%s)", self.peer, upgrade.request.target, self.session.deflate)
         self._apply_session()  # the keepalive deadline
         if not self._dispatcher.open():
             self._fail(CloseCode.INTERNAL_ERROR, "internal error")
@@ -225,7 +219,7 @@ class Connection(ConnectionHandle):
     def _reply(self, reply: Reply) -> None:
         self._timers.cancel(ConnectionTimer.HANDSHAKE)
         self._http = None
-        self._record_close(CloseCode.ABNORMAL, f"HTTP {reply.status}")
+        self.handle.record_close(CloseCode.ABNORMAL, f"HTTP {reply.status}")
         self.writer.append_raw(reply.data)
         self._close_after_flush()
 
@@ -259,7 +253,7 @@ class Connection(ConnectionHandle):
                 assert self._dispatcher is not None
                 self._dispatcher.dispatch(event.message)
             elif isinstance(event, Closing):
-                self._record_close(event.code, event.reason)
+                self.handle.record_close(event.code, event.reason)
             elif isinstance(event, ProtocolError):
                 self._stats.protocol_errors += 1
                 logger.info("%s: protocol error %s: %s", self.peer, event.code, event.reason)
@@ -300,10 +294,11 @@ class Connection(ConnectionHandle):
         idle = time.monotonic() - self.transport.idle_since()
         return patience - idle if idle < patience else None
 
-    def _close_requested(self, code: int, reason: str) -> None:
-        self._close_session(code, reason, wait_for_reply=True)
+    def close_session(self, code: int, reason: str) -> None:
+        """Start the closing handshake after what is queued (what :meth:`ConnectionHandle.close` posts)."""
+        self._start_close(code, reason, wait_for_reply=True)
 
-    def _close_session(self, code: int, reason: str, wait_for_reply: bool) -> None:
+    def _start_close(self, code: int, reason: str, wait_for_reply: bool) -> None:
         if self.session is not None and not self.transport.closed:
             self.session.close(code, reason, wait_for_reply)
             self._apply_session()
@@ -311,7 +306,7 @@ class Connection(ConnectionHandle):
     def _fail(self, code: int, reason: str) -> None:
         """Fail the connection (RFC 6455 7.1.7): drop unsent frames, send close, stop."""
         self.writer.drop_unsent()
-        self._close_session(code, reason, wait_for_reply=False)
+        self._start_close(code, reason, wait_for_reply=False)
 
     # -- handling messages ----------------------------------------------
 
@@ -341,17 +336,10 @@ class Connection(ConnectionHandle):
         if session.state is not SessionState.OPEN:
             return
         busy = session.inflight >= self.limits.max_inflight_messages
-        full = self.outbox.queued + session.inflight_bytes > self.limits.max_queue_bytes // 2
+        full = self.writer.outbox.queued + session.inflight_bytes > self.limits.max_queue_bytes // 2
         self.transport.set_reading(not (busy or full))
 
     # -- closing --------------------------------------------------------
-
-    def _record_close(self, code: int, reason: str) -> None:
-        if self.state is State.OPEN or self.state is State.HANDSHAKE:
-            self.state = State.CLOSING
-        if self._close_code is None:
-            self._close_code, self._close_reason = code, reason
-        self.outbox.shut(code, reason)  # producers waiting for room get ConnectionClosed
 
     def _close_stalled(self, reason: str) -> None:
         if self.state is State.OPEN:
@@ -388,9 +376,9 @@ class Connection(ConnectionHandle):
     def _on_write_shut(self, error: OSError | None) -> None:
         """Our side is half-closed: read until the client's EOF, so our last bytes are not lost to a reset."""
         if error is not None:
-            self.abort(self._close_code or CloseCode.NORMAL, self._close_reason)
+            self.abort(self.handle.close_code or CloseCode.NORMAL, self.handle.close_reason)
             return
-        self.state = State.DRAINING
+        self.handle.state = State.DRAINING
         self.transport.set_reading(True)
         self._timers.arm(Deadline.CLOSE, self.limits.close_timeout, self._on_close_timeout)
 
@@ -398,13 +386,13 @@ class Connection(ConnectionHandle):
         """Close the socket and release everything; runs exactly once."""
         if self.transport.closed:
             return
-        self.state = State.CLOSED
+        self.handle.state = State.CLOSED
         self._timers.cancel_all()
         self.writer.cancel()
         self.transport.close()
         self.writer.drop_unsent(all_frames=True)
         self._stats.closed += 1
-        self._closed_event.set()
+        self.handle.record_closed()
         if self._dispatcher is not None:
             self._dispatcher.closed()
         self._on_closed(self)
@@ -418,4 +406,4 @@ class Connection(ConnectionHandle):
         self.abort(CloseCode.ABNORMAL, f"write failed: {exc.strerror or exc}")
 
     def __repr__(self) -> str:
-        return f"<Connection {self.peer} {self.path or '-'} {self.state.value}>"
+        return f"<Connection {self.peer} {self.handle.path or '-'} {self.state.value}>"

@@ -19,17 +19,14 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from functools import partial
-from typing import TYPE_CHECKING
 
 from .codes import CloseCode
 from .errors import ConnectionClosed
+from .handle import ConnectionHandle
 from .handler import Handler
 from .loop import IOLoop
 from .stats import Stats
 from .strand import Strand
-
-if TYPE_CHECKING:
-    from .connection import Connection
 
 logger = logging.getLogger(__name__)
 _slow_logged = [float("-inf")]  # when a slow inline handler was last logged (IO thread; rate limit)
@@ -38,10 +35,11 @@ _slow_logged = [float("-inf")]  # when a slow inline handler was last logged (IO
 class Dispatcher:
     """One connection's handler and the way its messages reach it."""
 
-    def __init__(self, conn: Connection, handler: Handler, loop: IOLoop, executor: Executor, stats: Stats,
-                 on_done: Callable[[str | bytes], None]) -> None:
+    def __init__(self, conn: ConnectionHandle, handler: Handler, loop: IOLoop, executor: Executor, stats: Stats,
+                 on_done: Callable[[str | bytes], None], inline_warn: float) -> None:
         self.handler = handler
         self._conn = conn
+        self._inline_warn = inline_warn
         self._loop = loop
         self._executor = executor
         self._stats = stats
@@ -119,7 +117,7 @@ class Dispatcher:
             self._count_error()
             self._conn.close(CloseCode.INTERNAL_ERROR, "internal error")
         took = time.perf_counter() - started
-        if took > self._conn.limits.inline_warn:
+        if took > self._inline_warn:
             self._stats.inline_slow += 1
             now = time.monotonic()
             if now - _slow_logged[0] >= 60:

@@ -8,7 +8,7 @@ class WsraceError(Exception):
 
 
 class ConnectionClosed(WsraceError):
-    """Raised by :meth:`Connection.send` once the connection is closing or closed."""
+    """Raised by :meth:`ConnectionHandle.send` once the connection is closing or closed."""
 
     def __init__(self, code: int, reason: str = "") -> None:
         super().__init__(f"WebSocket connection closed with code {code}" + (f": {reason}" if reason else ""))

@@ -1,15 +1,20 @@
-"""What any thread sees of a connection: its queue, its close outcome, who it is.
+"""What any thread sees of a connection: its queue, its state, its close outcome, who it is.
 
-:class:`ConnectionHandle` is the thread-safe face of a connection. Every
-method here may be called from any thread: it touches the connection's
-:class:`~server.outbox.Outbox` (under its lock) and ``IOLoop.post`` — never
-the socket, never wsproto. :class:`~server.connection.Connection` adds the
-IO-thread machinery behind it.
+:class:`ConnectionHandle` is the thread-safe face of a connection, and the
+only one user code gets: handlers receive it, :meth:`Server.connections`
+lists it, :meth:`Server.broadcast` takes it. Every method may be called from
+any thread: it touches the connection's :class:`~server.outbox.Outbox` (under
+its lock) and ``IOLoop.post`` — never the socket, never wsproto. The
+IO-thread machinery (:class:`~server.connection.Connection`) holds its handle
+and records each step of the connection's life in it (:class:`State`, the
+close outcome): one record, written by the IO thread, read by anyone.
 """
 
 from __future__ import annotations
 
+import enum
 import threading
+from collections.abc import Callable
 from functools import partial
 
 from .codes import CloseCode, check_close
@@ -19,18 +24,48 @@ from .loop import IOLoop
 from .outbox import Outbox
 
 
+class State(enum.Enum):
+    """Where a connection is in its life: :attr:`ConnectionHandle.state`, one field, set by the IO thread only.
+
+    ``HANDSHAKE → OPEN → CLOSING → DRAINING → CLOSED``; any state may go
+    straight to ``CLOSED`` (an abort), and ``HANDSHAKE`` to ``CLOSING`` (an
+    HTTP answer instead of the 101).
+    """
+
+    HANDSHAKE = "handshake"
+    OPEN = "open"
+    CLOSING = "closing"  # close frame (or HTTP reply) queued or received; flushing
+    DRAINING = "draining"  # our side shut down; reading until the peer's EOF
+    CLOSED = "closed"
+
+
 class ConnectionHandle:
     """Send to, close and wait for one client, from any thread."""
 
-    def __init__(self, loop: IOLoop, outbox: Outbox, peer: str, fanout_wait: float = Limits.fanout_wait) -> None:
+    def __init__(
+        self,
+        loop: IOLoop,
+        outbox: Outbox,
+        peer: str,
+        close_session: Callable[[int, str], None],
+        after_messages: Callable[[Callable[[], object]], None],
+        fanout_wait: float = Limits.fanout_wait,
+    ) -> None:
+        """Made by the connection (IO thread): ``close_session`` starts its closing handshake,
+        ``after_messages`` queues a job behind its handler's messages; both run on the IO thread."""
         self._loop = loop
         self.outbox = outbox  # the producers' queue: what send() and a broadcast fill (thread-safe)
+        self._close_session = close_session
+        self._after_messages = after_messages
         self._fanout_wait = fanout_wait
         self.peer = peer
+        # Written by the IO thread as the handshake goes (path and query as soon as the request is parsed).
         self.path = ""
         self.query: dict[str, str] = {}
         self.deflate = False
         self.subprotocol: str | None = None  # the one agreed in the handshake
+        # One field, read from any thread (a plain attribute: producers filter on it per message).
+        self.state = State.HANDSHAKE
         self._close_code: int | None = None
         self._close_reason = ""
         self._closed_event = threading.Event()
@@ -78,7 +113,12 @@ class ConnectionHandle:
         """
         check_close(code, reason)
         if self.outbox.shut(code, reason):
-            self._loop.post(partial(self._close_requested, code, reason))
+            self._loop.post(partial(self._close_session, code, reason))
+
+    @property
+    def is_open(self) -> bool:
+        """From the 101 until either side starts closing (a failing connection's replies still go out)."""
+        return self.state is State.OPEN
 
     @property
     def closed(self) -> bool:
@@ -111,6 +151,30 @@ class ConnectionHandle:
         """How often a producer had to wait for room in this client's queue."""
         return self.outbox.waits
 
-    def _close_requested(self, code: int, reason: str) -> None:
-        """On the IO thread, once per connection: start the closing handshake (the connection's part)."""
-        raise NotImplementedError
+    def after_messages(self, job: Callable[[], object]) -> None:
+        """Run ``job`` on the worker pool once the handler is done with every message received so far.
+
+        For ``on_close`` work that must follow the last ``on_message``
+        (``on_close`` itself runs on the IO thread, possibly while messages
+        are still being handled). IO thread only (``on_open``, ``on_close``,
+        an inline handler), once open.
+        """
+        self._after_messages(job)
+
+    # -- the connection's record, written on the IO thread only -----------
+
+    def record_close(self, code: int, reason: str) -> None:
+        """The close outcome, recorded once: the first code and reason stay. Stops the producers."""
+        if self.state is State.OPEN or self.state is State.HANDSHAKE:
+            self.state = State.CLOSING
+        if self._close_code is None:
+            self._close_code, self._close_reason = code, reason
+        self.outbox.shut(code, reason)  # producers waiting for room get ConnectionClosed
+
+    def record_closed(self) -> None:
+        """The socket is closed: ``closed`` and ``wait_closed()`` say so from now on."""
+        self.state = State.CLOSED
+        self._closed_event.set()
+
+    def __repr__(self) -> str:
+        return f"<ConnectionHandle {self.peer} {self.path or '-'} {self.state.value}>"

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
+from .handle import ConnectionHandle
 from .handshake import HttpRequest
 from .http import Response
-
-if TYPE_CHECKING:
-    from .connection import Connection
 
 
 class Handler(Protocol):
@@ -30,13 +28,13 @@ class Handler(Protocol):
     in the 101 (``conn.subprotocol``); none in common, none sent.
     """
 
-    def on_open(self, conn: Connection) -> None:
+    def on_open(self, conn: ConnectionHandle) -> None:
         """On the IO thread, once the 101 reply is queued. Must not block."""
 
-    def on_message(self, conn: Connection, message: str | bytes) -> None:
+    def on_message(self, conn: ConnectionHandle, message: str | bytes) -> None:
         """On a worker thread (the IO thread if ``inline``), once per received message, in order (see the class docstring)."""
 
-    def on_close(self, conn: Connection) -> None:
+    def on_close(self, conn: ConnectionHandle) -> None:
         """On the IO thread, once the socket is closed. Must not block."""
 
 

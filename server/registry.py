@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from functools import partial
 from operator import attrgetter
 
-from .connection import Connection, State
+from .connection import Connection
 from .errors import ConnectionClosed
 from .frames import OutMessage
+from .handle import ConnectionHandle, State
 from .outbox import put_shared
 
 _outbox_of = attrgetter("outbox")
@@ -34,41 +35,47 @@ class BroadcastResult:
 
 
 class Registry:
-    """The connections of one server. :meth:`add` and :meth:`discard` on the IO thread; the rest any thread."""
+    """The connections of one server, by handle. :meth:`add`, :meth:`discard` and :meth:`connections`
+    on the IO thread; the rest any thread."""
 
     def __init__(self, fanout_wait: float) -> None:
         self._fanout_wait = fanout_wait
-        self._connections: set[Connection] = set()  # changed under _lock
+        self._connections: dict[ConnectionHandle, Connection] = {}  # changed under _lock
         self._lock = threading.Lock()
-        # A connection whose class overrides send() (its own delivery) was added: broadcast calls send().
+        # A handle whose class overrides send() (its own delivery) was added: broadcast calls send().
         self._own_send = False
 
     def add(self, conn: Connection) -> None:
-        if type(conn).send is not Connection.send:
+        if type(conn.handle).send is not ConnectionHandle.send:
             self._own_send = True
         with self._lock:
-            self._connections.add(conn)
+            self._connections[conn.handle] = conn
 
     def discard(self, conn: Connection) -> None:
         with self._lock:
-            self._connections.discard(conn)
+            self._connections.pop(conn.handle, None)
 
     def __len__(self) -> int:
         return len(self._connections)
 
-    def snapshot(self) -> list[Connection]:
-        """Every connection, in any state."""
+    def connections(self) -> list[Connection]:
+        """The connections themselves (IO-thread objects: for the IO thread, and tools that drive it)."""
+        with self._lock:
+            return list(self._connections.values())
+
+    def snapshot(self) -> list[ConnectionHandle]:
+        """Every connection's handle, in any state."""
         with self._lock:
             return list(self._connections)
 
-    def open(self, path: str | None = None) -> list[Connection]:
+    def open(self, path: str | None = None) -> list[ConnectionHandle]:
         """The open WebSocket connections (on ``path``, if given)."""
         conns = self.snapshot()
         if path is None:
             return [c for c in conns if c.state is _OPEN]
         return [c for c in conns if c.state is _OPEN and c.path == path]
 
-    def broadcast(self, message: str | bytes | OutMessage, targets: Iterable[Connection] | None = None) -> BroadcastResult:
+    def broadcast(self, message: str | bytes | OutMessage, targets: Iterable[ConnectionHandle] | None = None) -> BroadcastResult:
         """See :meth:`Server.broadcast`."""
         out = OutMessage.of(message)
         result = BroadcastResult()

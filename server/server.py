@@ -14,8 +14,9 @@ from .admission import Admission
 from .backlog import Backlog
 from .broker import Broker, MemoryBroker
 from .codes import CloseCode
-from .connection import Connection, State
+from .connection import Connection
 from .frames import OutMessage
+from .handle import ConnectionHandle, State
 from .handler import Router
 from .http import OriginCheck
 from .limits import Limits
@@ -34,7 +35,7 @@ class Server:
     """A WebSocket server whose sockets are all owned by one IO thread.
 
     Application code runs on a :class:`~concurrent.futures.ThreadPoolExecutor`
-    (and on any threads it starts); it sends with :meth:`Connection.send` or
+    (and on any threads it starts); it sends with :meth:`ConnectionHandle.send` or
     :meth:`broadcast`, both safe from any thread.
 
     ``router`` is a :class:`Router`, or a callable that builds one from the
@@ -153,15 +154,15 @@ class Server:
     # -- any thread ------------------------------------------------------
 
     @property
-    def connections(self) -> list[Connection]:
+    def connections(self) -> list[ConnectionHandle]:
         """A snapshot of every connection, in any state. Any thread."""
         return self.registry.snapshot()
 
-    def open_connections(self, path: str | None = None) -> list[Connection]:
+    def open_connections(self, path: str | None = None) -> list[ConnectionHandle]:
         """A snapshot of the open WebSocket connections (on ``path``, if given). Any thread."""
         return self.registry.open(path)
 
-    def broadcast(self, message: str | bytes | OutMessage, targets: Iterable[Connection] | None = None) -> BroadcastResult:
+    def broadcast(self, message: str | bytes | OutMessage, targets: Iterable[ConnectionHandle] | None = None) -> BroadcastResult:
         """Send one message to many connections: encoded once, the same frame bytes queued to each.
 
         ``targets`` defaults to every open connection; it is iterated on the
@@ -172,20 +173,20 @@ class Server:
         queue behind the feed then is closed with 1008 "too slow for this feed"
         (policy ``close``), or the message is dropped for it (``drop``, no
         wait). Returns how many targets got it, dropped it or were closed.
-        A connection class that overrides ``send()`` gets it through that.
+        A handle class that overrides ``send()`` (:meth:`Connection.make_handle`) gets it through that.
         """
         return self.registry.broadcast(message, targets)
 
     # -- topics and the broker (any thread; server/topics.py) ---------------
 
-    def subscribe(self, conn: Connection, topic: str = "") -> None:
+    def subscribe(self, conn: ConnectionHandle, topic: str = "") -> None:
         """``conn`` receives what :meth:`publish` sends to ``topic``, from any process on the broker."""
         self.topics.subscribe(conn, topic)
 
-    def unsubscribe(self, conn: Connection, topic: str = "") -> None:
+    def unsubscribe(self, conn: ConnectionHandle, topic: str = "") -> None:
         self.topics.unsubscribe(conn, topic)
 
-    def subscribers(self, topic: str = "") -> frozenset[Connection]:
+    def subscribers(self, topic: str = "") -> frozenset[ConnectionHandle]:
         """This process's subscribers of ``topic`` (a snapshot)."""
         return self.topics.subscribers(topic)
 
@@ -222,7 +223,7 @@ class Server:
             done = threading.Event()
 
             def cut() -> None:
-                for conn in self.connections:
+                for conn in self.registry.connections():
                     conn.abort(CloseCode.GOING_AWAY, "server shutdown timed out")
                 done.set()
 
@@ -253,11 +254,11 @@ class Server:
         if self._listener is not None:
             self.loop.remove(self._listener)
             self._listener.close()
-        for conn in self.connections:
+        for conn in self.registry.connections():
             if conn.state is State.HANDSHAKE:
                 conn.abort(CloseCode.GOING_AWAY, "server shutting down")
             else:
-                conn.close(CloseCode.GOING_AWAY, "server shutting down")
+                conn.handle.close(CloseCode.GOING_AWAY, "server shutting down")
         self._check_all_closed()
 
     def _on_accept(self, mask: int) -> None:
@@ -286,7 +287,7 @@ class Server:
         return conn
 
     def adopt(self, sock: socket.socket, request: bytes, router: Router | None = None,
-              limits: Limits | None = None) -> Future[Connection]:
+              limits: Limits | None = None) -> Future[ConnectionHandle]:
         """Serve a socket another server accepted, whose HTTP request it has already read. Any thread.
 
         ``request``: the bytes that server read — the request head as the
@@ -303,7 +304,7 @@ class Server:
         error. The connection counts against the admission limits but is never
         refused: the server that accepted it decided that.
         """
-        done: Future[Connection] = Future()
+        done: Future[ConnectionHandle] = Future()
 
         def take() -> None:
             try:
@@ -318,14 +319,15 @@ class Server:
             try:
                 conn.adopt(request)
             finally:
-                done.set_result(conn)
+                done.set_result(conn.handle)
 
         self.loop.post(take)
         return done
 
     def make_connection(self, transport: SocketTransport, router: Router, limits: Limits) -> Connection:
-        """The connection over a new transport (IO thread). A subclass may return a :class:`Connection` subclass;
-        if that overrides ``send()``, :meth:`broadcast` delivers through it instead of queueing directly."""
+        """The connection over a new transport (IO thread). A subclass may return a :class:`Connection` subclass
+        (whose :meth:`~Connection.make_handle` may give handlers its own handle: if that overrides ``send()``,
+        :meth:`broadcast` delivers through it instead of queueing directly)."""
         return Connection(self.loop, transport, router, self.executor, limits, self.stats, self._on_closed,
                           self.send_backlog)
 

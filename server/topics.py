@@ -20,14 +20,14 @@ from .codes import CloseCode
 from .stats import Stats
 
 if TYPE_CHECKING:
-    from .connection import Connection
+    from .handle import ConnectionHandle
     from .registry import BroadcastResult
 
 logger = logging.getLogger(__name__)
 
 MAX_REASON = 100  # characters; a close reason holds at most 123 bytes
 
-Broadcast = Callable[[str | bytes, Iterable["Connection"]], "BroadcastResult"]
+Broadcast = Callable[[str | bytes, Iterable["ConnectionHandle"]], "BroadcastResult"]
 
 
 class Topics:
@@ -37,13 +37,13 @@ class Topics:
         self.broker = broker
         self._broadcast = broadcast
         self._stats = stats
-        self._members: dict[str, frozenset[Connection]] = {}  # replaced, never mutated, under _lock
+        self._members: dict[str, frozenset[ConnectionHandle]] = {}  # replaced, never mutated, under _lock
         self._lock = threading.Lock()
 
     def start(self) -> None:
         self.broker.start(self._deliver, self._on_missed, self._stats)
 
-    def subscribe(self, conn: Connection, topic: str) -> None:
+    def subscribe(self, conn: ConnectionHandle, topic: str) -> None:
         with self._lock:
             members = self._members.get(topic, frozenset())
             self._members[topic] = members | {conn}
@@ -51,7 +51,7 @@ class Topics:
         if first:
             self.broker.subscribe(topic)
 
-    def unsubscribe(self, conn: Connection, topic: str) -> None:
+    def unsubscribe(self, conn: ConnectionHandle, topic: str) -> None:
         with self._lock:
             members = self._members.get(topic, frozenset()) - {conn}
             if members:
@@ -62,7 +62,7 @@ class Topics:
         if last:
             self.broker.unsubscribe(topic)
 
-    def subscribers(self, topic: str) -> frozenset[Connection]:
+    def subscribers(self, topic: str) -> frozenset[ConnectionHandle]:
         return self._members.get(topic, frozenset())
 
     def _deliver(self, topic: str, message: str | bytes) -> BroadcastResult:

@@ -23,7 +23,7 @@ from ..errors import WsraceError
 from .takeover import StartResponse, handled_response
 
 if TYPE_CHECKING:
-    from ..connection import Connection
+    from ..handle import ConnectionHandle
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class WebSocket:
         self.mode = mode
         self.borrowed = borrowed  # TLS by the WSGI server: its SSLSocket is lent to us until the connection closes
         self.subprotocols = list(subprotocols)
-        self._conn: Connection | None = None
+        self._conn: ConnectionHandle | None = None
         self._ready = threading.Condition()
         self._messages: deque[str | bytes] = deque()
         self._closed: tuple[int, str] | None = None  # (code, reason) once closed and every message is in
@@ -88,7 +88,7 @@ class WebSocket:
         return self._conn.close_reason if self._conn is not None else None
 
     @property
-    def connection(self) -> Connection:
+    def connection(self) -> ConnectionHandle:
         """The wsrace connection underneath (``queued_bytes``, ``peer``, ``send(..., fanout=True)``)."""
         if self._conn is None:
             raise ConnectionClosed(CloseCode.ABNORMAL, "the WebSocket never opened")
@@ -193,7 +193,7 @@ class WebSocket:
 
     # -- the handler side: the IO thread and the worker pool ------------------
 
-    def _opened(self, conn: Connection) -> None:
+    def _opened(self, conn: ConnectionHandle) -> None:
         self._conn = conn
 
     def _received(self, message: str | bytes) -> None:
@@ -245,7 +245,7 @@ class Bridge:
     (``opened``) and on the connection's strand (``received``, and ``ended`` after the last message).
     """
 
-    def __init__(self, subprotocols: Sequence[str], opened: Callable[[Connection], None],
+    def __init__(self, subprotocols: Sequence[str], opened: Callable[[ConnectionHandle], None],
                  received: Callable[[str | bytes], None], ended: Callable[[int, str], None]) -> None:
         self.subprotocols = list(subprotocols)
         self._opened, self._received, self._ended = opened, received, ended
@@ -253,12 +253,12 @@ class Bridge:
     def route(self, request: object) -> Bridge:
         return self
 
-    def on_open(self, conn: Connection) -> None:
+    def on_open(self, conn: ConnectionHandle) -> None:
         self._opened(conn)
 
-    def on_message(self, conn: Connection, message: str | bytes) -> None:
+    def on_message(self, conn: ConnectionHandle, message: str | bytes) -> None:
         self._received(message)
 
-    def on_close(self, conn: Connection) -> None:
+    def on_close(self, conn: ConnectionHandle) -> None:
         code, reason = conn.close_code or CloseCode.ABNORMAL, conn.close_reason
         conn.after_messages(lambda: self._ended(code, reason))

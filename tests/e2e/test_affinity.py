@@ -26,7 +26,7 @@ def test_off_thread_socket_write_and_read_raise_naming_both_threads(server) -> N
     sock, _ = ws_handshake(server.port, "/echo")
     with sock:
         assert wait_until(lambda: len(server.connections) == 1, 5)
-        conn = next(iter(server.connections))
+        (conn,) = server.registry.connections()  # the IO-thread object: its transport
         idle = threading.Event()  # the IO thread has finished writing the 101
         server.loop.post(idle.set)
         assert idle.wait(5)

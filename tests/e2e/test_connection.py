@@ -11,8 +11,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed as WsConnectionClosed
 from websockets.sync.client import connect
 
-from server import Connection, ConnectionClosed, Limits
-from server.connection import State
+from server import ConnectionClosed, ConnectionHandle, Limits
+from server.handle import State
 
 from ..helpers import (
     assert_same_messages,
@@ -171,14 +171,14 @@ BURST = 64
 class _Burst:
     """On open, queue 64 messages of 64 KiB (on the IO thread: never waits), more than the kernel takes."""
 
-    def on_open(self, conn: Connection) -> None:
+    def on_open(self, conn: ConnectionHandle) -> None:
         for _ in range(BURST):
             conn.send(bytes(65536))
 
-    def on_message(self, conn: Connection, message: str | bytes) -> None:
+    def on_message(self, conn: ConnectionHandle, message: str | bytes) -> None:
         pass
 
-    def on_close(self, conn: Connection) -> None:
+    def on_close(self, conn: ConnectionHandle) -> None:
         pass
 
 
@@ -198,9 +198,10 @@ def test_a_server_close_is_finished_at_once_even_while_reading_was_paused() -> N
         with sock:
             assert wait_until(lambda: len(srv.connections) == 1, 5)
             conn = next(iter(srv.connections))
+            (io_conn,) = srv.registry.connections()
             assert wait_until(lambda: conn.queued_bytes > limits.max_queue_bytes // 2, 10)
             sock.sendall(client_frame(0x9, b"are you there"))  # read while the queue is past half full
-            assert wait_until(lambda: not conn.transport.reading, 5), "reading should pause"
+            assert wait_until(lambda: not io_conn.transport.reading, 5), "reading should pause"
             conn.close(1000, "bye")  # closing while reading is paused
             sock.settimeout(10)
             head = b""

@@ -19,6 +19,7 @@ from repro.client import ClientOptions, check_url
 from server import Limits
 from server.app import EchoHandler
 from server.connection import Connection
+from server.handle import ConnectionHandle
 
 from ..helpers import client_frame, echo_works, read_server_frames, running_server, stalled_client, wait_until, ws_handshake
 
@@ -30,11 +31,11 @@ LIMIT = 8 * 1024 * 1024
 
 
 def test_faults_do_not_disturb_healthy_clients(monkeypatch) -> None:
-    conns: list[Connection] = []
+    conns: list[ConnectionHandle] = []  # every connection's handle
     original_start = Connection.start
 
     def recording_start(self):
-        conns.append(self)
+        conns.append(self.handle)
         original_start(self)
 
     monkeypatch.setattr(Connection, "start", recording_start)

@@ -10,7 +10,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from server import Connection, Limits, dispatch
+from server import ConnectionHandle, Limits, dispatch
 from server.app import DemoApp
 
 from ..helpers import running_server
@@ -25,10 +25,10 @@ class Recording:
         self.delay = delay
         self.threads: list[str] = []
 
-    def on_open(self, conn: Connection) -> None:
+    def on_open(self, conn: ConnectionHandle) -> None:
         pass
 
-    def on_message(self, conn: Connection, message: str | bytes) -> None:
+    def on_message(self, conn: ConnectionHandle, message: str | bytes) -> None:
         self.threads.append(threading.current_thread().name)
         if message == "crash":
             raise RuntimeError("inline bug on purpose")
@@ -36,7 +36,7 @@ class Recording:
             time.sleep(self.delay)  # what an inline handler must not do
         conn.send(message)
 
-    def on_close(self, conn: Connection) -> None:
+    def on_close(self, conn: ConnectionHandle) -> None:
         pass
 
 

@@ -16,7 +16,8 @@ from collections.abc import Iterator
 import pytest
 
 from server import Limits, Stats
-from server.connection import Connection, State
+from server.connection import Connection
+from server.handle import ConnectionHandle, State
 from server.loop import IOLoop
 from server.transport import SocketTransport
 
@@ -27,13 +28,13 @@ LIMIT = 256 * 1024
 
 
 class _Sink:
-    def on_open(self, conn: Connection) -> None:
+    def on_open(self, conn: ConnectionHandle) -> None:
         pass
 
-    def on_message(self, conn: Connection, message: str | bytes) -> None:
+    def on_message(self, conn: ConnectionHandle, message: str | bytes) -> None:
         pass
 
-    def on_close(self, conn: Connection) -> None:
+    def on_close(self, conn: ConnectionHandle) -> None:
         pass
 
 
@@ -64,8 +65,8 @@ def pair() -> Iterator[tuple[Connection, socket.socket, Stats]]:
         return conn.state is State.OPEN
 
     assert wait_until(handshake_done, 5)
-    while conn.queued_bytes < LIMIT:
-        conn.send(bytes(64 * 1024))  # on "the IO thread": never waits
+    while conn.handle.queued_bytes < LIMIT:
+        conn.handle.send(bytes(64 * 1024))  # on "the IO thread": never waits
     conn.writer.drain()
     for _ in range(100):  # fill our send buffer and the client's receive buffer: then the socket is not writable
         conn.writer.flush()
@@ -115,8 +116,8 @@ def test_a_client_that_did_not_read_is_stalled(pair) -> None:
     _idle_for(conn, 10)
     conn.writer.check_stall()
     assert stats.closed_by_policy == 1 and stats.closed_stalled == 1
-    assert conn.state is State.CLOSING and conn.close_code == 1008
-    assert conn.close_reason.startswith("client stalled")
+    assert conn.state is State.CLOSING and conn.handle.close_code == 1008
+    assert conn.handle.close_reason.startswith("client stalled")
 
 
 def test_a_client_whose_tcp_acknowledged_bytes_is_not_stalled_while_the_socket_stays_unwritable(pair, monkeypatch) -> None:
@@ -167,4 +168,4 @@ def test_a_fan_out_member_whose_socket_takes_nothing_is_too_slow_for_the_feed(pa
     conn, _, stats = pair
     conn.writer.check_behind()
     assert stats.closed_too_slow == 1 and stats.closed_stalled == 0
-    assert conn.close_code == 1008 and conn.close_reason.startswith("too slow for this feed: ")
+    assert conn.handle.close_code == 1008 and conn.handle.close_reason.startswith("too slow for this feed: ")

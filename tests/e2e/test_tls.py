@@ -31,6 +31,7 @@ from repro.client import ClientOptions, check_url
 from repro.disciplines import KnobServer, serve
 from server import DemoApp, Limits, Server, streamformat
 from server.connection import Connection
+from server.handle import ConnectionHandle
 from server.sendbuffer import SendBuffer
 from server.tls import TlsTransport
 
@@ -364,7 +365,7 @@ def _rogue_buffer() -> SendBuffer:
 def _open_tls_echo(srv: Server, tls_files: TLSFiles) -> tuple[socket.socket, bytes, Connection]:
     sock, rest = ws_handshake(srv.port, "/echo", ssl_context=tls_files.client_context())
     assert wait_until(lambda: len(srv.open_connections()) == 1, 5)
-    conn = srv.open_connections()[0]
+    (conn,) = srv.registry.connections()
     assert isinstance(conn.transport, TlsTransport) and conn.transport.version in ("TLSv1.2", "TLSv1.3")
     idle = threading.Event()  # the IO thread has finished writing the 101
     srv.loop.post(idle.set)
@@ -510,14 +511,14 @@ class _Burst:
     def route(self, request: object) -> _Burst:
         return self
 
-    def on_open(self, conn: Connection) -> None:
+    def on_open(self, conn: ConnectionHandle) -> None:
         for seq in range(self.COUNT):  # on the IO thread: queued at once, whatever the limit
             conn.send(streamformat.encode(0, seq, self.SIZE))
 
-    def on_message(self, conn: Connection, message: str | bytes) -> None:
+    def on_message(self, conn: ConnectionHandle, message: str | bytes) -> None:
         pass
 
-    def on_close(self, conn: Connection) -> None:
+    def on_close(self, conn: ConnectionHandle) -> None:
         pass
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from server import admission
 from server.admission import Admission
-from server.connection import State
+from server.handle import State
 from server.handshake import HttpError
 from server.limits import Limits
 from server.loop import Timer

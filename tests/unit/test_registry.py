@@ -5,16 +5,20 @@ from __future__ import annotations
 import pytest
 
 from server import ConnectionClosed
-from server.connection import State
+from server.handle import State
 from server.registry import Registry
 
 pytestmark = pytest.mark.timeout(10)
 
 
 class Conn:
-    """Not a server Connection: its class has its own send(), so broadcast delivers through it."""
+    """A stand-in for a connection and its handle at once (``handle`` is itself).
+
+    Not a server ConnectionHandle: its class has its own send(), so broadcast delivers through it.
+    """
 
     def __init__(self, path: str = "/", is_open: bool = True, answer: bool | None = True) -> None:
+        self.handle = self
         self.path, self.answer = path, answer
         self.state = State.OPEN if is_open else State.CLOSED
         self.got: list[bytes] = []
