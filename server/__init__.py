@@ -25,8 +25,7 @@ from .handle import ConnectionHandle, State
 from .handler import Handler, Router
 from .handshake import HttpError, HttpRequest
 from .http import Response
-from .limits import Limits
-from .outbox import OverflowPolicy
+from .limits import Limits, OverflowPolicy
 from .server import BroadcastResult, Server
 from .stats import Stats
 from .tls import TlsConfigError, server_context

@@ -11,8 +11,7 @@ from . import affinity
 from .admission import nofile_limit, raise_nofile_limit
 from .app import DemoApp
 from .broker import DEFAULT_MAXLEN, DEFAULT_PUBLISH_QUEUE, Broker, BrokerError, make_broker
-from .limits import Limits
-from .outbox import OverflowPolicy
+from .limits import Limits, OverflowPolicy
 from .server import Server
 from .tls import TlsConfigError, server_context
 

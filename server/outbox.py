@@ -47,7 +47,6 @@ acquisition. The sections are a few attribute updates each; waiting
 from __future__ import annotations
 
 import contextlib
-import enum
 import itertools
 import threading
 import time
@@ -57,23 +56,7 @@ from collections.abc import Callable, Iterator
 from .backlog import Backlog
 from .errors import ConnectionClosed
 from .frames import OutMessage
-
-
-class OverflowPolicy(enum.Enum):
-    """What happens when a client's queue is full.
-
-    ``CLOSE`` (default): a point-to-point producer waits while the client
-    drains; a client that takes nothing for ``Limits.stall_timeout`` while its
-    queue is full is closed with 1008 ("client stalled"). A fan-out waits for a
-    full member at most ``Limits.fanout_wait``, then closes it with 1008 ("too
-    slow for this feed"). Waiting producers get :class:`ConnectionClosed`. No
-    message is silently lost.
-    ``DROP``: the new message is discarded and counted, and the producer never
-    waits — for feeds where only the latest value matters.
-    """
-
-    CLOSE = "close"
-    DROP = "drop"
+from .limits import OverflowPolicy
 
 
 class Outbox:

@@ -17,7 +17,8 @@ import pytest
 
 from server.errors import ConnectionClosed
 from server.frames import OutMessage
-from server.outbox import Backlog, Outbox, OverflowPolicy, put_shared
+from server.limits import OverflowPolicy
+from server.outbox import Backlog, Outbox, put_shared
 from server.sendbuffer import IOV_MAX, SendBuffer
 
 pytestmark = pytest.mark.timeout(30)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from server.frames import OutMessage
-from server.outbox import Backlog, Outbox, OverflowPolicy, put_shared
+from server.limits import OverflowPolicy
+from server.outbox import Backlog, Outbox, put_shared
 
 pytestmark = pytest.mark.timeout(30)
 
