@@ -55,7 +55,7 @@ REALTIME_MINUS_MONOTONIC = time.time_ns() - time.monotonic_ns()
 def binary_frame_header(size: int) -> bytes:
     """The header of one final, unmasked, uncompressed binary frame of ``size`` bytes (RFC 6455 5.2).
 
-    Written here, not imported from ``server.frames``: a client that checks frames with the code that
+    Written here, not imported from ``server.protocol.frames``: a client that checks frames with the code that
     built them cannot see that code's mistakes (the repro's checker keeps its own parser for the same reason).
     """
     if size <= 125:

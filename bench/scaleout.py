@@ -34,7 +34,7 @@ import sys
 import time
 from typing import Any
 
-from server.broker import _XADD_LUA
+from server.scaleout.broker import _XADD_LUA
 
 CHANNEL = "wsrace-bench"
 

@@ -22,7 +22,7 @@ client that falls that far behind),
 
 The request/response workload R (``bench/echo_bench.py``) uses echo kinds
 instead: every message a client sends comes back unchanged. ``ours-echo`` is
-the demo application of ``python -m server`` (``server.app.DemoApp``: ``/echo``
+the demo application of ``python -m server`` (``server.demo.app.DemoApp``: ``/echo``
 through the worker pool, ``/echo-inline`` on the IO thread; bench limits:
 keepalive and compression off), ``flask-sock-werkzeug`` is ``bench/flask_app.py``'s
 flask-sock ``/echo`` view under Werkzeug's threaded server, ``picows`` a picows
@@ -53,7 +53,7 @@ from collections.abc import Callable
 from typing import Any
 
 from server.errors import ConnectionClosed
-from server.handshake import Handshake
+from server.protocol.handshake import Handshake
 
 KINDS = ["ours-loop", "ours-broadcast", "sws-lock", "websockets-asyncio", "websockets-sync", "raw", "direct"]
 # Servers that echo every message (workload R); the websockets kinds above echo as well.
@@ -372,7 +372,7 @@ class Raw(ThreadedListener):
         return len(self.queues)
 
     def send_all(self, payload: bytes) -> None:
-        from server.frames import frame_header
+        from server.protocol.frames import frame_header
 
         frame = frame_header(0x2, len(payload)) + payload  # encoded once
         for q in self.queues:
@@ -383,14 +383,14 @@ class Raw(ThreadedListener):
 
 
 class OursEcho(Base):
-    """The demo application of ``python -m server`` (``server.app.DemoApp``) with its default worker count:
+    """The demo application of ``python -m server`` (``server.demo.app.DemoApp``) with its default worker count:
     ``/echo`` hands each message to the worker pool (``concurrent_messages = True``), ``/echo-inline`` (where
     the demo app has it) answers on the IO thread. Bench limits: keepalive and compression off."""
 
     def __init__(self) -> None:
         from server import Limits, Server
-        from server.app import DemoApp
         from server.cli import build_parser
+        from server.demo.app import DemoApp
 
         workers = build_parser().get_default("workers")  # what `python -m server` runs with
         self.server = Server(DemoApp, port=0, workers=workers, limits=Limits(ping_interval=None, deflate=False))

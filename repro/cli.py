@@ -21,7 +21,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import fields
 
-from server.tls import TlsConfigError, server_context
+from server.core.tls import TlsConfigError, server_context
 
 from . import check_cli
 from .certs import CertError, CertFiles, make_cert_files

@@ -20,10 +20,10 @@ from collections.abc import Iterator
 from typing import Protocol
 
 from server import CloseCode, ConnectionClosed, DemoApp, Limits, Router, Server
-from server.connection import Connection
-from server.frames import OutMessage
-from server.handle import ConnectionHandle, State
-from server.transport import SocketTransport
+from server.connections.connection import Connection
+from server.connections.handle import ConnectionHandle, State
+from server.core.transport import SocketTransport
+from server.protocol.frames import OutMessage
 
 from .guard import Violation, WriteGuard
 from .simple_ws import SimpleWebsocketServer

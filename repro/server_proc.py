@@ -187,7 +187,7 @@ def _child(config: dict[str, Any]) -> int:
 
 def _phantom_eof() -> None:
     """The "eof" fault: the second TLS read that returns bytes returns ``b""`` instead, as the race sometimes does."""
-    from server.tls import TlsTransport
+    from server.core.tls import TlsTransport
 
     original = TlsTransport.read
     reads = itertools.count()

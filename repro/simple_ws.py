@@ -27,11 +27,11 @@ from concurrent.futures import ThreadPoolExecutor
 import simple_websocket
 from wsproto.utilities import LocalProtocolError
 
-from server.app import EchoHandler, StreamHandler, StreamParams, index_page
 from server.codes import CloseCode
+from server.demo.app import EchoHandler, StreamHandler, StreamParams, index_page
 from server.errors import ConnectionClosed
-from server.frames import OutMessage
-from server.handshake import Handshake, HttpError
+from server.protocol.frames import OutMessage
+from server.protocol.handshake import Handshake, HttpError
 
 from .guard import WriteGuard
 from .tlsrace import RecordingSocket, TlsEvents

@@ -19,8 +19,8 @@ import threading
 from collections import Counter
 from typing import Any
 
-from server.sendbuffer import SendBuffer
-from server.tls import TlsTransport
+from server.core.sendbuffer import SendBuffer
+from server.core.tls import TlsTransport
 
 
 def thread_role(name: str) -> str:

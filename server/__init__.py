@@ -7,8 +7,8 @@ Quick use (a complete app: ``examples/chat.py``)::
     ...                      # handlers get a ConnectionHandle: conn.send() from any thread
     srv.shutdown()
 
-What is listed in ``__all__`` is the public API; the IO core (``server.loop``,
-``server.transport``, ...) is importable for tests and tools but may change.
+What is listed in ``__all__`` is the public API; the IO core (``server.core.loop``,
+``server.core.transport``, ...) is importable for tests and tools but may change.
 ``DemoApp`` (the demo routes of ``python -m server``) is loaded on first use:
 ``import server`` does not import the demo application.
 """
@@ -17,21 +17,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .broker import BrokerError, PublishQueueFull, make_broker
 from .codes import CloseCode
+from .connections.handle import ConnectionHandle, State
+from .connections.handler import Handler, Router
+from .core.tls import TlsConfigError, server_context
 from .errors import ConnectionClosed, WsraceError
-from .frames import OutMessage
-from .handle import ConnectionHandle, State
-from .handler import Handler, Router
-from .handshake import HttpError, HttpRequest
-from .http import Response
 from .limits import Limits, OverflowPolicy
+from .protocol.frames import OutMessage
+from .protocol.handshake import HttpError, HttpRequest
+from .protocol.http import Response
+from .scaleout.broker import BrokerError, PublishQueueFull, make_broker
 from .server import BroadcastResult, Server
 from .stats import Stats
-from .tls import TlsConfigError, server_context
 
 if TYPE_CHECKING:
-    from .app import DemoApp
+    from .demo.app import DemoApp
 
 __all__ = [
     "BroadcastResult",
@@ -61,7 +61,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "DemoApp":  # the demo application, only when asked for
-        from .app import DemoApp
+        from .demo.app import DemoApp
 
         return DemoApp
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

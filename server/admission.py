@@ -33,11 +33,11 @@ import socket
 import time
 from collections.abc import Callable
 
-from .connection import Connection
-from .handle import State
-from .handshake import HttpError, error_response
+from .connections.connection import Connection
+from .connections.handle import State
+from .core.loop import IOLoop, Timer, Timers
 from .limits import Limits
-from .loop import IOLoop, Timer, Timers
+from .protocol.handshake import HttpError, error_response
 from .stats import Stats
 
 logger = logging.getLogger(__name__)

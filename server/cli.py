@@ -7,13 +7,13 @@ import logging
 import os
 import sys
 
-from . import affinity
 from .admission import nofile_limit, raise_nofile_limit
-from .app import DemoApp
-from .broker import DEFAULT_MAXLEN, DEFAULT_PUBLISH_QUEUE, Broker, BrokerError, make_broker
+from .core import affinity
+from .core.tls import TlsConfigError, server_context
+from .demo.app import DemoApp
 from .limits import Limits, OverflowPolicy
+from .scaleout.broker import DEFAULT_MAXLEN, DEFAULT_PUBLISH_QUEUE, Broker, BrokerError, make_broker
 from .server import Server
-from .tls import TlsConfigError, server_context
 
 logger = logging.getLogger("server")
 
@@ -139,11 +139,11 @@ def main(argv: list[str] | None = None) -> int:
         except BrokerError as exc:
             print(f"wsrace-server: {exc}", file=sys.stderr)
             return 2
-        from .supervisor import supervise
+        from .scaleout.supervisor import supervise
 
         return supervise(sys.argv[1:] if argv is None else argv, args.host, args.port, processes,
                          "wss" if ssl_context else "ws")
-    from .supervisor import watch_supervisor
+    from .scaleout.supervisor import watch_supervisor
 
     watch_supervisor()  # a child of --processes: leave with the supervisor
     try:

@@ -2,7 +2,7 @@
 
 The IO thread adds and removes connections; any thread takes snapshots and
 broadcasts. A broadcast queues the same frame bytes to every target with room
-under one lock acquisition (:func:`~server.outbox.put_shared`); a target whose
+under one lock acquisition (:meth:`Outbox.put_shared <server.connections.outbox.Outbox.put_shared>`); a target whose
 queue is full gets ``send(fanout=True)``'s path — a wait of at most
 ``fanout_wait``, then the overflow action — and the rest go on.
 """
@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from functools import partial
 from operator import attrgetter
 
-from .connection import Connection
+from .connections.connection import Connection
+from .connections.handle import ConnectionHandle, State
+from .connections.outbox import Outbox
 from .errors import ConnectionClosed
-from .frames import OutMessage
-from .handle import ConnectionHandle, State
-from .outbox import put_shared
+from .protocol.frames import OutMessage
 
 _outbox_of = attrgetter("outbox")
 _OPEN = State.OPEN
@@ -88,7 +88,7 @@ class Registry:
         # must wait (or drop, or be judged) gets send()'s own path, Outbox.put, then the rest go on.
         outboxes = map(_outbox_of, conns)
         while True:
-            blocked, queued, closed = put_shared(out, outboxes)
+            blocked, queued, closed = Outbox.put_shared(out, outboxes)
             result.queued += queued
             result.closed += closed
             if blocked is None:

@@ -11,21 +11,21 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from .admission import Admission
-from .backlog import Backlog
-from .broker import Broker, MemoryBroker
 from .codes import CloseCode
-from .connection import Connection
-from .frames import OutMessage
-from .handle import ConnectionHandle, State
-from .handler import Router
-from .http import OriginCheck
+from .connections.backlog import Backlog
+from .connections.connection import Connection
+from .connections.handle import ConnectionHandle, State
+from .connections.handler import Router
+from .core.loop import IOLoop
+from .core.tls import TlsTransport
+from .core.transport import SocketTransport
 from .limits import Limits
-from .loop import IOLoop
+from .protocol.frames import OutMessage
+from .protocol.http import OriginCheck
 from .registry import BroadcastResult, Registry
+from .scaleout.broker import Broker, MemoryBroker
 from .stats import Stats
-from .tls import TlsTransport
 from .topics import Topics
-from .transport import SocketTransport
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class Server:
     ``origins``, if given, is the allow-list of ``Origin`` values for WebSocket
     handshakes (``None`` in it admits clients that send none); others get 403.
     ``broker`` carries :meth:`publish` to the subscribers of every process
-    sharing it (default: :class:`~server.broker.MemoryBroker`, this process
+    sharing it (default: :class:`~server.scaleout.broker.MemoryBroker`, this process
     only); ``reuse_port`` lets several processes listen on one port.
     ``port=None``: no listener — connections arrive only through :meth:`adopt`
     (sockets another server accepted, e.g. a WSGI server's).
@@ -198,7 +198,7 @@ class Server:
         it queues the message for this process's publisher thread and returns
         None; the reader thread of each process then fans it out locally.
         One thread's publishes reach every subscriber in the order made.
-        Raises :class:`~server.broker.PublishQueueFull` when the broker is
+        Raises :class:`~server.scaleout.broker.PublishQueueFull` when the broker is
         unreachable and the local publish queue is full.
         """
         result = self.broker.publish(topic, message)

@@ -33,7 +33,7 @@ class Stats:
         self.accept_errors = 0  # accept() failed (EMFILE, ENFILE, ...)
         self.accept_pauses = 0  # listener unwatched for a backoff after such a failure
         self.busy_handshake_timeouts = 0  # 408 after busy_handshake_timeout under pressure
-        # broker (server/broker.py; written by its threads)
+        # broker (server/scaleout/broker.py; written by its threads)
         self.broker_reconnects = 0  # publisher or reader reconnected after losing the broker
         self.broker_publishes_queued = 0  # publishes made while the broker was unreachable (sent when it is back)
         self.broker_publishes_failed = 0  # refused (local publish queue full) or unsent at shutdown

@@ -15,12 +15,12 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from .broker import Broker
 from .codes import CloseCode
+from .scaleout.broker import Broker
 from .stats import Stats
 
 if TYPE_CHECKING:
-    from .handle import ConnectionHandle
+    from .connections.handle import ConnectionHandle
     from .registry import BroadcastResult
 
 logger = logging.getLogger(__name__)

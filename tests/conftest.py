@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from server import affinity
+from server.core import affinity
 
 from .helpers import running_server
 from .tls import TLSFiles, make_tls_files
@@ -53,6 +53,6 @@ def _no_unhandled_thread_errors(caplog) -> Iterator[None]:
     caplog.set_level(logging.WARNING)
     yield
     threading.excepthook = previous
-    loop_errors = [r.getMessage() for r in caplog.records if r.name == "server.loop" and r.levelno >= logging.ERROR]
+    loop_errors = [r.getMessage() for r in caplog.records if r.name == "server.core.loop" and r.levelno >= logging.ERROR]
     assert not errors, f"unhandled exceptions in threads: {errors}"
     assert not loop_errors, f"IO-loop callbacks raised: {loop_errors}"

@@ -3,9 +3,9 @@
 ``create_app(fixed=True)`` imports ``Sock`` from ``wsrace.flask``,
 ``fixed=False`` from ``flask_sock``; nothing else differs. Routes:
 
-* ``/``: the /stream verifier page (server/static/index.html), for Chromium;
+* ``/``: the /stream verifier page (server/demo/static/index.html), for Chromium;
 * ``/echo``: ``ws.receive()`` in the view, replies sent from a thread pool (the bug's setting);
-* ``/stream?producers=&count=&size=...``: producer threads ``ws.send()`` /stream messages (server/app.py's format);
+* ``/stream?producers=&count=&size=...``: producer threads ``ws.send()`` /stream messages (server/demo/app.py's format);
 * ``/attached``: a blocking echo; remembers how the connection ended (``/last-close``);
 * ``/detached``: ``ws.detach(echo)``, the view returns at once;
 * ``/feed`` (detached), ``/feed-size`` and ``POST /announce``: a plain HTTP view broadcasts to every feed member
@@ -26,8 +26,8 @@ from typing import Any
 
 from flask import Blueprint, Flask, request
 
-from server import streamformat
-from server.app import StreamParams, index_page
+from server.demo import streamformat
+from server.demo.app import StreamParams, index_page
 
 
 def create_app(fixed: bool = True, **options: Any) -> Flask:

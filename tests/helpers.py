@@ -17,8 +17,9 @@ from typing import Any
 
 from repro.checker import WireChecker
 from repro.client import open_socket, start_pinger
-from server import DemoApp, Limits, Server, streamformat
-from server.affinity import WriteAffinityError
+from server import DemoApp, Limits, Server
+from server.core.affinity import WriteAffinityError
+from server.demo import streamformat
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 

@@ -46,7 +46,7 @@ MUTANTS = [
     Mutant(
         "drop-unsent-ignores-tls-retry",
         "a failing connection drops the frames a TLS send must retry with the same bytes: bad write retry, or a torn stream",
-        "server/sendbuffer.py",
+        "server/core/sendbuffer.py",
         "keep = max(self.in_flight, 1 if self._head_sent else 0)",
         "keep = 1 if self._head_sent else 0",
         1,
@@ -54,7 +54,7 @@ MUTANTS = [
     Mutant(
         "close-before-replies",
         "a client's protocol error sends the close frame at once, before the replies its earlier messages are owed",
-        "server/session.py",
+        "server/protocol/session.py",
         "        if self.inflight:\n            self._arm(Deadline.FAIL",
         "        if False:\n            self._arm(Deadline.FAIL",
         1,
@@ -62,7 +62,7 @@ MUTANTS = [
     Mutant(
         "direct-writes",
         "producers take their messages into frames and write them on their own thread instead of posting to the IO thread",
-        "server/writer.py",
+        "server/connections/writer.py",
         "schedule=partial(loop.post, self.drain),",
         "schedule=lambda: (self.drain(), self.flush()),",
         1,
@@ -70,7 +70,7 @@ MUTANTS = [
     Mutant(
         "direct-writes-no-affinity-check",
         "the same, with the write-affinity check off: only the clients' own checks can catch it",
-        "server/writer.py",
+        "server/connections/writer.py",
         "schedule=partial(loop.post, self.drain),",
         "schedule=lambda: (self.drain(), self.flush()),",
         1,
@@ -80,7 +80,7 @@ MUTANTS = [
         "tls-direct-writes-no-affinity-check",
         "over wss://: producers write the SSL socket on their own thread while the IO thread reads it (no affinity check); "
         "run against the TLS tests only",
-        "server/writer.py",
+        "server/connections/writer.py",
         "schedule=partial(loop.post, self.drain),",
         "schedule=lambda: (self.drain(), self.flush()),",
         1,
@@ -91,7 +91,7 @@ MUTANTS = [
         "tls-silent-client-kept",
         "a client that never completes the TLS handshake is answered 408 into a connection that cannot carry it, and kept "
         "until the close timeout",
-        "server/connection.py",
+        "server/connections/connection.py",
         "        if not self.transport.established:  # no TLS yet: no way to send an HTTP answer",
         "        if False:",
         1,
@@ -100,7 +100,7 @@ MUTANTS = [
     Mutant(
         "unordered-queue",
         "the IO loop runs posted callables newest first (LIFO) instead of in the order posted",
-        "server/loop.py",
+        "server/core/loop.py",
         "callback = self._posted.popleft()",
         "callback = self._posted.pop()",
         1,
@@ -108,7 +108,7 @@ MUTANTS = [
     Mutant(
         "lost-wakeup",
         "post() never writes the wake-up byte: posted work waits for unrelated socket activity",
-        "server/loop.py",
+        "server/core/loop.py",
         'self._wake_w.send(b"\\0")',
         "pass",
         1,
@@ -116,7 +116,7 @@ MUTANTS = [
     Mutant(
         "partial-write-resends-head",
         "after a partial write, the rest of the head frame is offered from its first byte again",
-        "server/sendbuffer.py",
+        "server/core/sendbuffer.py",
         "buffers.append(memoryview(buf)[skip:] if skip else buf)",
         "buffers.append(buf)",
         1,
@@ -124,7 +124,7 @@ MUTANTS = [
     Mutant(
         "partial-write-forgets-progress",
         "a second partial write into the same frame overwrites the offset instead of adding to it",
-        "server/sendbuffer.py",
+        "server/core/sendbuffer.py",
         "self._head_sent += remaining",
         "self._head_sent = remaining",
         1,
@@ -132,7 +132,7 @@ MUTANTS = [
     Mutant(
         "no-backpressure",
         "a full queue never makes a producer wait (or drop): the queue grows without bound",
-        "server/outbox.py",
+        "server/connections/outbox.py",
         "if self._queued >= self.limit and not self._in_io_thread():",
         "if False:",
         1,
@@ -141,7 +141,7 @@ MUTANTS = [
         "stall-judged-by-the-clock",
         "a client is judged stalled by the time since its socket refused bytes, without asking the kernel what it "
         "took since: a busy IO thread or a writability gap gets readers evicted",
-        "server/writer.py",
+        "server/connections/writer.py",
         "idle = time.monotonic() - self._transport.idle_since()",
         "idle = time.monotonic() - (self.buffer.blocked_since or 0.0)",
         1,
@@ -150,7 +150,7 @@ MUTANTS = [
         "stall-judged-by-writability",
         "a client is judged only by bytes its socket accepts, not by what its TCP acknowledges: a reader at 1 MB/s "
         "draining a full send buffer looks stuck for seconds and is closed as stalled",
-        "server/transport.py",
+        "server/core/transport.py",
         "        elif unacked < self._unacked:\n            self.last_progress = now",
         "        elif False:\n            self.last_progress = now",
         1,
@@ -170,7 +170,7 @@ MUTANTS = [
         "fanout-judged-without-writing",
         "a fan-out member is judged too slow without first writing what its socket takes now: a busy IO thread "
         "gets members that read meanwhile closed",
-        "server/writer.py",
+        "server/connections/writer.py",
         "        self.flush()\n        if self._transport.closed or not outbox.full",
         "        if self._transport.closed or not outbox.full",
         1,
@@ -180,7 +180,7 @@ MUTANTS = [
         "half-close-before-flushed",
         "the writer half-closes the socket as soon as a close is queued, while data and the close frame still "
         "wait in the send buffer: the client loses them",
-        "server/writer.py",
+        "server/connections/writer.py",
         "if self._shut_when_flushed and not buffer.frames and",
         "if self._shut_when_flushed and",
         1,
@@ -208,7 +208,7 @@ MUTANTS = [
     Mutant(
         "pong-late-behind-data",
         "a keepalive ping queued behind data a slow reader is still taking times out: the reader is failed with 1011",
-        "server/connection.py",
+        "server/connections/connection.py",
         "late_behind_data = self._pong_behind_data() if deadline is Deadline.PONG else None",
         "late_behind_data = None",
         1,
@@ -218,7 +218,7 @@ MUTANTS = [
         "inline-ignored",
         "an inline handler's on_message goes to the worker pool like any other: the hops it exists to save, and "
         "its IO-thread timing guard, are gone",
-        "server/dispatch.py",
+        "server/connections/dispatch.py",
         'self._inline = bool(getattr(handler, "inline", False))',
         "self._inline = False",
         1,
@@ -227,16 +227,16 @@ MUTANTS = [
     Mutant(
         "unbounded-backlog",
         "the server-wide backlog never makes producers wait",
-        "server/outbox.py",
+        "server/connections/outbox.py",
         "if backlog.bytes >= backlog.limit and not self._in_io_thread():",
         "if False:",
         1,
     ),
-    # -- partial-write bookkeeping (server/sendbuffer.py: gather / written / drop_unsent) --
+    # -- partial-write bookkeeping (server/core/sendbuffer.py: gather / written / drop_unsent) --
     Mutant(
         "partial-write-off-by-one-at-frame-end",
         "a write that ends exactly on a frame's last byte leaves the frame queued as 'partly written' (< became <=)",
-        "server/sendbuffer.py",
+        "server/core/sendbuffer.py",
         "if remaining < left:",
         "if remaining <= left:",
         1,
@@ -244,7 +244,7 @@ MUTANTS = [
     Mutant(
         "partial-write-offset-off-by-one-across-buffers",
         "resuming a two-buffer frame (header, payload) miscounts the offset by one where it crosses into the payload",
-        "server/sendbuffer.py",
+        "server/core/sendbuffer.py",
         "skip -= len(buf)",
         "skip -= len(buf) - 1",
         1,
@@ -252,7 +252,7 @@ MUTANTS = [
     Mutant(
         "partial-write-miscounts-offered",
         "after a partial write, gather() reports one byte more than its buffers hold",
-        "server/sendbuffer.py",
+        "server/core/sendbuffer.py",
         "offered = frame.length - skip",
         "offered = frame.length - skip + 1",
         1,
@@ -260,7 +260,7 @@ MUTANTS = [
     Mutant(
         "one-frame-fast-path-ignores-offset",
         "a single queued frame, partly written, is offered again from its first byte (the one-frame shortcut skips the offset check)",
-        "server/sendbuffer.py",
+        "server/core/sendbuffer.py",
         "if not skip and len(queue) == 1:",
         "if len(queue) == 1:",
         1,
@@ -268,7 +268,7 @@ MUTANTS = [
     Mutant(
         "budget-released-when-offered",
         "the budget of every frame offered to sendmsg comes back whether the socket took it or not (released on gather, not on written)",
-        "server/sendbuffer.py",
+        "server/core/sendbuffer.py",
         "# the socket's buffer is full now\n        if freed:\n            self.release(freed)",
         "# the socket's buffer is full now\n        if reserved:\n            self.release(reserved)",
         1,
@@ -276,7 +276,7 @@ MUTANTS = [
     Mutant(
         "gather-passes-iov-max",
         "gather() offers up to twice IOV_MAX buffers in one sendmsg (the kernel refuses the call)",
-        "server/sendbuffer.py",
+        "server/core/sendbuffer.py",
         "room = (IOV_MAX - len(buffers)) // 2",
         "room = IOV_MAX - len(buffers)",
         1,
@@ -284,7 +284,7 @@ MUTANTS = [
     Mutant(
         "drop-unsent-drops-started-head",
         "drop_unsent() drops the partly written head frame too: the rest of the stream starts mid-frame",
-        "server/sendbuffer.py",
+        "server/core/sendbuffer.py",
         "keep = max(self.in_flight, 1 if self._head_sent else 0)",
         "keep = self.in_flight",
         1,
@@ -292,16 +292,16 @@ MUTANTS = [
     Mutant(
         "drop-unsent-restarts-started-head",
         "drop_unsent() keeps the partly written head frame but forgets how much of it went out: it is sent again from its first byte",
-        "server/sendbuffer.py",
+        "server/core/sendbuffer.py",
         "            self.frames = deque(kept)\n",
         "            self.frames = deque(kept)\n            self._head_sent = 0\n",
         1,
     ),
-    # -- flow control (server/outbox.py: put / release / put_shared / Backlog) --
+    # -- flow control (server/connections/outbox.py: put / release / put_shared / Backlog) --
     Mutant(
         "no-wake-on-release",
         "room coming back never wakes a waiting producer",
-        "server/outbox.py",
+        "server/connections/outbox.py",
         "if self._waiters and self._queued < self.limit:",
         "if False:",
         1,
@@ -309,7 +309,7 @@ MUTANTS = [
     Mutant(
         "full-check-off-by-one",
         "a queue exactly at its limit still takes messages (>= became >)",
-        "server/outbox.py",
+        "server/connections/outbox.py",
         "if self._queued >= self.limit and not self._in_io_thread():",
         "if self._queued > self.limit and not self._in_io_thread():",
         1,
@@ -317,7 +317,7 @@ MUTANTS = [
     Mutant(
         "full-property-off-by-one",
         "Outbox.full (what the stall judgement reads) is false exactly at the limit",
-        "server/outbox.py",
+        "server/connections/outbox.py",
         "return self._queued >= self.limit",
         "return self._queued > self.limit",
         1,
@@ -325,7 +325,7 @@ MUTANTS = [
     Mutant(
         "put-shared-full-check-off-by-one",
         "a broadcast's fast path queues to an outbox exactly at its limit instead of handing it to put()",
-        "server/outbox.py",
+        "server/connections/outbox.py",
         "if outbox._queued >= outbox.limit or",
         "if outbox._queued > outbox.limit or",
         1,
@@ -333,7 +333,7 @@ MUTANTS = [
     Mutant(
         "drop-not-counted",
         "a message dropped by the drop policy is not counted on the connection",
-        "server/outbox.py",
+        "server/connections/outbox.py",
         "self.dropped += 1",
         "pass",
         1,
@@ -341,7 +341,7 @@ MUTANTS = [
     Mutant(
         "drop-not-reported",
         "a message dropped by the drop policy is not reported (the server's dropped_messages misses it)",
-        "server/outbox.py",
+        "server/connections/outbox.py",
         "self._on_drop()",
         "pass",
         1,
@@ -349,7 +349,7 @@ MUTANTS = [
     Mutant(
         "full-reported-on-every-wait",
         "every producer that waits asks the IO thread to judge the client again, not once per judgement",
-        "server/outbox.py",
+        "server/connections/outbox.py",
         "if report and not self._full_reported:",
         "if report:",
         1,
@@ -357,7 +357,7 @@ MUTANTS = [
     Mutant(
         "woken-by-shut-still-queues",
         "a producer woken because the connection is closing queues its message instead of raising ConnectionClosed",
-        "server/outbox.py",
+        "server/connections/outbox.py",
         "self._wait_for_room(size, timeout, report=not paced)\n                if self._closed is not None:\n"
         "                    raise ConnectionClosed(*self._closed)",
         "self._wait_for_room(size, timeout, report=not paced)",
@@ -366,7 +366,7 @@ MUTANTS = [
     Mutant(
         "backlog-timeout-keeps-reservation",
         "a producer that timed out waiting for the server-wide backlog leaves its bytes reserved in the client's queue",
-        "server/outbox.py",
+        "server/connections/outbox.py",
         "self._release(size)\n                    raise",
         "raise",
         1,
@@ -374,7 +374,7 @@ MUTANTS = [
     Mutant(
         "backlog-no-wake",
         "the IO thread taking messages never wakes producers waiting for the server-wide backlog",
-        "server/backlog.py",
+        "server/connections/backlog.py",
         "if self._waiters and self.bytes < self.limit:",
         "if False:",
         1,
@@ -383,7 +383,7 @@ MUTANTS = [
     Mutant(
         "frame-header-length-126-as-7-bit",
         "a 126-byte payload gets a 7-bit length (126 means 'a 16-bit length follows')",
-        "server/frames.py",
+        "server/protocol/frames.py",
         "if length < 126:",
         "if length <= 126:",
         1,
@@ -391,7 +391,7 @@ MUTANTS = [
     Mutant(
         "mutable-buffer-remembered",
         "OutMessage.of remembers a bytearray: sending the same buffer again after changing it sends the old bytes",
-        "server/frames.py",
+        "server/protocol/frames.py",
         "return cls(bytes(message), False)  # mutable: copied, never remembered",
         "out = cls(bytes(message), False)",
         1,
@@ -399,7 +399,7 @@ MUTANTS = [
     Mutant(
         "large-payload-copied",
         "every payload is joined to its header: a large message is copied once per message",
-        "server/frames.py",
+        "server/protocol/frames.py",
         "if len(payload) <= _JOIN_BELOW else (self.header, payload)",
         "if True else (self.header, payload)",
         1,
@@ -407,7 +407,7 @@ MUTANTS = [
     Mutant(
         "inflate-unbounded",
         "permessage-deflate inflates a whole frame before checking the limit: a bomb costs its full size in memory",
-        "server/deflate.py",
+        "server/protocol/deflate.py",
         "room + 1)",
         ")",
         1,
@@ -415,7 +415,7 @@ MUTANTS = [
     Mutant(
         "inflate-limit-off-by-one",
         "a message that inflates to exactly the limit is refused (> became >=)",
-        "server/deflate.py",
+        "server/protocol/deflate.py",
         "if self._inflated > self.max_message_bytes",
         "if self._inflated >= self.max_message_bytes",
         1,
@@ -423,7 +423,7 @@ MUTANTS = [
     Mutant(
         "inflate-count-per-frame",
         "the inflated count restarts with every frame: a message split into frames passes the limit",
-        "server/deflate.py",
+        "server/protocol/deflate.py",
         "if fin:\n            self._inflated = 0",
         "self._inflated = 0",
         1,
@@ -431,7 +431,7 @@ MUTANTS = [
     Mutant(
         "inflate-count-never-restarts",
         "the inflated count never restarts: a connection's messages together hit the per-message limit",
-        "server/deflate.py",
+        "server/protocol/deflate.py",
         "if fin:\n            self._inflated = 0",
         "if fin:\n            pass",
         1,

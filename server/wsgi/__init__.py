@@ -27,8 +27,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import fields, replace
 from typing import Any
 
-from ..handshake import Handshake, HttpError, check_upgrade
 from ..limits import Limits
+from ..protocol.handshake import Handshake, HttpError, check_upgrade
 from .hub import hub, post_worker_init, shutdown, track
 from .takeover import StartResponse, UnsupportedServer, body_problem, detect, rebuild_head, take
 from .websocket import ConnectionClosed, WebSocket

@@ -21,8 +21,8 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any
 
-from ..handshake import HttpError, HttpRequest
-from ..http import Response
+from ..protocol.handshake import HttpError, HttpRequest
+from ..protocol.http import Response
 from ..server import Server
 
 if TYPE_CHECKING:

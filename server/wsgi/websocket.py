@@ -23,7 +23,7 @@ from ..errors import WsraceError
 from .takeover import StartResponse, handled_response
 
 if TYPE_CHECKING:
-    from ..handle import ConnectionHandle
+    from ..connections.handle import ConnectionHandle
 
 logger = logging.getLogger(__name__)
 
@@ -239,7 +239,7 @@ class WebSocket:
 
 
 class Bridge:
-    """The wsrace :class:`~server.handler.Handler` (and its one-route router) behind a :class:`WebSocket`.
+    """The wsrace :class:`~server.connections.handler.Handler` (and its one-route router) behind a :class:`WebSocket`.
 
     Made by :meth:`WebSocket.bridge`: it calls the WebSocket's own delivery methods, on the IO thread
     (``opened``) and on the connection's strand (``received``, and ``ended`` after the last message).

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.timeout(30)
 
 @pytest.fixture
 def hub() -> Iterator[Server]:
-    from server.app import DemoApp
+    from server.demo.app import DemoApp
 
     srv = Server(DemoApp, host="127.0.0.1", port=None).start()
     try:

@@ -8,10 +8,10 @@ from collections.abc import Callable
 
 import pytest
 
-from server import affinity
-from server.affinity import WriteAffinityError
-from server.loop import IOLoop
-from server.sendbuffer import SendBuffer
+from server.core import affinity
+from server.core.affinity import WriteAffinityError
+from server.core.loop import IOLoop
+from server.core.sendbuffer import SendBuffer
 
 from ..helpers import raised_on, wait_until, ws_handshake
 

@@ -156,7 +156,7 @@ def test_decompression_bomb_is_stopped_at_the_message_limit() -> None:
 
 
 def test_worker_exception_closes_only_that_client_with_1011(server, monkeypatch) -> None:
-    from server.app import EchoHandler
+    from server.demo.app import EchoHandler
 
     def explode(self, conn, message):
         if message == "explode":
@@ -213,7 +213,7 @@ def test_a_bug_in_route_answers_500_at_once(bug: str, caplog: pytest.LogCaptureF
 ])
 def test_replies_to_messages_before_a_protocol_error_go_out_before_the_close(server, monkeypatch, bad: bytes) -> None:
     """Strict failing (Autobahn's OK, not NON-STRICT): the echo of 'Hello' comes first, then 1002; nothing after is read."""
-    from server.app import EchoHandler
+    from server.demo.app import EchoHandler
 
     def slow_echo(self, conn, message):
         # Still busy when the bad frame arrives: the reply is sent only once the server has seen the error.

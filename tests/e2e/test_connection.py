@@ -12,7 +12,7 @@ from websockets.exceptions import ConnectionClosed as WsConnectionClosed
 from websockets.sync.client import connect
 
 from server import ConnectionClosed, ConnectionHandle, Limits
-from server.handle import State
+from server.connections.handle import State
 
 from ..helpers import (
     assert_same_messages,

@@ -17,9 +17,9 @@ import pytest
 from repro.checker import StreamSpec
 from repro.client import ClientOptions, check_url
 from server import Limits
-from server.app import EchoHandler
-from server.connection import Connection
-from server.handle import ConnectionHandle
+from server.connections.connection import Connection
+from server.connections.handle import ConnectionHandle
+from server.demo.app import EchoHandler
 
 from ..helpers import client_frame, echo_works, read_server_frames, running_server, stalled_client, wait_until, ws_handshake
 

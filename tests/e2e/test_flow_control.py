@@ -17,7 +17,8 @@ import pytest
 
 from repro.checker import StreamSpec
 from repro.client import ClientOptions, check_url
-from server import Limits, OverflowPolicy, Server, streamformat
+from server import Limits, OverflowPolicy, Server
+from server.demo import streamformat
 
 from ..helpers import running_server, stalled_client, wait_until
 

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from server import Limits
-from server.handshake import Handshake, HttpError
+from server.protocol.handshake import Handshake, HttpError
 
 from ..helpers import echo_works, raw_connect, running_server, server_threads, upgrade_request, wait_until
 

@@ -1,4 +1,4 @@
-"""Plain HTTP routes and the Origin check (server/http.py)."""
+"""Plain HTTP routes and the Origin check (server/protocol/http.py)."""
 
 from __future__ import annotations
 

@@ -10,8 +10,9 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from server import ConnectionHandle, Limits, dispatch
-from server.app import DemoApp
+from server import ConnectionHandle, Limits
+from server.connections import dispatch
+from server.demo.app import DemoApp
 
 from ..helpers import running_server
 
@@ -68,7 +69,7 @@ def test_a_slow_inline_handler_is_logged_once_and_counted(caplog: pytest.LogCapt
     monkeypatch.setattr(dispatch, "_slow_logged", [float("-inf")])  # the once-a-minute limit is per process
     handler = Recording(delay=0.02)
     limits = Limits(ping_interval=None, inline_warn=0.005)
-    with caplog.at_level(logging.WARNING, logger="server.dispatch"), \
+    with caplog.at_level(logging.WARNING, logger="server.connections.dispatch"), \
             running_server(limits=limits, router=Router(handler)) as srv, connect(f"ws://127.0.0.1:{srv.port}/") as ws:
         for i in range(3):
             ws.send(f"slow {i}")

@@ -4,7 +4,7 @@ Issue 11 item 3 (Autobahn 3.2-3.4, 4.1.3-4.1.5, 4.2.3-4.2.5, 5.15 NON-STRICT): a
 message followed at once by a bad frame. RFC 6455 7.1.7 lets the server fail the
 connection, but the echo of the valid message should come first. The server stops
 reading at the error and sends its close frame once the handlers of earlier messages
-are done (server/connection.py ``_on_protocol_error``). Without that, the echo was still
+are done (server/connections/connection.py ``_on_protocol_error``). Without that, the echo was still
 on a worker when the connection failed, and it was lost (these tests failed, 5 of 5).
 """
 

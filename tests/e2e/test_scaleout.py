@@ -22,7 +22,7 @@ import pytest
 from websockets.sync.client import ClientConnection, connect
 
 from server import DemoApp, Server
-from server.broker import PublishQueueFull, RedisBroker
+from server.scaleout.broker import PublishQueueFull, RedisBroker
 
 from ..helpers import ROOT, wait_until
 from ..redis_server import RedisServer, free_port, require_redis

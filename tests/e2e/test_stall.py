@@ -16,10 +16,10 @@ from collections.abc import Iterator
 import pytest
 
 from server import Limits, Stats
-from server.connection import Connection
-from server.handle import ConnectionHandle, State
-from server.loop import IOLoop
-from server.transport import SocketTransport
+from server.connections.connection import Connection
+from server.connections.handle import ConnectionHandle, State
+from server.core.loop import IOLoop
+from server.core.transport import SocketTransport
 
 from ..helpers import upgrade_request, wait_until
 

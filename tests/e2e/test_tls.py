@@ -29,11 +29,12 @@ import pytest
 from repro.checker import StreamSpec, Summary, WireChecker
 from repro.client import ClientOptions, check_url
 from repro.disciplines import KnobServer, serve
-from server import DemoApp, Limits, Server, streamformat
-from server.connection import Connection
-from server.handle import ConnectionHandle
-from server.sendbuffer import SendBuffer
-from server.tls import TlsTransport
+from server import DemoApp, Limits, Server
+from server.connections.connection import Connection
+from server.connections.handle import ConnectionHandle
+from server.core.sendbuffer import SendBuffer
+from server.core.tls import TlsTransport
+from server.demo import streamformat
 
 from ..check_servers import ROOT
 from ..clients import connect_websockets

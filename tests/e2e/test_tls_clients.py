@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from repro.check import check
-from server import streamformat
+from server.demo import streamformat
 
 from ..check_servers import ROOT, websockets_echo_server
 from ..clients import CLIENTS, IDLE_TIMEOUT, RCVBUF

@@ -15,10 +15,10 @@ import pytest
 
 from server import admission
 from server.admission import Admission
-from server.handle import State
-from server.handshake import HttpError
+from server.connections.handle import State
+from server.core.loop import Timer
 from server.limits import Limits
-from server.loop import Timer
+from server.protocol.handshake import HttpError
 from server.stats import Stats
 
 pytestmark = pytest.mark.timeout(10)

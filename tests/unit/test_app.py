@@ -1,4 +1,4 @@
-"""server/app.py without sockets: the /stream query parameters (StreamParams): defaults, bounds, bad values.
+"""server/demo/app.py without sockets: the /stream query parameters (StreamParams): defaults, bounds, bad values.
 
 Every refusal is an HttpError 400 whose message names the parameter and what was wrong with it.
 """
@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 
 from server import HttpError
-from server.app import MAX_COUNT, MAX_PRODUCERS, MAX_TOTAL_BYTES, StreamParams
-from server.streamformat import MAX_SIZE, MIN_SIZE
+from server.demo.app import MAX_COUNT, MAX_PRODUCERS, MAX_TOTAL_BYTES, StreamParams
+from server.demo.streamformat import MAX_SIZE, MIN_SIZE
 
 pytestmark = pytest.mark.timeout(10)
 

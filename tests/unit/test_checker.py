@@ -9,7 +9,7 @@ import zlib
 import pytest
 
 from repro.checker import CLASSES, DeflateParams, StreamSpec, WireChecker
-from server import streamformat
+from server.demo import streamformat
 
 from ..helpers import client_frame
 

@@ -1,4 +1,4 @@
-"""server/deflate.py without sockets: wsproto connections fed bytes, the server side using BoundedPerMessageDeflate.
+"""server/protocol/deflate.py without sockets: wsproto connections fed bytes, the server side using BoundedPerMessageDeflate.
 
 What the server sends is inflated by the repro's strict checker (its own zlib inflater), what it receives is
 built by wsproto's client or by hand (tests.helpers.client_frame with zlib), so neither side is the code checked.
@@ -17,7 +17,7 @@ from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import CloseReason
 
 from repro.checker import DeflateParams, WireChecker
-from server.deflate import BoundedPerMessageDeflate
+from server.protocol.deflate import BoundedPerMessageDeflate
 
 from ..helpers import client_frame
 

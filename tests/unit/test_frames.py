@@ -1,4 +1,4 @@
-"""server/frames.py without sockets: frame headers of every length class, text and binary, the buffers a
+"""server/protocol/frames.py without sockets: frame headers of every length class, text and binary, the buffers a
 connection writes, and OutMessage.of's per-thread cache.
 
 Headers are compared with bytes written out by hand from RFC 6455 5.2, and whole frames are parsed by the
@@ -12,7 +12,7 @@ import threading
 import pytest
 
 from repro.checker import WireChecker
-from server.frames import OP_BINARY, OP_TEXT, OutMessage, frame_header
+from server.protocol.frames import OP_BINARY, OP_TEXT, OutMessage, frame_header
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -69,7 +69,7 @@ def test_small_frames_are_one_buffer_and_large_payloads_are_never_copied(length:
     assert len(out.frame) == buffers
     if buffers == 2:
         assert out.frame[0] is out.header and out.frame[1] is payload  # queued as is: no copy per message or client
-    # What an outbox reads (server.outbox.Frame's attributes): the message is its own frame.
+    # What an outbox reads (server.connections.outbox.Frame's attributes): the message is its own frame.
     assert out.buffers is out.frame and out.length == out.reserved == out.size == sum(map(len, out.frame))
 
 

@@ -7,8 +7,8 @@ import logging
 import pytest
 
 from server import Limits, Response, Stats
-from server.handshake import HttpError, HttpRequest
-from server.http_phase import HttpPhase, Reply, Upgrade
+from server.connections.http_phase import HttpPhase, Reply, Upgrade
+from server.protocol.handshake import HttpError, HttpRequest
 
 from ..helpers import upgrade_request
 
@@ -72,7 +72,7 @@ def test_plain_routes_and_http_errors_are_replies(path: str, status: int, body: 
 @pytest.mark.parametrize("path,message", [("/boom", "routing /boom failed"), ("/wrong", "routing /wrong failed")])
 def test_a_broken_route_is_500_at_once_logged_and_counted(path: str, message: str, caplog) -> None:
     p, stats = phase()
-    with caplog.at_level(logging.ERROR, logger="server.http_phase"):
+    with caplog.at_level(logging.ERROR, logger="server.connections.http_phase"):
         outcome = p.receive_data(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     assert isinstance(outcome, Reply) and outcome.status == 500
     assert (stats.http_errors, stats.route_errors) == (1, 1)

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from server.loop import IOLoop
+from server.core.loop import IOLoop
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -15,11 +15,11 @@ from collections.abc import Callable
 
 import pytest
 
+from server.connections.outbox import Backlog, Outbox
+from server.core.sendbuffer import IOV_MAX, SendBuffer
 from server.errors import ConnectionClosed
-from server.frames import OutMessage
 from server.limits import OverflowPolicy
-from server.outbox import Backlog, Outbox, put_shared
-from server.sendbuffer import IOV_MAX, SendBuffer
+from server.protocol.frames import OutMessage
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -379,7 +379,7 @@ def test_put_shared_queues_the_same_object_to_each_outbox_and_each_writes_it_onc
     backlog = Backlog(1 << 30)
     hs = [Harness(limit=1 << 20, backlog=backlog) for _ in range(3)]
     out = msg(70000, fill=9)
-    blocked, queued, closed = put_shared(out, iter([h.outbox for h in hs]))
+    blocked, queued, closed = Outbox.put_shared(out, iter([h.outbox for h in hs]))
     assert (blocked, queued, closed) == (None, 3, 0)
     assert backlog.bytes == 3 * out.size and [h.scheduled for h in hs] == [1, 1, 1]
     for h, accept in zip(hs, ([], [3, 10], [out.size - 1]), strict=True):
@@ -401,15 +401,15 @@ def test_put_shared_stops_at_a_full_outbox_and_skips_closing_ones() -> None:
     assert full.outbox.queued == 100 and full.outbox.full
     out = msg(10)
     rest = iter([a.outbox, closing.outbox, full.outbox, d.outbox])
-    blocked, queued, closed = put_shared(out, rest)
+    blocked, queued, closed = Outbox.put_shared(out, rest)
     assert (blocked, queued, closed) == (full.outbox, 1, 1)
     assert full.outbox.queued == 100 and d.outbox.queued == 0  # the caller sends to `full` with put(), then goes on
-    assert put_shared(out, rest) == (None, 1, 0) and d.outbox.queued == out.size
+    assert Outbox.put_shared(out, rest) == (None, 1, 0) and d.outbox.queued == out.size
 
 
 def test_put_shared_hands_back_an_outbox_on_another_lock() -> None:
     a, other = Harness(), Harness()  # each on its own backlog, so its own lock
-    blocked, queued, _ = put_shared(msg(1), iter([a.outbox, other.outbox]))
+    blocked, queued, _ = Outbox.put_shared(msg(1), iter([a.outbox, other.outbox]))
     assert blocked is other.outbox and queued == 1
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from server import ConnectionClosed
-from server.handle import State
+from server.connections.handle import State
 from server.registry import Registry
 
 pytestmark = pytest.mark.timeout(10)

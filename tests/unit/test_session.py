@@ -16,9 +16,9 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessag
 from wsproto.extensions import PerMessageDeflate
 
 from server import Limits
-from server.frames import OutMessage
-from server.handshake import Handshake
-from server.session import (
+from server.protocol.frames import OutMessage
+from server.protocol.handshake import Handshake
+from server.protocol.session import (
     Closing,
     Deadline,
     MessageReceived,

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from server.strand import Strand
+from server.connections.strand import Strand
 
 pytestmark = pytest.mark.timeout(30)
 

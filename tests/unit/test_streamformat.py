@@ -1,7 +1,7 @@
-"""server/streamformat.py without sockets: the /stream message layout, its bounds, and what decode() rejects.
+"""server/demo/streamformat.py without sockets: the /stream message layout, its bounds, and what decode() rejects.
 
 Layouts are checked against the format's description (struct and zlib here, not the module's own helpers).
-The /stream query parameters (server.app.StreamParams) are tested in test_app.py, beside their module.
+The /stream query parameters (server.demo.app.StreamParams) are tested in test_app.py, beside their module.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import zlib
 
 import pytest
 
-from server.streamformat import MAX_SIZE, MIN_SIZE, decode, encode, filler_start, message_size
+from server.demo.streamformat import MAX_SIZE, MIN_SIZE, decode, encode, filler_start, message_size
 
 pytestmark = pytest.mark.timeout(10)
 

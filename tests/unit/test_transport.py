@@ -12,9 +12,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from server.loop import IOLoop
-from server.sendbuffer import SendBuffer
-from server.transport import SocketTransport
+from server.core.loop import IOLoop
+from server.core.sendbuffer import SendBuffer
+from server.core.transport import SocketTransport
 
 pytestmark = pytest.mark.timeout(10)
 

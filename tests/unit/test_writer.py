@@ -11,13 +11,13 @@ from collections.abc import Callable
 
 import pytest
 
-from server.backlog import Backlog
-from server.frames import OutMessage
+from server.connections.backlog import Backlog
+from server.connections.writer import Writer
+from server.core.sendbuffer import SendBuffer
 from server.limits import Limits
-from server.sendbuffer import SendBuffer
-from server.session import Session
+from server.protocol.frames import OutMessage
+from server.protocol.session import Session
 from server.stats import Stats
-from server.writer import Writer
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -4,7 +4,7 @@ In the manner of asyncio's transports: a transport owns the socket — selector
 interest, reads, writes with the partial-write bookkeeping, half-close — and
 knows nothing of HTTP or WebSocket. The connection above it calls
 :meth:`SocketTransport.read` when the loop reports the socket readable and
-:meth:`SocketTransport.write` to push its :class:`~server.sendbuffer.SendBuffer` out.
+:meth:`SocketTransport.write` to push its :class:`~server.core.sendbuffer.SendBuffer` out.
 
 :class:`SocketTransport` is plain TCP (one ``sendmsg`` of many frames per
 write, nothing copied). A TLS transport is the second implementation of the

@@ -3,7 +3,7 @@
 Off by default in production (it costs one comparison per call); on in every
 test. Switch it on with ``WSRACE_CHECK_AFFINITY=1``, ``--check-affinity`` or
 :func:`set_enabled`. When on, every socket read and write of a transport and
-every IO-thread-only method of :class:`~server.loop.IOLoop` checks its thread
+every IO-thread-only method of :class:`~server.core.loop.IOLoop` checks its thread
 (like asyncio's debug mode).
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import threading
 
-from .errors import WsraceError
+from ..errors import WsraceError
 
 _enabled = os.environ.get("WSRACE_CHECK_AFFINITY", "").lower() in {"1", "true", "yes", "on"}
 

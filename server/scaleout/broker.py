@@ -33,8 +33,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from .errors import WsraceError
-from .stats import Stats
+from ..errors import WsraceError
+from ..stats import Stats
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ callables plus a socketpair whose readable end wakes ``selectors.select()``.
 Rules:
 
 * Only the IO thread touches sockets, wsproto state and timers (checked on
-  every IO-thread-only method when :mod:`server.affinity` is on).
+  every IO-thread-only method when :mod:`server.core.affinity` is on).
 * Any thread may call :meth:`IOLoop.post`; callables posted by one thread run
   on the IO thread in the order posted, each exactly once.
 """

@@ -7,7 +7,7 @@ Two halves share one lock:
   batch asks the IO thread (``schedule``) to take them all, so a burst of
   sends costs one posted callable and one wake-up, not one per message;
 * the **IO thread** takes the pending messages (:meth:`take`) into the
-  connection's :class:`~server.sendbuffer.SendBuffer` (whose docstring walks
+  connection's :class:`~server.core.sendbuffer.SendBuffer` (whose docstring walks
   the whole send path) and gives their reservation back (:meth:`release`)
   once the socket has taken them.
 
@@ -24,7 +24,7 @@ The rules, modelled on asyncio's high-water flow control:
   what its TCP connection really takes: it is stalled only when, with its
   queue full, the socket has accepted nothing and the client's TCP has
   acknowledged nothing for ``stall_timeout`` (see
-  :meth:`Writer.check_stall <server.writer.Writer.check_stall>`).
+  :meth:`Writer.check_stall <server.connections.writer.Writer.check_stall>`).
 * **Fan-out** (``put(..., fanout_wait=W)``, what ``broadcast`` does for each
   member): a member with a full queue holds producers until ``W`` seconds
   after its socket last took bytes; if it is still a full queue behind the
@@ -39,7 +39,7 @@ posted and the IO thread has not taken yet.
 **One lock for the server.** Every outbox locks with its backlog's lock, so
 a :meth:`Outbox.put` is one short critical section (room, reservation,
 backlog, pending queue and the batch flag together) and
-:func:`put_shared` queues one message to many clients under a single
+:meth:`Outbox.put_shared` queues one message to many clients under a single
 acquisition. The sections are a few attribute updates each; waiting
 (``Condition.wait``) releases the lock.
 """
@@ -53,10 +53,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 
+from ..errors import ConnectionClosed
+from ..limits import OverflowPolicy
+from ..protocol.frames import OutMessage
 from .backlog import Backlog
-from .errors import ConnectionClosed
-from .frames import OutMessage
-from .limits import OverflowPolicy
 
 
 class Outbox:
@@ -186,7 +186,7 @@ class Outbox:
         when at least half its queue is frames the IO thread has offered its
         socket; the IO thread writes what the socket takes now and closes it
         if it is still that far behind (:meth:`Writer.check_behind
-        <server.writer.Writer.check_behind>`), which wakes this wait. A queue
+        <server.connections.writer.Writer.check_behind>`), which wakes this wait. A queue
         full of messages the IO thread has not taken yet is the server's
         backlog, not the member's: that is never reported.
         """
@@ -257,55 +257,57 @@ class Outbox:
             assert self._room is not None
             self._room.notify_all()
 
+    @staticmethod
+    def put_shared(out: OutMessage, outboxes: Iterator[Outbox]) -> tuple[Outbox | None, int, int]:
+        """Queue ``out`` to the next outboxes under one acquisition of their shared lock, while each has room.
 
-def put_shared(out: OutMessage, outboxes: Iterator[Outbox]) -> tuple[Outbox | None, int, int]:
-    """Queue ``out`` to the next outboxes under one acquisition of their shared lock, while each has room.
+        The fast path of a broadcast: the same :class:`OutMessage` goes into each
+        pending queue, with the reservation and backlog accounting of
+        :meth:`Outbox.put`. It stops at the first outbox that needs
+        :meth:`Outbox.put`'s slow path — a full queue, the backlog at its limit,
+        an outbox on another lock — and returns it, so the caller sends to that
+        one with :meth:`Outbox.put` (which waits, drops or judges as the policy
+        says) and calls this again with the same iterator for the rest. Closing
+        outboxes are skipped and counted. Returns ``(that outbox or None when the
+        iterator is exhausted, queued, closed)``.
 
-    The fast path of a broadcast: the same :class:`OutMessage` goes into each
-    pending queue, with the reservation and backlog accounting of
-    :meth:`Outbox.put`. It stops at the first outbox that needs
-    :meth:`Outbox.put`'s slow path — a full queue, the backlog at its limit,
-    an outbox on another lock — and returns it, so the caller sends to that
-    one with :meth:`Outbox.put` (which waits, drops or judges as the policy
-    says) and calls this again with the same iterator for the rest. Closing
-    outboxes are skipped and counted. Returns ``(that outbox or None when the
-    iterator is exhausted, queued, closed)``.
+        The class's own code working on many of its instances at once (as
+        ``__eq__`` reads the other operand): it is the per-target loop of every
+        broadcast, and a method call per target (an ``Outbox.offer_locked``,
+        tried) cost 130 ns a target, 12 % of the CPU per delivery of bench
+        workload A. Its accounting is held equal to :meth:`Outbox.put`'s by
+        tests/unit/test_put_shared.py and the mutants.
+        """
+        first = next(outboxes, None)
+        if first is None:
+            return None, 0, 0
+        lock, backlog = first.lock, first.backlog
+        size = out.size
+        schedules: list[Callable[[], None]] = []
+        blocked: Outbox | None = None
+        queued = closed = 0
+        with lock:
+            room = backlog.limit - backlog.bytes  # the backlog's: Outbox.put waits at its limit
+            for outbox in itertools.chain((first,), outboxes):
+                if outbox.lock is not lock:
+                    blocked = outbox
+                    break
+                if outbox._closed is not None:
+                    closed += 1
+                    continue
+                if outbox._queued >= outbox.limit or queued * size >= room:
+                    blocked = outbox
+                    break
+                outbox._queued += size
+                outbox._pending.append(out)
+                outbox._pending_bytes += size
+                queued += 1
+                if not outbox._scheduled:
+                    outbox._scheduled = True
+                    schedules.append(outbox._schedule)
+            if queued:
+                backlog.add_locked(queued * size)
+        for schedule in schedules:
+            schedule()
+        return blocked, queued, closed
 
-    The one code outside :class:`Outbox` that touches its private fields, on
-    purpose: it is the per-target loop of every broadcast, and a method call
-    per target (an ``Outbox.offer_locked``, tried) cost 130 ns a target, 12 %
-    of the CPU per delivery of bench workload A. Its accounting is held equal
-    to :meth:`Outbox.put`'s by tests/unit/test_put_shared.py and the mutants.
-    """
-    first = next(outboxes, None)
-    if first is None:
-        return None, 0, 0
-    lock, backlog = first.lock, first.backlog
-    size = out.size
-    schedules: list[Callable[[], None]] = []
-    blocked: Outbox | None = None
-    queued = closed = 0
-    with lock:
-        room = backlog.limit - backlog.bytes  # the backlog's: Outbox.put waits at its limit
-        for outbox in itertools.chain((first,), outboxes):
-            if outbox.lock is not lock:
-                blocked = outbox
-                break
-            if outbox._closed is not None:
-                closed += 1
-                continue
-            if outbox._queued >= outbox.limit or queued * size >= room:
-                blocked = outbox
-                break
-            outbox._queued += size
-            outbox._pending.append(out)
-            outbox._pending_bytes += size
-            queued += 1
-            if not outbox._scheduled:
-                outbox._scheduled = True
-                schedules.append(outbox._schedule)
-        if queued:
-            backlog.add_locked(queued * size)
-    for schedule in schedules:
-        schedule()
-    return blocked, queued, closed

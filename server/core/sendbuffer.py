@@ -3,8 +3,8 @@
 The send path, end to end (every step after the first on the IO thread):
 
 1. ``send()`` (any thread) reserves the message's bytes in the connection's
-   :class:`~server.outbox.Outbox` and appends it to the pending queue; the first
-   of a batch posts :meth:`Writer.drain <server.writer.Writer>` to the IO thread (``IOLoop.post``).
+   :class:`~server.connections.outbox.Outbox` and appends it to the pending queue; the first
+   of a batch posts :meth:`Writer.drain <server.connections.writer.Writer>` to the IO thread (``IOLoop.post``).
 2. The writer takes the pending messages and appends them here as frames
    (shared as they are; compressed in order with deflate), with the handshake
    reply and control frames, then asks for one flush per loop turn.
@@ -26,7 +26,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from .frames import OutMessage
+from ..protocol.frames import OutMessage
 
 IOV_MAX = 512  # buffers per sendmsg call; Linux allows 1024
 

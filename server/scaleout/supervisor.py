@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 
-logger = logging.getLogger("server.supervisor")
+logger = logging.getLogger(__name__)
 
 MIN_BACKOFF = 0.5
 MAX_BACKOFF = 10.0

@@ -1,6 +1,6 @@
 """Running one connection's handler: ``on_open``/``on_close`` on the IO thread, ``on_message`` on the worker pool.
 
-Messages go through a :class:`~server.strand.Strand` — one at a time, in the
+Messages go through a :class:`~server.connections.strand.Strand` — one at a time, in the
 order received — unless the handler class sets ``concurrent_messages = True``
 (each on its own) or ``inline = True``: then ``on_message`` runs on the IO
 thread itself, as soon as the message is complete — no thread hop, like an
@@ -20,12 +20,12 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from functools import partial
 
-from .codes import CloseCode
-from .errors import ConnectionClosed
+from ..codes import CloseCode
+from ..core.loop import IOLoop
+from ..errors import ConnectionClosed
+from ..stats import Stats
 from .handle import ConnectionHandle
 from .handler import Handler
-from .loop import IOLoop
-from .stats import Stats
 from .strand import Strand
 
 logger = logging.getLogger(__name__)

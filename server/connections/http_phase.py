@@ -1,6 +1,6 @@
 """The HTTP phase of one connection, sans I/O: bytes in, a decision out — reply and close, or upgrade.
 
-:class:`HttpPhase` feeds a :class:`~server.handshake.Handshake`, asks the
+:class:`HttpPhase` feeds a :class:`~server.protocol.handshake.Handshake`, asks the
 application's router once the request is complete, and turns every outcome
 into a decision the connection carries out: :class:`Reply` (an HTTP answer,
 then close) or :class:`Upgrade` (the 101 and the route's handler). Bad
@@ -16,11 +16,11 @@ from dataclasses import dataclass
 
 from wsproto.extensions import Extension
 
+from ..limits import Limits
+from ..protocol.handshake import Handshake, HttpError, HttpRequest
+from ..protocol.http import Response
+from ..stats import Stats
 from .handler import Handler, Router
-from .handshake import Handshake, HttpError, HttpRequest
-from .http import Response
-from .limits import Limits
-from .stats import Stats
 
 logger = logging.getLogger(__name__)
 

@@ -15,15 +15,19 @@ import time
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
+from .. import (  # the public API, as any application uses it
+    BroadcastResult,
+    CloseCode,
+    ConnectionClosed,
+    ConnectionHandle,
+    Handler,
+    HttpError,
+    HttpRequest,
+    PublishQueueFull,
+    Response,
+    Server,
+)
 from . import streamformat
-from .broker import PublishQueueFull
-from .codes import CloseCode
-from .errors import ConnectionClosed
-from .handle import ConnectionHandle
-from .handler import Handler
-from .handshake import HttpError, HttpRequest
-from .http import Response
-from .server import BroadcastResult, Server
 
 logger = logging.getLogger(__name__)
 

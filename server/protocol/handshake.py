@@ -21,8 +21,8 @@ from wsproto.extensions import PerMessageDeflate
 from wsproto.handshake import server_extensions_handshake
 from wsproto.utilities import generate_accept_token, split_comma_header
 
+from ..errors import WsraceError
 from .deflate import BoundedPerMessageDeflate
-from .errors import WsraceError
 
 WEBSOCKET_VERSION = b"13"
 SERVER_NAME = b"wsrace"
@@ -268,7 +268,7 @@ def negotiate_deflate(
 ) -> tuple[PerMessageDeflate | None, bytes | None]:
     """Accept permessage-deflate (RFC 7692) when offered; return it and the header value.
 
-    The extension inflates at most ``max_message_bytes`` per message (see :mod:`server.deflate`).
+    The extension inflates at most ``max_message_bytes`` per message (see :mod:`server.protocol.deflate`).
     """
     offers = [o for o in request.extensions if o.split(";", 1)[0].strip() == PerMessageDeflate.name]
     if not enabled or not offers:
@@ -280,6 +280,9 @@ def negotiate_deflate(
     if header is None or not extension.enabled():
         return None, None
     return extension, header
+
+
+_KNOWN_STATUSES = frozenset(HTTPStatus)
 
 
 def http_response(status: int, body: bytes, content_type: bytes = b"text/plain; charset=utf-8",
@@ -303,5 +306,5 @@ def _response_head(status: int, length: int, content_type: bytes,
         (b"Cache-Control", b"no-store"),
         *(headers or []),
     ]
-    reason = HTTPStatus(status).phrase.encode() if status in HTTPStatus._value2member_map_ else b""
+    reason = HTTPStatus(status).phrase.encode() if status in _KNOWN_STATUSES else b""
     return h11.Response(status_code=status, headers=all_headers, reason=reason)

@@ -3,9 +3,9 @@
 :class:`ConnectionHandle` is the thread-safe face of a connection, and the
 only one user code gets: handlers receive it, :meth:`Server.connections`
 lists it, :meth:`Server.broadcast` takes it. Every method may be called from
-any thread: it touches the connection's :class:`~server.outbox.Outbox` (under
+any thread: it touches the connection's :class:`~server.connections.outbox.Outbox` (under
 its lock) and ``IOLoop.post`` — never the socket, never wsproto. The
-IO-thread machinery (:class:`~server.connection.Connection`) holds its handle
+IO-thread machinery (:class:`~server.connections.connection.Connection`) holds its handle
 and records each step of the connection's life in it (:class:`State`, the
 close outcome): one record, written by the IO thread, read by anyone.
 """
@@ -17,10 +17,10 @@ import threading
 from collections.abc import Callable
 from functools import partial
 
-from .codes import CloseCode, check_close
-from .frames import OutMessage
-from .limits import Limits
-from .loop import IOLoop
+from ..codes import CloseCode, check_close
+from ..core.loop import IOLoop
+from ..limits import Limits
+from ..protocol.frames import OutMessage
 from .outbox import Outbox
 
 

@@ -1,6 +1,6 @@
 """Plain HTTP for routes: responses a router returns, and the Origin check.
 
-A router's ``route(request)`` returns a :class:`~server.connection.Handler`
+A router's ``route(request)`` returns a :class:`~server.connections.connection.Handler`
 for a WebSocket route, or a :class:`Response` for a plain HTTP one (status,
 headers, body; :meth:`Response.json` for JSON). Every response closes its
 connection: this is a WebSocket server that answers a little HTTP, not a
@@ -36,7 +36,7 @@ class Response:
         return cls(status, page, "text/html; charset=utf-8")
 
     def encoded(self) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]]:
-        """Body, content type and extra headers as bytes, for :meth:`Handshake.respond <server.handshake.Handshake.respond>`."""
+        """Body, content type and extra headers as bytes, for :meth:`Handshake.respond <server.protocol.handshake.Handshake.respond>`."""
         body = self.body.encode("utf-8") if isinstance(self.body, str) else self.body
         extra = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in self.headers]
         return body, self.content_type.encode("latin-1"), extra

@@ -1,8 +1,8 @@
 """The write side of one connection, on the IO thread: producers' queue to frames to socket, the half-close, the stall judgement.
 
 The :class:`Writer` owns both halves of a connection's way out: the
-:class:`~server.outbox.Outbox` that producers put into from any thread, and
-the :class:`~server.sendbuffer.SendBuffer` of frames the transport writes
+:class:`~server.connections.outbox.Outbox` that producers put into from any thread, and
+the :class:`~server.core.sendbuffer.SendBuffer` of frames the transport writes
 (see its docstring for the send path step by step). It drains the first into
 the second once per batch (scheduled through ``IOLoop.post``, the thread
 boundary), flushes once per loop turn, half-closes the socket once the last
@@ -17,14 +17,14 @@ import time
 from collections.abc import Callable
 from functools import partial
 
+from ..core.loop import IOLoop, Timer
+from ..core.sendbuffer import SendBuffer
+from ..core.transport import SocketTransport
+from ..limits import Limits
+from ..protocol.session import Session
+from ..stats import Stats
 from .backlog import Backlog
-from .limits import Limits
-from .loop import IOLoop, Timer
 from .outbox import Outbox
-from .sendbuffer import SendBuffer
-from .session import Session
-from .stats import Stats
-from .transport import SocketTransport
 
 
 class Writer:
@@ -184,7 +184,7 @@ class Writer:
         """Judge the client: its queue is full and producers wait. Has it taken anything lately?
 
         Progress is a byte its socket accepted or a byte its TCP acknowledged
-        (:meth:`SocketTransport.idle_since <server.transport.SocketTransport.idle_since>`): a
+        (:meth:`SocketTransport.idle_since <server.core.transport.SocketTransport.idle_since>`): a
         client reading steadily shows it long before its socket is writable
         again, and a client that read while the IO thread was busy shows it at
         the next look: the kernel counted what it acknowledged meanwhile.

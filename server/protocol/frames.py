@@ -52,7 +52,7 @@ class OutMessage:
         # The buffers a connection writes. Small frames are joined once here, so a
         # batch of them is one iovec each; large payloads are never copied.
         self.frame: tuple[bytes, ...] = (self.header + payload,) if len(payload) <= _JOIN_BELOW else (self.header, payload)
-        # An outbox queues the message itself as its frame (server.outbox.Frame's attributes): no copy per client.
+        # An outbox queues the message itself as its frame (server.connections.outbox.Frame's attributes): no copy per client.
         self.buffers = self.frame
         self.length = self.reserved = self.size
 

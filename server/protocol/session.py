@@ -29,9 +29,9 @@ from wsproto.connection import ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 from wsproto.extensions import Extension
 
-from .codes import CloseCode
+from ..codes import CloseCode
+from ..limits import Limits
 from .frames import OutMessage
-from .limits import Limits
 
 
 class SessionState(enum.Enum):

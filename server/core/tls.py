@@ -12,9 +12,9 @@ The rules of a non-blocking ``SSLSocket`` (Python's ``ssl`` docs, "Notes on
 non-blocking sockets"), and where each is kept:
 
 * want-read and want-write can come from ``do_handshake``, ``recv`` and
-  ``send``: :meth:`TlsTransport._on_ready` runs whichever side is waiting;
+  ``send``: the transport's one readiness callback runs whichever side is waiting;
 * after a want-write, retry with the same bytes (no partial writes):
-  :attr:`TlsTransport._pending` holds them, and the send buffer keeps the
+  the transport holds them (its pending ciphertext), and the send buffer keeps the
   frames they came from (``SendBuffer.in_flight``) until they are written;
 * no ``sendall``, and no ``sendmsg`` (not implemented for TLS): frames are
   coalesced into one buffer of at most :data:`TLS_CHUNK` bytes per ``send``;
@@ -30,9 +30,9 @@ import socket
 import ssl
 from collections.abc import Callable
 
+from ..errors import WsraceError
+from ..protocol.handshake import http_response
 from . import affinity
-from .errors import WsraceError
-from .handshake import http_response
 from .loop import IOLoop
 from .sendbuffer import SendBuffer
 from .transport import RECV_SIZE, SocketTransport

@@ -3,16 +3,16 @@
 Only the IO thread touches the transport (the socket) and the session
 (wsproto). Other threads talk to a connection through :meth:`Connection.send`
 and :meth:`Connection.close`, which never touch the socket: they put messages
-into the connection's :class:`~server.outbox.Outbox` and ``post()`` work to the
+into the connection's :class:`~server.connections.outbox.Outbox` and ``post()`` work to the
 IO thread, which writes every byte — handshake reply, data, ping, pong and
 close frames — through that one queue.
 
-The pieces: :class:`~server.transport.SocketTransport` (socket IO),
-:class:`~server.handshake.Handshake` (HTTP, sans I/O),
-:class:`~server.session.Session` (WebSocket, sans I/O),
-:class:`~server.writer.Writer` (the producers' queue, the send buffer and
+The pieces: :class:`~server.core.transport.SocketTransport` (socket IO),
+:class:`~server.protocol.handshake.Handshake` (HTTP, sans I/O),
+:class:`~server.protocol.session.Session` (WebSocket, sans I/O),
+:class:`~server.connections.writer.Writer` (the producers' queue, the send buffer and
 the half-close) and
-:class:`~server.strand.Strand` (in-order handling on the worker pool). This
+:class:`~server.connections.strand.Strand` (in-order handling on the worker pool). This
 module decides when each runs.
 """
 
@@ -25,16 +25,12 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from functools import partial
 
-from .backlog import Backlog
-from .codes import CloseCode
-from .dispatch import Dispatcher
-from .handle import ConnectionHandle, State
-from .handler import Handler, Router
-from .handshake import HttpError
-from .http_phase import HttpPhase, Reply, Upgrade
-from .limits import Limits
-from .loop import IOLoop, Timers
-from .session import (
+from ..codes import CloseCode
+from ..core.loop import IOLoop, Timers
+from ..core.transport import SocketTransport
+from ..limits import Limits
+from ..protocol.handshake import HttpError
+from ..protocol.session import (
     Closing,
     Deadline,
     MessageReceived,
@@ -46,15 +42,19 @@ from .session import (
     SessionState,
     ShutAfterFlush,
 )
-from .stats import Stats
-from .transport import SocketTransport
+from ..stats import Stats
+from .backlog import Backlog
+from .dispatch import Dispatcher
+from .handle import ConnectionHandle, State
+from .handler import Handler, Router
+from .http_phase import HttpPhase, Reply, Upgrade
 from .writer import Writer
 
 logger = logging.getLogger(__name__)
 
 
 class ConnectionTimer(enum.Enum):
-    """The connection's own timers (the session's are its :class:`~server.session.Deadline` s; the writer has one)."""
+    """The connection's own timers (the session's are its :class:`~server.protocol.session.Deadline` s; the writer has one)."""
 
     HANDSHAKE = "handshake"  # bounds the HTTP phase (and a TLS handshake before it)
 
@@ -66,7 +66,7 @@ class Connection:
     """A WebSocket connection owned by an :class:`IOLoop`: everything here is IO thread only.
 
     Other threads, and handlers, get :attr:`handle` (a
-    :class:`~server.handle.ConnectionHandle`: ``send``, ``close``,
+    :class:`~server.connections.handle.ConnectionHandle`: ``send``, ``close``,
     ``wait_closed``, the state and the close outcome), never this object.
     """
 
@@ -101,7 +101,7 @@ class Connection:
         self.handle = self.make_handle()
 
     def make_handle(self) -> ConnectionHandle:
-        """The :class:`~server.handle.ConnectionHandle` given to handlers; producers put into the writer's outbox.
+        """The :class:`~server.connections.handle.ConnectionHandle` given to handlers; producers put into the writer's outbox.
 
         A subclass may return its own (the repro's unsafe write disciplines do).
         """
@@ -115,7 +115,7 @@ class Connection:
 
     @property
     def state(self) -> State:
-        """The handle's :class:`~server.handle.State` (read here; the transitions below write it there)."""
+        """The handle's :class:`~server.connections.handle.State` (read here; the transitions below write it there)."""
         return self.handle.state
 
     # ------------------------------------------------------------------

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from ..protocol.handshake import HttpRequest
+from ..protocol.http import Response
 from .handle import ConnectionHandle
-from .handshake import HttpRequest
-from .http import Response
 
 
 class Handler(Protocol):
