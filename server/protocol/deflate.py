@@ -24,6 +24,11 @@ class BoundedPerMessageDeflate(PerMessageDeflate):
         self._inflated = 0  # bytes inflated so far for the message in progress
         self._in_control = False  # the frame being read is a control frame (between fragments, or not)
 
+    @property
+    def inflated(self) -> int:
+        """Bytes inflated so far for the message in progress: what ``max_message_bytes`` bounds."""
+        return self._inflated
+
     def frame_inbound_header(self, proto: FrameDecoder | FrameProtocol, opcode: Opcode, rsv: RsvBits,
                              payload_length: int) -> CloseReason | RsvBits:
         self._in_control = opcode.iscontrol()

@@ -111,7 +111,7 @@ def test_a_bomb_is_stopped_while_inflating_not_after() -> None:
     assert len(bomb) < 64 * 1024
     _, server, ext = negotiated()
     assert close_code(received(server, client_frame(0x2, bomb, rsv=0b100))) == 1009
-    assert ext._inflated <= LIMIT + 1, f"inflated {ext._inflated} bytes for a {LIMIT}-byte limit"
+    assert ext.inflated <= LIMIT + 1, f"inflated {ext.inflated} bytes for a {LIMIT}-byte limit"
 
 
 def test_the_limit_counts_the_whole_message_across_its_frames() -> None:
@@ -142,7 +142,7 @@ def test_an_uncompressed_message_passes_through_unbounded_by_the_extension() -> 
     """RSV1 clear: nothing to inflate; the connection's own max_message_bytes check applies (not this class's)."""
     _, server, ext = negotiated(limit=100)
     events = received(server, client_frame(0x2, bytes(1000)))
-    assert [len(e.data) for e in events] == [1000] and ext._inflated == 0  # type: ignore[attr-defined]
+    assert [len(e.data) for e in events] == [1000] and ext.inflated == 0  # type: ignore[attr-defined]
 
 
 def test_a_ping_between_the_fragments_of_a_compressed_message() -> None:
