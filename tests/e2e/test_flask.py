@@ -51,12 +51,23 @@ def test_one_changed_import_makes_the_pool_replying_app_clean(kind: str) -> None
     assert len(result.runs) == 4 and all(run.valid > 0 for run in result.runs), result.report()
 
 
+@pytest.mark.timeout(240)
 def test_the_same_app_on_flask_sock_under_gunicorn_is_corrupted() -> None:
-    """The control: the identical code with ``from flask_sock import Sock`` (gthread; Werkzeug is in test_check)."""
+    """The control: the identical code with ``from flask_sock import Sock`` (gthread; Werkzeug is in test_check).
+
+    The tear is timing-dependent: one check of 8 runs (3,200 replies) once found nothing. Short checks are
+    repeated until one finds it — usually the first — within a budget no healthy machine needs.
+    """
+    clean: list[str] = []
     with wsgi_server("gthread", fixed=False) as srv:
-        # keep_going: a run flask-sock ends without a close frame (INCOMPLETE) does not stop the check
-        result = check(_url(srv.port, "/echo"), keep_going=True)
-    assert result.verdict == "CORRUPTED", result.report()
+        deadline = time.monotonic() + 150
+        while True:
+            # keep_going: a run flask-sock ends without a close frame (INCOMPLETE) does not stop the check
+            result = check(_url(srv.port, "/echo"), runs=2, keep_going=True)
+            if result.verdict == "CORRUPTED" or time.monotonic() > deadline:
+                break
+            clean.append(f"{result.verdict} after {len(result.runs)} runs")
+    assert result.verdict == "CORRUPTED", f"{clean}\n{result.report()}"
 
 
 # -- the five regression clients and Chromium through a Flask route ------------------------------
