@@ -32,6 +32,7 @@ from wsproto.extensions import Extension
 from ..codes import CloseCode
 from ..limits import Limits
 from .frames import OutMessage
+from .reader import PLAIN, FrameSplitter
 
 
 class SessionState(enum.Enum):
@@ -101,6 +102,7 @@ class Session:
 
     def __init__(self, limits: Limits, extension: Extension | None = None) -> None:
         self._ws = WsConnection(ConnectionType.SERVER, [extension] if extension else [])
+        self._splitter = FrameSplitter(limits.max_message_bytes)  # plain data frames without wsproto's parser
         self._limits = limits
         self.deflate = extension is not None
         self.state = SessionState.OPEN
@@ -147,6 +149,17 @@ class Session:
         """Bytes read from the client."""
         if self.state is SessionState.CLOSED or self.state is SessionState.FAILING:
             return  # fail fast: nothing after a protocol error is processed
+        for kind, piece in self._splitter.split(data):
+            if kind is PLAIN:  # a whole message in one plain frame (server.protocol.reader)
+                if self.state is SessionState.OPEN:
+                    self._on_message(piece)
+                continue  # closing: the client's data no longer matters
+            self._receive_frames(piece)  # type: ignore[arg-type]
+            if self.state is SessionState.CLOSED or self.state is SessionState.FAILING:
+                return
+
+    def _receive_frames(self, data: bytes) -> None:
+        """Frames for wsproto: control frames, fragments, compressed ones, anything it must judge."""
         self._ws.receive_data(data)
         for event in self._ws.events():
             if isinstance(event, CloseConnection):
@@ -223,7 +236,10 @@ class Session:
         if not event.message_finished:
             return
         parts, self._partial, self._partial_size = self._partial, [], 0
-        message: str | bytes = "".join(parts) if isinstance(event, TextMessage) else b"".join(parts)  # type: ignore[arg-type]
+        self._on_message("".join(parts) if isinstance(event, TextMessage) else b"".join(parts))  # type: ignore[arg-type]
+
+    def _on_message(self, message: str | bytes) -> None:
+        # Within max_message_bytes: assembled parts are checked above, a plain frame's limit is the splitter's.
         self.inflight += 1
         self.inflight_bytes += len(message)
         self._events.append(MessageReceived(message))

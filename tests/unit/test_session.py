@@ -74,6 +74,38 @@ def test_messages_come_out_whole_and_in_order_and_are_counted_in_flight() -> Non
     assert s.data_to_send() == b""
 
 
+def test_any_cut_of_the_bytes_gives_the_same_events() -> None:
+    c = client()
+    stream = b"".join([c.send(TextMessage("plain")), c.send(BytesMessage(b"\x00" * 300)), c.send(Ping(b"p")),
+                       c.send(TextMessage("fr", message_finished=False)), c.send(TextMessage("ag")),
+                       c.send(TextMessage("é" * 70)), c.send(CloseConnection(1000, "bye"))])
+    whole = Session(LIMITS)
+    whole.receive_data(stream)
+    expected, expected_out = whole.events(), whole.data_to_send()
+    assert frames(expected_out) == [(0x80, 0xA, b"p"), (0x80, 0x8, b"\x03\xe8bye")]
+    assert [e for e in expected if isinstance(e, MessageReceived)] == [
+        MessageReceived("plain"), MessageReceived(b"\x00" * 300), MessageReceived("frag"), MessageReceived("é" * 70)]
+    for cut in range(len(stream) + 1):
+        s = Session(LIMITS)
+        s.receive_data(stream[:cut])
+        s.receive_data(stream[cut:])
+        assert s.events() == expected, cut
+        assert s.data_to_send() == expected_out, cut
+
+
+def test_invalid_utf8_fails_as_soon_as_it_arrives_not_when_the_frame_is_whole() -> None:
+    frame = client().send(TextMessage("ok" * 50))
+    header = 6  # 2 + mask: 100 bytes fit the 7-bit length
+    masked_payload = bytearray(frame[header:])
+    for i, byte in enumerate(b"\xff\xfe"):  # turn the first two payload bytes into invalid UTF-8
+        masked_payload[i] = byte ^ frame[2 + i]
+    s = Session(LIMITS)
+    s.receive_data(frame[:header] + bytes(masked_payload[:10]))  # the rest of the frame has not arrived
+    events = s.events()  # RFC 6455 8.1: fail fast on invalid text (Autobahn 6.4.*)
+    assert [e.code for e in events if isinstance(e, ProtocolError)] == [1007], events
+    assert close_frame(s.data_to_send())[0] == 1007
+
+
 def test_a_ping_is_answered_with_its_payload() -> None:
     s, c = Session(LIMITS), client()
     s.receive_data(c.send(Ping(b"abc")))
