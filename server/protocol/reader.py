@@ -33,8 +33,8 @@ def _xor_table(key: int) -> bytes:
 _XOR_TABLES = [_xor_table(key) for key in range(256)]
 
 
-def unmask(payload: bytes | bytearray | memoryview, mask: bytes | bytearray | memoryview) -> bytes:
-    """``payload`` XOR the repeated 4-byte ``mask`` (RFC 6455 5.3)."""
+def unmask_python(payload: bytes | bytearray | memoryview, mask: bytes | bytearray | memoryview) -> bytes:
+    """``payload`` XOR the repeated 4-byte ``mask`` (RFC 6455 5.3), in pure Python (~100 us per 64 KiB)."""
     n = len(payload)
     if n < _INT_XOR_BELOW:
         key = (bytes(mask) * ((n >> 2) + 1))[:n]
@@ -43,6 +43,19 @@ def unmask(payload: bytes | bytearray | memoryview, mask: bytes | bytearray | me
     for i in range(4):
         data[i::4] = data[i::4].translate(_XOR_TABLES[mask[i]])
     return bytes(data)
+
+
+try:  # websockets' C function when websockets is installed (the `speedups` extra): ~3 us per 64 KiB
+    from websockets.speedups import apply_mask as _apply_mask_c
+except ImportError:  # pragma: no cover - depends on what is installed
+    _apply_mask_c = None  # type: ignore[assignment]
+
+
+def unmask(payload: bytes | bytearray, mask: bytes | bytearray) -> bytes:
+    """``payload`` XOR the repeated 4-byte ``mask``: websockets' C function if installed, else :func:`unmask_python`."""
+    if _apply_mask_c is not None:
+        return _apply_mask_c(payload, mask)
+    return unmask_python(payload, mask)
 
 
 # What split() returns: for a plain frame, the message (str or bytes); for anything else, bytes for wsproto.
