@@ -107,9 +107,9 @@ MUTANTS = [
     ),
     Mutant(
         "lost-wakeup",
-        "post() never writes the wake-up byte: posted work waits for unrelated socket activity",
+        "post() never signals the waker: posted work waits for unrelated socket activity",
         "server/core/loop.py",
-        'self._wake_w.send(b"\\0")',
+        "os.eventfd_write(self._fd, 1)",
         "pass",
         1,
     ),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import os
 import selectors
 import socket
 import threading
@@ -78,6 +79,56 @@ class Timers(Generic[K]):
         return name in self._armed
 
 
+class Waker:
+    """Wakes the loop's ``select()`` from another thread.
+
+    An eventfd where the platform has one (one 8-byte counter: a write to
+    wake, one read to clear, no buffer to fill), else a socketpair, as
+    asyncio's self-pipe.
+    """
+
+    def __init__(self) -> None:
+        self._pair: tuple[socket.socket, socket.socket] | None = None
+        if hasattr(os, "eventfd"):
+            self._fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        else:  # pragma: no cover - not Linux
+            self._pair = socket.socketpair()
+            for sock in self._pair:
+                sock.setblocking(False)
+            self._fd = self._pair[0].fileno()
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def wake(self) -> None:
+        """Make the read end readable (any thread)."""
+        try:
+            if self._pair is None:
+                os.eventfd_write(self._fd, 1)
+            else:  # pragma: no cover - not Linux
+                self._pair[1].send(b"\0")
+        except OSError:  # full (a wake-up is pending anyway) or closed
+            pass
+
+    def clear(self) -> None:
+        """Consume every wake-up so far (IO thread)."""
+        try:
+            if self._pair is None:
+                os.eventfd_read(self._fd)
+            else:  # pragma: no cover - not Linux
+                while self._pair[0].recv(4096):
+                    pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def close(self) -> None:
+        if self._pair is None:
+            os.close(self._fd)
+        else:  # pragma: no cover - not Linux
+            for sock in self._pair:
+                sock.close()
+
+
 class IOLoop:
     """A selector loop run by exactly one thread."""
 
@@ -88,10 +139,8 @@ class IOLoop:
         self._posted: deque[Callback] = deque()
         self._wake_lock = threading.Lock()
         self._wake_pending = False
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self._selector.register(self._wake_r, selectors.EVENT_READ, self._on_wake)
+        self._waker = Waker()
+        self._selector.register(self._waker.fileno(), selectors.EVENT_READ, self._on_wake)
         self._after_batch: list[Callback] = []  # IO thread only: e.g. socket flushes
         self._timers: list[tuple[float, int, Timer]] = []
         self._timer_seq = itertools.count()
@@ -121,10 +170,7 @@ class IOLoop:
             if self._wake_pending:
                 return
             self._wake_pending = True
-        try:
-            self._wake_w.send(b"\0")
-        except OSError:  # buffer full (a wake-up is pending anyway) or closed
-            pass
+        self._waker.wake()
 
     def in_io_thread(self) -> bool:
         """True when called from the thread that runs this loop."""
@@ -243,11 +289,7 @@ class IOLoop:
     def _on_wake(self, mask: int) -> None:
         # Clear the flag before the queue is drained, so a post that races with
         # the drain always leaves a wake-up behind.
-        try:
-            while self._wake_r.recv(4096):
-                pass
-        except BlockingIOError:
-            pass
+        self._waker.clear()
         with self._wake_lock:
             self._wake_pending = False
 
@@ -265,5 +307,4 @@ class IOLoop:
             return
         self._closed = True
         self._selector.close()
-        self._wake_r.close()
-        self._wake_w.close()
+        self._waker.close()
