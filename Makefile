@@ -53,10 +53,12 @@ conformance-ci: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+	$(PY) -m bench.hops
 
 bench-quick: $(STAMP)
 	$(PY) -m bench --quick
 	$(PY) -m bench --quick --tls
+	$(PY) -m bench.hops --quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache reports

@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Fast socket-free tests first: -x stops at the first failure.
 UNIT_TESTS = ["tests/unit/test_frames.py", "tests/unit/test_deflate.py", "tests/unit/test_streamformat.py", "tests/unit/test_app.py",
               "tests/unit/test_outbox.py", "tests/unit/test_writer.py", "tests/unit/test_transport.py", "tests/unit/test_session.py",
-              "tests/unit/test_http_phase.py"]
+              "tests/unit/test_http_phase.py", "tests/unit/test_reader.py"]
 TESTS = [*UNIT_TESTS, "tests/e2e/test_stall.py", "tests/e2e/test_flow_control.py", "tests/e2e/test_regression.py"]
 # wss:// only: the five clients over TLS, then tests/e2e/test_tls.py (a mutant with its own list runs only those)
 TLS_TESTS = ("tests/e2e/test_regression.py::test_fixed_server_over_wss_delivers_every_message_intact",
@@ -103,6 +103,22 @@ MUTANTS = [
         "server/core/loop.py",
         "callback = self._posted.popleft()",
         "callback = self._posted.pop()",
+        1,
+    ),
+    Mutant(
+        "reader-ignores-fragments",
+        "the frame splitter decodes a plain-looking frame inside a fragmented message instead of giving it to wsproto",
+        "server/protocol/reader.py",
+        "and not self._fragmented and length <= self._plain_max",
+        "and length <= self._plain_max",
+        1,
+    ),
+    Mutant(
+        "reader-holds-partial-text",
+        "the frame splitter waits for a text frame to be whole: invalid UTF-8 is no longer failed as it arrives",
+        "server/protocol/reader.py",
+        "if plain and stop > end and first == _BINARY_FIN:",
+        "if plain and stop > end:",
         1,
     ),
     Mutant(
