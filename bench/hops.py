@@ -22,6 +22,7 @@ the time goes, the R workloads how fast it is.
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 import subprocess
@@ -37,7 +38,6 @@ STAGES = ["read", "dispatch", "handler", "send", "drain", "written"]
 def serve() -> None:
     """The child: the demo server with its message path timestamped; answers ``report`` and ``quit`` on stdin."""
     from server import ConnectionHandle, Limits, Server
-    from server.connections.connection import Connection
     from server.connections.dispatch import Dispatcher
     from server.connections.writer import Writer
     from server.core.transport import SocketTransport
@@ -106,7 +106,7 @@ def serve() -> None:
             with lock:
                 samples = list(done)
             steps = {f"{a}->{b}": statistics.median(s[b] - s[a] for s in samples) / 1000
-                     for a, b in zip(STAGES, STAGES[1:], strict=False)} if samples else {}
+                     for a, b in itertools.pairwise(STAGES)} if samples else {}
             print(json.dumps({"n": len(samples), "steps_us": steps}), flush=True)
         else:
             break
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"== HOPS: where an R1 round trip's time goes on our server (1 connection x 256 B, {seconds:g} s; "
           "median us per step, stage hooks included)")
     rows = [measure("/echo", seconds), measure("/echo-inline", seconds)]
-    steps = [f"{a}->{b}" for a, b in zip(STAGES, STAGES[1:], strict=False)]
+    steps = [f"{a}->{b}" for a, b in itertools.pairwise(STAGES)]
     print(f"{'route':14}" + "".join(f"{s:>18}" for s in steps) + f"{'sum':>8}{'client p50':>12}{'n':>8}")
     for row in rows:
         values = [row.get("steps_us", {}).get(s) for s in steps]
