@@ -8,7 +8,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 
 from .admission import Admission
 from .codes import CloseCode
@@ -16,6 +16,7 @@ from .connections.backlog import Backlog
 from .connections.connection import Connection
 from .connections.handle import ConnectionHandle, State
 from .connections.handler import Router
+from .connections.pool import WorkerPool
 from .core.loop import IOLoop
 from .core.tls import TlsTransport
 from .core.transport import SocketTransport
@@ -34,7 +35,7 @@ logger = logging.getLogger(__name__)
 class Server:
     """A WebSocket server whose sockets are all owned by one IO thread.
 
-    Application code runs on a :class:`~concurrent.futures.ThreadPoolExecutor`
+    Application code runs on a :class:`~server.connections.pool.WorkerPool` (an ``Executor``)
     (and on any threads it starts); it sends with :meth:`ConnectionHandle.send` or
     :meth:`broadcast`, both safe from any thread.
 
@@ -72,7 +73,7 @@ class Server:
         self.limits = limits or Limits()
         self.stats = Stats()
         self.loop = IOLoop()
-        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="wsrace-worker")
+        self.executor = WorkerPool(max_workers=workers, thread_name_prefix="wsrace-worker")
         self.send_backlog = Backlog(max_backlog_bytes)
         self.registry = Registry(self.limits.fanout_wait)  # the connections; broadcast
         self._listener: socket.socket | None = None

@@ -26,7 +26,7 @@ from ..errors import ConnectionClosed
 from ..stats import Stats
 from .handle import ConnectionHandle
 from .handler import Handler
-from .strand import Strand
+from .strand import Strand, hand_off
 
 logger = logging.getLogger(__name__)
 _slow_logged = [float("-inf")]  # when a slow inline handler was last logged (IO thread; rate limit)
@@ -41,7 +41,7 @@ class Dispatcher:
         self._conn = conn
         self._inline_warn = inline_warn
         self._loop = loop
-        self._executor = executor
+        self._hand_off = hand_off(executor)
         self._stats = stats
         self._on_done = on_done
         self._inline = bool(getattr(handler, "inline", False))
@@ -66,7 +66,7 @@ class Dispatcher:
             if self._strand is not None:
                 self._strand.submit(partial(self._handle, message))
             else:
-                self._executor.submit(self._handle, message)
+                self._hand_off(partial(self._handle, message))
         except RuntimeError:  # executor shut down
             self._on_done(message)
 
@@ -81,7 +81,7 @@ class Dispatcher:
             if self._strand is not None:
                 self._strand.submit(job)
             else:
-                self._executor.submit(job)
+                self._hand_off(job)
         except RuntimeError:  # executor shut down
             job()
 

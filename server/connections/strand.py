@@ -20,11 +20,17 @@ logger = logging.getLogger(__name__)
 Job = Callable[[], object]  # what it returns is ignored
 
 
+def hand_off(executor: Executor) -> Callable[[Job], object]:
+    """How to start a job on ``executor`` with no one waiting for its result: ``WorkerPool.run`` (no Future), else ``submit``."""
+    return getattr(executor, "run", None) or executor.submit
+
+
 class Strand:
     """Serialises jobs on ``executor``. :meth:`submit` is safe from any thread."""
 
     def __init__(self, executor: Executor, batch: int = 16) -> None:
         self._executor = executor
+        self._hand_off = hand_off(executor)
         self._batch = batch
         self._lock = threading.Lock()
         self._jobs: deque[Job] = deque()
@@ -45,7 +51,7 @@ class Strand:
 
     def _schedule(self) -> None:
         try:
-            self._executor.submit(self._run)
+            self._hand_off(self._run)
         except RuntimeError:
             with self._lock:
                 self._scheduled = False
