@@ -18,6 +18,7 @@ import pytest
 from server import Limits, Stats
 from server.connections.connection import Connection
 from server.connections.handle import ConnectionHandle, State
+from server.connections.pool import WorkerPool
 from server.core.loop import IOLoop
 from server.core.transport import SocketTransport
 
@@ -56,7 +57,7 @@ def pair() -> Iterator[tuple[Connection, socket.socket, Stats]]:
     stats = Stats()
     # Every judgement below backdates the clocks by 10 s; 5 s keeps "too early to judge" true on a slow machine.
     limits = Limits(max_queue_bytes=LIMIT, stall_timeout=5.0, ping_interval=None, deflate=False)
-    conn = Connection(loop, SocketTransport(loop, ours), _Router(), executor=None, limits=limits, stats=stats)  # type: ignore[arg-type]
+    conn = Connection(loop, SocketTransport(loop, ours), _Router(), WorkerPool(1), limits=limits, stats=stats)
     conn.start()
     client.sendall(upgrade_request("/"))
 
