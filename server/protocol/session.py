@@ -100,9 +100,11 @@ SessionEvent = MessageReceived | ProtocolError | Closing | ShutAfterFlush | Ping
 class Session:
     """One WebSocket session (server side), driven by bytes and deadlines; no I/O, no clock, no threads."""
 
-    def __init__(self, limits: Limits, extension: Extension | None = None) -> None:
+    def __init__(self, limits: Limits, extension: Extension | None = None, plain_frames: bool = True) -> None:
+        """``plain_frames=False``: every frame through wsproto (the reference the fast path is tested against)."""
         self._ws = WsConnection(ConnectionType.SERVER, [extension] if extension else [])
-        self._splitter = FrameSplitter(limits.max_message_bytes)  # plain data frames without wsproto's parser
+        # Plain data frames without wsproto's parser (server.protocol.reader).
+        self._splitter = FrameSplitter(limits.max_message_bytes) if plain_frames else None
         self._limits = limits
         self.deflate = extension is not None
         self.state = SessionState.OPEN
@@ -149,6 +151,9 @@ class Session:
         """Bytes read from the client."""
         if self.state is SessionState.CLOSED or self.state is SessionState.FAILING:
             return  # fail fast: nothing after a protocol error is processed
+        if self._splitter is None:
+            self._receive_frames(data)
+            return
         for kind, piece in self._splitter.split(data):
             if kind is PLAIN:  # a whole message in one plain frame (server.protocol.reader)
                 if self.state is SessionState.OPEN:
