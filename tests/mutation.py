@@ -109,8 +109,8 @@ MUTANTS = [
         "reader-ignores-fragments",
         "the frame splitter decodes a plain-looking frame inside a fragmented message instead of giving it to wsproto",
         "server/protocol/reader.py",
-        "and data[pos + 1] & 0x80 and not self._fragmented",
-        "and data[pos + 1] & 0x80",
+        "and second & 0x80 and not self._fragmented",
+        "and second & 0x80",
         1,
     ),
     Mutant(

@@ -136,9 +136,9 @@ class FrameSplitter:
         """Append the pieces of ``data`` from its start (a frame boundary); return where the unfinished rest starts."""
         pos, end = 0, len(data)
         while end - pos >= 2:  # one byte tells wsproto nothing either
-            first = data[pos]
-            candidate = (first == _BINARY_FIN or first == _TEXT_FIN) and data[pos + 1] & 0x80 and not self._fragmented
-            header = _header(data, pos, end)
+            first, second = data[pos], data[pos + 1]
+            candidate = (first == _BINARY_FIN or first == _TEXT_FIN) and second & 0x80 and not self._fragmented
+            header = (6, second & 0x7F, True) if candidate and second & 0x7F < 126 else _header(data, pos, end)
             if header is None:
                 if candidate:
                     break  # wait for the length
