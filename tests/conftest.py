@@ -8,11 +8,17 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 from server.core import affinity
 
 from .helpers import running_server
 from .tls import TLSFiles, make_tls_files
+
+# Property tests draw the same examples every run unless asked (pytest --hypothesis-profile=explore).
+settings.register_profile("repeatable", derandomize=True)
+settings.register_profile("explore", derandomize=False, max_examples=3000)
+settings.load_profile("repeatable")
 
 # On in every test. Only `make mutation` turns it off (WSRACE_CHECK_AFFINITY=0), to show
 # the clients' own checks catch a mutant even without it.

@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl, urlsplit
 import h11
 from wsproto.extensions import PerMessageDeflate
 from wsproto.handshake import server_extensions_handshake
-from wsproto.utilities import generate_accept_token, split_comma_header
+from wsproto.utilities import generate_accept_token
 
 from ..errors import WsraceError
 from .deflate import BoundedPerMessageDeflate
@@ -54,7 +54,7 @@ class HttpRequest:
         return self.headers.get(name.lower(), default)
 
     def header_tokens(self, name: str) -> list[str]:
-        return [t.lower() for t in split_comma_header(self.headers.get(name, "").encode("latin-1"))]
+        return [t.lower() for t in comma_split(self.headers.get(name, ""))]
 
     @property
     def wants_websocket(self) -> bool:
@@ -63,7 +63,17 @@ class HttpRequest:
     @property
     def subprotocols(self) -> list[str]:
         """The subprotocols the client offers (``Sec-WebSocket-Protocol``), in its order of preference."""
-        return split_comma_header(self.headers.get("sec-websocket-protocol", "").encode("latin-1"))
+        return comma_split(self.headers.get("sec-websocket-protocol", ""))
+
+
+def comma_split(value: str) -> list[str]:
+    """The items of a comma-separated header value, stripped.
+
+    Not wsproto's ``split_comma_header``: it decodes as ASCII and raises on
+    the obs-text bytes (0x80-0xFF) HTTP allows in field values; here they stay
+    (latin-1) and simply match no token.
+    """
+    return [item.strip() for item in value.split(",")]
 
 
 # RFC 9112 section 3: request-line = method SP request-target SP HTTP-version; method = token.
@@ -217,7 +227,7 @@ class Handshake:
             name = raw_name.decode("latin-1").lower()
             value = raw_value.decode("latin-1")
             if name == "sec-websocket-extensions":
-                extensions.extend(split_comma_header(raw_value))
+                extensions.extend(comma_split(value))
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
         major, _, minor = event.http_version.partition(b".")
         check_http_version(int(major), int(minor))

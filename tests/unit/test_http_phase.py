@@ -110,3 +110,28 @@ def test_subprotocol_is_the_first_offered_that_the_handler_lists(path: str, offe
     assert isinstance(outcome, Upgrade) and outcome.subprotocol == agreed
     header = f"\r\nSec-WebSocket-Protocol: {agreed}\r\n".encode() if agreed else b"Sec-WebSocket-Protocol"
     assert (header in outcome.reply) == (agreed is not None), outcome.reply
+
+
+@pytest.mark.parametrize("extra", [
+    "",  # the obs-text byte only in a header nobody splits
+    "Sec-WebSocket-Protocol: chat\x80v1\r\n",  # offers nothing the handler supports
+    "Sec-WebSocket-Extensions: permessage-deflate\x80\r\n",  # an offer that matches nothing
+])
+def test_obs_text_in_header_values_is_not_a_server_error(extra: str) -> None:
+    """HTTP allows bytes 0x80-0xFF in field values; they matched no token, they must not crash the parse (was 500).
+
+    Found by tests/unit/test_handshake_properties.py.
+    """
+    p, stats = phase()
+    request = upgrade_request("/chat").replace(b"\r\n\r\n", f"\r\nX-Note: caf\xe9\r\n{extra}\r\n".encode("latin-1"))
+    outcome = p.receive_data(request)
+    assert isinstance(outcome, Upgrade) and stats.route_errors == 0
+    assert outcome.reply.startswith(b"HTTP/1.1 101 ") and outcome.subprotocol is None and outcome.extension is None
+
+
+def test_obs_text_in_the_upgrade_header_is_not_an_upgrade() -> None:
+    p, stats = phase()
+    request = upgrade_request("/ws").replace(b"Upgrade: websocket", "Upgrade: websocket\x80".encode("latin-1"))
+    outcome = p.receive_data(request)
+    assert isinstance(outcome, Reply) and outcome.status == 426, "not a server error (was 500)"
+    assert stats.route_errors == 0

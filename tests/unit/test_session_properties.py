@@ -24,6 +24,8 @@ from server import Limits
 from server.protocol.session import Session
 
 pytestmark = pytest.mark.timeout(120)
+# The same examples every run (tests/conftest.py's "repeatable" profile), so the suite never flakes on a newly
+# drawn case; `--hypothesis-profile=explore` draws new ones: keep what it finds as an @example.
 LIMITS = Limits(max_message_bytes=4096, ping_interval=None)
 SIZES = st.sampled_from([0, 1, 5, 125, 126, 127, 200, 4096, 4097, 65535, 65536])
 
