@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from wsproto.connection import Connection as WsConnection
 from wsproto.connection import ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
-from wsproto.extensions import PerMessageDeflate
+from wsproto.extensions import Extension, PerMessageDeflate
 
 from repro.checker import CLASSES, DeflateParams, WireChecker
 
@@ -30,13 +30,13 @@ CUTS = st.lists(st.integers(0, 1 << 20), max_size=6)
 def server_streams(draw: st.DrawFn) -> tuple[bytes, list[str | bytes], bool]:
     """(bytes a server sends, the data messages in them, deflate negotiated)."""
     deflate = draw(st.booleans())
-    extensions = []
+    extensions: list[Extension] = []
     if deflate:
         ext = PerMessageDeflate()
-        ext.finalize(ext.offer())  # as a server that accepted the default offer
+        ext.finalize(str(ext.offer()))  # as a server that accepted the default offer
         extensions.append(ext)
     server = WsConnection(ConnectionType.SERVER, extensions)
-    out, messages = b"", []
+    out, messages = b"", list[str | bytes]()
     for _ in range(draw(st.integers(0, 8))):
         kind = draw(st.sampled_from(["text", "binary", "fragmented", "ping", "pong"]))
         if kind == "text":
