@@ -386,13 +386,13 @@ class Connection:
         """Close the socket and release everything; runs exactly once."""
         if self.transport.closed:
             return
-        self.handle.state = State.CLOSED
+        self.handle.state = State.CLOSED  # first: nothing below (a stall judgement, a flush) acts on an open connection
         self._timers.cancel_all()
         self.writer.cancel()
         self.transport.close()
         self.writer.drop_unsent(all_frames=True)
         self._stats.closed += 1
-        self.handle.record_closed()
+        self.handle.record_closed()  # wait_closed() returns from here on
         if self._dispatcher is not None:
             self._dispatcher.closed()
         self._on_closed(self)

@@ -172,8 +172,7 @@ class ConnectionHandle:
         self.outbox.shut(code, reason)  # producers waiting for room get ConnectionClosed
 
     def record_closed(self) -> None:
-        """The socket is closed: ``closed`` and ``wait_closed()`` say so from now on."""
-        self.state = State.CLOSED
+        """The socket is closed (the state is CLOSED already): ``wait_closed()`` returns from now on."""
         self._closed_event.set()
 
     def __repr__(self) -> str:
