@@ -29,7 +29,6 @@ class Strand:
     """Serialises jobs on ``executor``. :meth:`submit` is safe from any thread."""
 
     def __init__(self, executor: Executor, batch: int = 16) -> None:
-        self._executor = executor
         self._hand_off = hand_off(executor)
         self._batch = batch
         self._lock = threading.Lock()
