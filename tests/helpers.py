@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import socket
@@ -102,6 +103,12 @@ def http_exchange(port: int, request: bytes, timeout: float = 5.0, ssl_context: 
                 break
             chunks.append(data)
         return b"".join(chunks)
+
+
+def reads(stream: bytes, cuts: Sequence[int]) -> list[bytes]:
+    """``stream`` cut into the non-empty reads that ``cuts`` (any ints, taken modulo its length + 1) make, in order."""
+    bounds = [0, *sorted(c % (len(stream) + 1) for c in cuts), len(stream)]
+    return [stream[a:b] for a, b in itertools.pairwise(bounds) if a < b]
 
 
 def upgrade_request(path: str, key: str = "dGhlIHNhbXBsZSBub25jZQ==", version: str = "13", extra: str = "") -> bytes:

@@ -9,8 +9,6 @@ exception, and in the same verdict however they are cut.
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -20,6 +18,8 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessag
 from wsproto.extensions import Extension, PerMessageDeflate
 
 from repro.checker import CLASSES, DeflateParams, WireChecker
+
+from ..helpers import reads
 
 pytestmark = pytest.mark.timeout(120)
 # The same examples every run (tests/conftest.py's "repeatable" profile); --hypothesis-profile=explore draws new ones.
@@ -65,10 +65,8 @@ def server_streams(draw: st.DrawFn) -> tuple[bytes, list[str | bytes], bool]:
 
 def check(stream: bytes, cuts: list[int], deflate: bool) -> tuple[WireChecker, tuple[object, ...]]:
     checker = WireChecker(deflate=DeflateParams() if deflate else None)
-    bounds = [0, *sorted(c % (len(stream) + 1) for c in cuts), len(stream)]
-    for a, b in itertools.pairwise(bounds):
-        if a < b:
-            checker.feed(stream[a:b])
+    for read in reads(stream, cuts):
+        checker.feed(read)
     s = checker.summary()
     assert set(s.anomalies) <= set(CLASSES), s.anomalies
     verdict = (s.received_messages, s.valid_messages, sorted((a.cls, a.offset) for a in s.anomalies.values()),

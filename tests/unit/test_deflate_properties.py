@@ -10,8 +10,6 @@ with and without context takeover, for every window size.
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -25,6 +23,8 @@ from server import Limits
 from server.protocol.deflate import BoundedPerMessageDeflate
 from server.protocol.frames import OutMessage
 from server.protocol.session import MessageReceived, Session
+
+from ..helpers import reads
 
 pytestmark = pytest.mark.timeout(120)
 # The same examples every run (tests/conftest.py's "repeatable" profile); --hypothesis-profile=explore draws new ones.
@@ -56,10 +56,8 @@ def test_what_a_client_compresses_comes_out_as_sent_however_it_arrives(
     client, server_ext = pair
     session = Session(LIMITS, server_ext)
     stream = b"".join(client.send(TextMessage(m) if isinstance(m, str) else BytesMessage(m)) for m in messages)
-    bounds = [0, *sorted(c % (len(stream) + 1) for c in cuts), len(stream)]
-    for a, b in itertools.pairwise(bounds):
-        if a < b:
-            session.receive_data(stream[a:b])
+    for read in reads(stream, cuts):
+        session.receive_data(read)
     assert session.events() == [MessageReceived(m) for m in messages]
 
 

@@ -8,13 +8,13 @@ answer however they are cut.
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from server.protocol.handshake import Handshake, HttpError, HttpRequest, check_upgrade
+
+from ..helpers import reads
 
 pytestmark = pytest.mark.timeout(120)
 # The same examples every run (tests/conftest.py's "repeatable" profile), so the suite never flakes on a newly
@@ -42,13 +42,13 @@ def upgrade_requests(draw: st.DrawFn) -> bytes:
 def outcome(stream: bytes, cuts: list[int]) -> tuple[str, object]:
     """Feed ``stream`` in the pieces ``cuts`` makes, then EOF: ('request', ...), ('error', status) or ('waiting', None)."""
     handshake = Handshake(max_request_bytes=MAX_REQUEST)
-    bounds = [0, *sorted(c % (len(stream) + 1) for c in cuts), len(stream)]
+    fed = 0
     try:
-        for a, b in itertools.pairwise(bounds):
-            if a < b:
-                request = handshake.receive_data(stream[a:b])
-                if request is not None:  # what follows goes to the session: trailing is what came with it
-                    return "request", summary(request, stream[b:])
+        for read in reads(stream, cuts):
+            fed += len(read)
+            request = handshake.receive_data(read)
+            if request is not None:  # what follows goes to the session: trailing is what came with it
+                return "request", summary(request, stream[fed:])
         handshake.receive_data(b"")  # EOF: a request cut short is an error, not a wait
     except HttpError as exc:
         assert exc.status in HTTP_STATUSES, exc

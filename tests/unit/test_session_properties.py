@@ -11,8 +11,6 @@ frames with the same code and reason).
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -22,6 +20,8 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessag
 
 from server import Limits
 from server.protocol.session import Session
+
+from ..helpers import reads
 
 pytestmark = pytest.mark.timeout(120)
 # The same examples every run (tests/conftest.py's "repeatable" profile), so the suite never flakes on a newly
@@ -61,14 +61,12 @@ def encode(events: list[object]) -> bytes:
 
 def run(stream: bytes, cuts: list[int], plain_frames: bool) -> tuple[list[object], bytes, str]:
     session = Session(LIMITS, plain_frames=plain_frames)
-    bounds = [0, *sorted(c % (len(stream) + 1) for c in cuts), len(stream)]
     out = b""
     events: list[object] = []
-    for a, b in itertools.pairwise(bounds):
-        if a < b:
-            session.receive_data(stream[a:b])
-            events.extend(session.events())
-            out += session.data_to_send()
+    for read in reads(stream, cuts):
+        session.receive_data(read)
+        events.extend(session.events())
+        out += session.data_to_send()
     return events, out, session.state.value
 
 
