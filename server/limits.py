@@ -43,6 +43,9 @@ class Limits:
     handshake_timeout: float = 10.0
     close_timeout: float = 5.0
     max_inflight_messages: int = 16  # received, not yet handled: reading pauses at this many
+    # A client whose oldest queued message is older than this is logged (rate-limited) and counted as slow in the
+    # metrics: seen well before stall_timeout closes it.
+    slow_warn: float = 5.0
     inline_warn: float = 0.005  # an inline handler (Handler.inline) holding the IO thread longer is logged and counted
     deflate: bool = True
     # Server-wide admission limits (server/admission.py); None = derived/unlimited.

@@ -7,6 +7,7 @@ import signal
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 
@@ -21,6 +22,7 @@ from .core.loop import IOLoop
 from .core.tls import TlsTransport
 from .core.transport import SocketTransport
 from .limits import Limits
+from .observe.metrics import Metrics, Sample, Sampler
 from .protocol.frames import OutMessage
 from .protocol.http import OriginCheck
 from .registry import BroadcastResult, Registry
@@ -52,6 +54,9 @@ class Server:
     only); ``reuse_port`` lets several processes listen on one port.
     ``port=None``: no listener — connections arrive only through :meth:`adopt`
     (sockets another server accepted, e.g. a WSGI server's).
+    ``metrics=False`` turns off what :attr:`metrics` measures on the send path
+    and the IO thread's once-a-second probe (on by default; bench/README
+    gives its cost).
     """
 
     def __init__(
@@ -67,11 +72,12 @@ class Server:
         broker: Broker | None = None,
         reuse_port: bool = False,
         ssl_context: ssl.SSLContext | None = None,
+        metrics: bool = True,
     ) -> None:
         self.host = host
         self.ssl_context = ssl_context
         self.limits = limits or Limits()
-        self.stats = Stats()
+        self.stats = Stats(detailed=metrics)
         self.loop = IOLoop()
         self.executor = WorkerPool(max_workers=workers, thread_name_prefix="wsrace-worker")
         self.send_backlog = Backlog(max_backlog_bytes)
@@ -91,6 +97,8 @@ class Server:
         self._stopped_clean = True
         self.broker: Broker = broker if broker is not None else MemoryBroker()
         self.topics = Topics(self.broker, self.registry.broadcast, self.stats)
+        self.sampler: Sampler | None = (Sampler(self.loop, self.stats, self.registry.connections, self.limits.slow_warn)
+                                        if metrics else None)
         if isinstance(router, type) or not hasattr(router, "route"):
             self.router: Router = router(self)  # type: ignore[operator]
         else:
@@ -117,6 +125,8 @@ class Server:
         if not ready.wait(10):
             raise RuntimeError("the IO loop did not run a posted callable within 10 s; is its wake-up broken?")
         self.topics.start()
+        if self.sampler is not None:
+            self.sampler.start()
         logger.debug("listening on %s", self.url)
         return self
 
@@ -178,6 +188,29 @@ class Server:
         """
         return self.registry.broadcast(message, targets)
 
+    @property
+    def metrics(self) -> Metrics:
+        """A snapshot of the server's counters, latencies, queues and IO thread (see :mod:`server.observe.metrics`).
+
+        Any thread; never waits for the IO thread (what only it may read is
+        from its last probe, at most a second old). With ``metrics=False``
+        the send path's figures and the probe's stay at zero.
+        """
+        stats = self.stats
+        counters = stats.as_dict()
+        sample = self.sampler.latest if self.sampler is not None else None
+        if sample is None:
+            sample = Sample()
+        counters["producer_waits"] += sample.producer_waits  # finished connections' + the open ones'
+        broker_metrics = getattr(self.broker, "metrics", None)
+        return Metrics(
+            wall=time.time(), counters=counters, closes=dict(stats.closes),
+            send_latency=stats.send_latency.snapshot(), handler_seconds=stats.handler_seconds.snapshot(),
+            io_lag=stats.io_lag.snapshot(), sample=sample,
+            backlog_bytes=self.send_backlog.bytes, backlog_waits=self.send_backlog.waits,
+            workers=self.executor.thread_count, broker=broker_metrics() if broker_metrics is not None else {},
+        )
+
     # -- topics and the broker (any thread; server/topics.py) ---------------
 
     def subscribe(self, conn: ConnectionHandle, topic: str = "") -> None:
@@ -230,6 +263,8 @@ class Server:
 
             self.loop.post(cut)
             done.wait(5)
+        if self.sampler is not None:
+            self.sampler.stop()
         close = getattr(self.router, "close", None)
         if close is not None:
             close()

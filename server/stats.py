@@ -3,13 +3,32 @@
 from __future__ import annotations
 
 import threading
+from collections import Counter
+
+from .histogram import Histogram
 
 
 class Stats:
-    """Server-wide counters, written on the IO thread (``dropped_messages``: under its own lock)."""
+    """Server-wide counters, written on the IO thread (``dropped_messages``: under its own lock).
 
-    def __init__(self) -> None:
+    The histograms and :attr:`closes` are read by :mod:`server.observe` (``Server.metrics``, Prometheus);
+    :meth:`as_dict` gives the plain counters.
+    """
+
+    def __init__(self, detailed: bool = True) -> None:
         self._lock = threading.Lock()
+        self.detailed = detailed  # count traffic and time batches on the send path (Server(metrics=False): off)
+        # traffic (IO thread): what the sockets read and took
+        self.bytes_in = 0
+        self.messages_in = 0  # data messages received (handed to handlers)
+        self.bytes_out = 0
+        self.frames_out = 0  # frames the sockets took whole: data messages, and pings, pongs, closes, HTTP replies
+        # From send()/broadcast() to the socket taking the message's last byte: per batch a producer queued
+        # (the batch's first message, the one that waited longest), observed when the batch is written.
+        self.send_latency = Histogram()
+        self.handler_seconds = Histogram()  # on_message, worker or inline
+        self.io_lag = Histogram()  # a callable posted from another thread: posted -> run (sampled)
+        self.closes: Counter[tuple[int, str]] = Counter()  # opened connections by (close code, who closed first)
         self.accepted = 0
         self.opened = 0
         self.closed = 0
@@ -25,6 +44,8 @@ class Stats:
         self.keepalive_pings = 0  # keepalive pings sent
         self.keepalive_pongs = 0  # pongs received (answers to keepalive pings)
         self.handler_errors = 0
+        self.producer_waits = 0  # of finished connections: times a producer found the client's queue full and waited
+        self.slow_client_warnings = 0  # a connection's oldest queued message passed Limits.slow_warn (once per episode)
         self.inline_slow = 0  # an inline on_message held the IO thread longer than Limits.inline_warn
         self.route_errors = 0  # route() raised something other than HttpError: answered 500
         # admission (server/admission.py)
@@ -48,4 +69,5 @@ class Stats:
             self.dropped_messages += 1
 
     def as_dict(self) -> dict[str, int]:
-        return {name: value for name, value in vars(self).items() if not name.startswith("_")}
+        """The plain counters by name."""
+        return {name: value for name, value in vars(self).items() if type(value) is int and not name.startswith("_")}

@@ -166,6 +166,7 @@ class Connection:
             return
         if data is None:
             return
+        self._stats.bytes_in += len(data)
         if not data:
             self._on_eof()
         elif self._http is not None:
@@ -392,6 +393,9 @@ class Connection:
         self.transport.close()
         self.writer.drop_unsent(all_frames=True)
         self._stats.closed += 1
+        self._stats.producer_waits += self.writer.outbox.waits
+        if self.session is not None:  # a WebSocket connection: counted by its close code and who closed first
+            self._stats.closes[(self.handle.close_code or CloseCode.ABNORMAL, self.session.closed_by)] += 1
         self.handle.record_closed()  # wait_closed() returns from here on
         if self._dispatcher is not None:
             self._dispatcher.closed()

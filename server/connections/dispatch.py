@@ -59,6 +59,7 @@ class Dispatcher:
 
     def dispatch(self, message: str | bytes) -> None:
         """Hand ``message`` to the pool (IO thread); ``on_done(message)`` follows on the IO thread."""
+        self._stats.messages_in += 1
         if self._inline:
             self._handle_inline(message)
             return
@@ -94,6 +95,7 @@ class Dispatcher:
 
     def _handle(self, message: str | bytes) -> None:
         """Runs on a worker thread."""
+        started = time.perf_counter()
         try:
             self.handler.on_message(self._conn, message)
         except ConnectionClosed:
@@ -103,7 +105,12 @@ class Dispatcher:
             self._loop.post(self._count_error)
             self._conn.close(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
-            self._loop.post(partial(self._on_done, message))
+            self._loop.post(partial(self._handled, message, time.perf_counter() - started))
+
+    def _handled(self, message: str | bytes, took: float) -> None:
+        """IO thread: a worker is done with ``message`` after ``took`` seconds (observed here: one writer)."""
+        self._stats.handler_seconds.observe(took)
+        self._on_done(message)
 
     def _handle_inline(self, message: str | bytes) -> None:
         """On the IO thread: the handler now, timed; ``on_done`` after this turn's batch (its replies go out first)."""
@@ -117,6 +124,7 @@ class Dispatcher:
             self._count_error()
             self._conn.close(CloseCode.INTERNAL_ERROR, "internal error")
         took = time.perf_counter() - started
+        self._stats.handler_seconds.observe(took)
         if took > self._inline_warn:
             self._stats.inline_slow += 1
             now = time.monotonic()

@@ -94,6 +94,8 @@ class Outbox:
         self._pending: deque[OutMessage] = deque()
         self._pending_bytes = 0  # of _pending, counted in the backlog
         self._scheduled = False
+        self._batch_since = 0.0  # when the first message of the pending batch was queued (time.monotonic())
+        self.taken_since = 0.0  # that time for the batch the last take() returned
         self._full_reported = False
         self._behind_reported = False
         self._closed: tuple[int, str] | None = None  # (code, reason) once closing
@@ -153,6 +155,7 @@ class Outbox:
             if self._scheduled:
                 return True
             self._scheduled = True
+            self._batch_since = time.monotonic()
         self._schedule()
         return True
 
@@ -227,14 +230,20 @@ class Outbox:
     # -- IO thread only --------------------------------------------------
 
     def take(self) -> deque[OutMessage]:
-        """The messages producers put since the last call, in order."""
+        """The messages producers put since the last call, in order (the first queued at :attr:`taken_since`)."""
         with self.lock:
             pending, self._pending = self._pending, deque()
             self._scheduled = False
+            self.taken_since = self._batch_since
             if self._pending_bytes:
                 self.backlog.remove_locked(self._pending_bytes)
                 self._pending_bytes = 0
         return pending
+
+    @property
+    def pending_since(self) -> float | None:
+        """When the oldest message the IO thread has not taken yet was queued (None: none waits). Any thread."""
+        return self._batch_since if self._scheduled else None
 
     def judged(self) -> None:
         """The IO thread has looked at a full queue: the next producer to wait reports again."""
@@ -284,6 +293,7 @@ class Outbox:
         lock, backlog = first.lock, first.backlog
         size = out.size
         schedules: list[Callable[[], None]] = []
+        now = time.monotonic()  # a batch started here is timed from now
         blocked: Outbox | None = None
         queued = closed = 0
         with lock:
@@ -304,6 +314,7 @@ class Outbox:
                 queued += 1
                 if not outbox._scheduled:
                     outbox._scheduled = True
+                    outbox._batch_since = now
                     schedules.append(outbox._schedule)
             if queued:
                 backlog.add_locked(queued * size)

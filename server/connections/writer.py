@@ -66,7 +66,7 @@ class Writer:
             in_io_thread=loop.in_io_thread,
             blocked_since=self._blocked_since,
         )
-        self.buffer = SendBuffer(self.outbox.release)
+        self.buffer = SendBuffer(self.outbox.release, stats if stats.detailed else None)
         self.session: Session | None = None  # set once open: it frames data messages when deflate is on
         self._flush_posted = False
         self._stall_timer: Timer | None = None
@@ -148,13 +148,22 @@ class Writer:
         if session is None or not session.accepts_data or self._transport.closed:
             outbox.release(sum(out.size for out in pending))  # closing: the close frame is already queued
             return
+        buffer = self.buffer
         if session.deflate:
             for out in pending:  # compress here, in queue order: the deflate context is per connection
                 data = session.encode(out)
-                self.buffer.append((data,), out.size, len(data))
+                buffer.append((data,), out.size, len(data))
         else:
-            self.buffer.extend(pending)  # each message is its own frame: shared by every client, nothing copied
+            buffer.extend(pending)  # each message is its own frame: shared by every client, nothing copied
+        if pending:
+            buffer.mark(outbox.taken_since)
         self.post_flush()
+
+    @property
+    def oldest_queued_since(self) -> float | None:
+        """When the oldest message still queued for this client was sent (None: nothing queued). IO thread."""
+        since = self.buffer.oldest_since
+        return since if since is not None else self.outbox.pending_since
 
     def _judging(self) -> bool:
         """A full queue on an open session: a client to judge (stalled, or behind a feed)."""

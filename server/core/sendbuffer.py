@@ -16,7 +16,9 @@ The send path, end to end (every step after the first on the IO thread):
 5. Once the buffer is empty after a close, the writer half-closes the socket.
 
 Count bytes per message at step 1 (``Outbox.reserve``, which every send and
-every broadcast passes) or at step 4 (what the socket really took).
+every broadcast passes) or at step 4 (what the socket really took: the
+buffer counts frames and bytes out there, and times each batch from its
+first ``send()`` to the socket taking its last byte).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from collections import deque
 from collections.abc import Callable
 
 from ..protocol.frames import OutMessage
+from ..stats import Stats
 
 IOV_MAX = 512  # buffers per sendmsg call; Linux allows 1024
 
@@ -51,22 +54,43 @@ class SendBuffer:
 
     ``release(n)`` gives ``n`` reserved bytes back to the producers' outbox:
     called for frames the socket has taken, and for frames dropped unsent.
+    ``stats``: where the frames and bytes written, and each batch's
+    send-to-socket time (:meth:`mark`), are counted (None: not counted).
     """
 
-    def __init__(self, release: Callable[[int], None]) -> None:
+    def __init__(self, release: Callable[[int], None], stats: Stats | None = None) -> None:
         self.release = release
         self.frames: deque[Frame | OutMessage] = deque()
         self._head_sent = 0  # bytes of frames[0] already written
         self.in_flight = 0  # head frames a transport has begun and must finish as they are (a TLS write to retry)
         self.blocked_since: float | None = None  # the socket last refused bytes while data waited
+        self._stats = stats
+        # Batch marks: (frames appended once the batch was in, when its first message was sent). A mark is
+        # observed once the socket has taken every frame up to it: one clock read and one observation per batch.
+        self._marks: deque[tuple[int, float]] = deque()
+        self._appended = 0  # frames ever appended
+        self._done = 0  # frames ever taken whole by the socket (or dropped)
 
     def append(self, buffers: tuple[bytes, ...], reserved: int, length: int) -> None:
         """Queue one frame made of ``buffers``, ``length`` bytes on the wire, holding ``reserved`` of the budget."""
         self.frames.append(Frame(buffers, reserved, length))
+        self._appended += 1
 
     def extend(self, messages: deque[OutMessage]) -> None:
         """Queue plain data frames, each its message's ready-made frame (reserved = length = ``size``)."""
         self.frames.extend(messages)
+        self._appended += len(messages)
+
+    def mark(self, since: float) -> None:
+        """The frames appended so far end a batch whose first message was sent at ``since`` (``time.monotonic()``)."""
+        if self._stats is not None:
+            self._marks.append((self._appended, since))
+
+    @property
+    def oldest_since(self) -> float | None:
+        """When the oldest batch not yet written whole was sent (None: no data batch waits here)."""
+        marks = self._marks
+        return marks[0][1] if marks else None
 
     def gather(self, max_bytes: int | None = None) -> tuple[list[memoryview | bytes], int, int, int]:
         """Up to IOV_MAX buffers from the head of the queue: (buffers, frames, bytes, reserved).
@@ -123,8 +147,9 @@ class SendBuffer:
                     queue.popleft()
             self._head_sent = 0
             freed = reserved
+            done = frames
         else:  # partial write: byte-exact bookkeeping, frame by frame
-            freed = 0
+            freed = done = 0
             remaining = sent
             while queue and remaining:
                 head = queue[0]
@@ -135,13 +160,27 @@ class SendBuffer:
                 remaining -= left
                 self._head_sent = 0
                 freed += head.reserved
+                done += 1
                 queue.popleft()
+        stats = self._stats
+        if stats is not None:
+            stats.bytes_out += sent
+            stats.frames_out += done
+            self._done += done
+            if self._marks and self._marks[0][0] <= self._done:
+                self._observe_batches(stats)
         if sent:
             self.blocked_since = None
         if queue and sent < offered and self.blocked_since is None:
             self.blocked_since = time.monotonic()  # the socket's buffer is full now
         if freed:
             self.release(freed)
+
+    def _observe_batches(self, stats: Stats) -> None:
+        now = time.monotonic()
+        marks, done, observe = self._marks, self._done, stats.send_latency.observe
+        while marks and marks[0][0] <= done:
+            observe(now - marks.popleft()[1])
 
     def frames_in(self, nbytes: int) -> int:
         """How many frames from the head the next ``nbytes`` bytes to write belong to."""
@@ -175,5 +214,7 @@ class SendBuffer:
             kept = head + [frame for frame in self.frames if frame.reserved == 0]
             freed -= sum(frame.reserved for frame in head)
             self.frames = deque(kept)
+        self._marks.clear()  # the batches were not delivered: not timed
+        self._done = self._appended - len(self.frames)
         if freed:
             self.release(freed)

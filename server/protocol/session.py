@@ -109,6 +109,7 @@ class Session:
         self.deflate = extension is not None
         self.state = SessionState.OPEN
         self.close_code: int | None = None
+        self.closed_by = "none"  # who sent the first close frame: "client" or "server" ("none": no closing handshake)
         self.close_reason = ""
         self.inflight = 0  # messages handed out as MessageReceived and not yet handled
         self.inflight_bytes = 0
@@ -252,6 +253,8 @@ class Session:
     def _on_close_frame(self, event: CloseConnection) -> None:
         # wsproto's state says what the close event means; our state machine decides what to do.
         if self._ws.state is ConnectionState.REMOTE_CLOSING:  # the client starts the closing handshake
+            if self.close_code is None:
+                self.closed_by = "client"
             self._record(event.code, event.reason or "")
             self._out.append(self._ws.send(event.response()))
             self._shut()
@@ -289,6 +292,8 @@ class Session:
             self._shut()
 
     def _send_close(self, code: int, reason: str) -> None:
+        if self.close_code is None:
+            self.closed_by = "server"
         self._record(code, reason)
         if self._ws.state is ConnectionState.OPEN:
             self._out.append(self._ws.send(CloseConnection(code=code, reason=reason)))

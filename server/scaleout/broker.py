@@ -34,6 +34,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..errors import WsraceError
+from ..histogram import Histogram
 from ..stats import Stats
 
 logger = logging.getLogger(__name__)
@@ -76,6 +77,9 @@ class Broker(Protocol):
     def close(self, timeout: float = 2.0) -> None:
         """Send what is queued (at most ``timeout`` s), stop the threads."""
 
+    def metrics(self) -> dict[str, object]:
+        """The broker's own figures for ``Server.metrics`` (any thread): see :meth:`RedisBroker.metrics`."""
+
 
 class MemoryBroker:
     """In-process: ``publish`` fans out at once on the caller's thread (the embedded default)."""
@@ -101,6 +105,9 @@ class MemoryBroker:
 
     def close(self, timeout: float = 2.0) -> None:
         pass
+
+    def metrics(self) -> dict[str, object]:
+        return {}  # publish is the local fan-out itself: nothing queued, no lag
 
 
 # KEYS: stream, counter. ARGV: maxlen, publisher id, publisher seq, type (t|b), data.
@@ -145,7 +152,10 @@ class RedisBroker:
         self._deliver: Deliver | None = None
         self._missed: Missed | None = None
         self._cond = threading.Condition()
-        self._queue: deque[tuple[str, bytes, bytes, int]] = deque()  # (topic, type, data, publisher seq)
+        self._queue: deque[tuple[str, bytes, bytes, int, float]] = deque()  # (topic, type, data, publisher seq, at)
+        self.publish_seconds = Histogram()  # publish() -> its XADD acknowledged (publisher thread writes)
+        self.read_lag = Histogram()  # an entry's Redis timestamp -> handed to the local fan-out (reader thread writes)
+        self.topic_lag: dict[str, float] = {}  # per topic: that lag for the last entry read
         self._publisher_up = False  # last attempt to reach Redis from the publisher succeeded
         self._wanted: dict[str, int] = {"": 1}  # topics with local subscribers (the default one always)
         self._stop = threading.Event()
@@ -195,7 +205,7 @@ class RedisBroker:
                                        "queued: not published, try again later")
             if not self._publisher_up:
                 self._stats.broker_publishes_queued += 1
-            self._queue.append((topic, kind, data, next(self._q)))
+            self._queue.append((topic, kind, data, next(self._q), time.monotonic()))
             self._cond.notify()
         return None
 
@@ -203,6 +213,13 @@ class RedisBroker:
     def queued(self) -> int:
         """Publishes waiting to be sent to Redis."""
         return len(self._queue)
+
+    def metrics(self) -> dict[str, object]:
+        """``publish_queue`` (publishes not yet acknowledged by Redis), ``publish_seconds`` (publish() to the
+        acknowledged XADD), ``read_lag`` (an entry's Redis timestamp to its local fan-out: includes clock
+        skew between this host and Redis's) and ``topic_lag`` (that lag for each topic's last entry)."""
+        return {"publish_queue": len(self._queue), "publish_seconds": self.publish_seconds.snapshot(),
+                "read_lag": self.read_lag.snapshot(), "topic_lag": dict(self.topic_lag)}
 
     def subscribe(self, topic: str) -> None:
         with self._cond:
@@ -252,7 +269,7 @@ class RedisBroker:
                     client = self._connect()
                     script = client.register_script(_XADD_LUA)
                 pipe = client.pipeline(transaction=False)
-                for topic, kind, data, q in batch:
+                for topic, kind, data, q, _ in batch:
                     script(keys=[self.stream_key(topic), self.counter_key(topic)],
                            args=[self.maxlen, self.publisher_id, q, kind, data], client=pipe)
                 pipe.execute()
@@ -271,6 +288,9 @@ class RedisBroker:
                 for _ in batch:
                     self._queue.popleft()
                 self._publisher_up = True
+            done = time.monotonic()
+            for *_, at in batch:
+                self.publish_seconds.observe(done - at)
             if down_since is not None:
                 self._stats.broker_reconnects += 1
                 logger.warning("broker %s: publisher reconnected after %.1f s", self.url, time.monotonic() - down_since)
@@ -358,6 +378,9 @@ class RedisBroker:
                 else:
                     self._gap(topic, f"{n - state.last_n - 1} trimmed", n - state.last_n - 1)
             state.last_id, state.last_n = _s(entry_id), n
+            lag = max(0.0, time.time() - int(state.last_id.split("-", 1)[0]) / 1000)  # IDs start with Redis's ms clock
+            self.read_lag.observe(lag)
+            self.topic_lag[topic] = lag
             publisher, q = _s(fields[b"p"]), int(fields[b"q"])
             if q <= state.publishers.get(publisher, -1):
                 self._stats.broker_duplicates += 1  # a retried pipeline's second copy

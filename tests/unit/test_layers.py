@@ -1,9 +1,9 @@
 """The layers of ``server/`` import one way only: down.
 
 Bottom up: the shared vocabulary (``codes``, ``errors``, ``limits``,
-``stats``) → ``protocol/`` (sans I/O) and ``scaleout/`` → ``core/`` (the IO
+``stats``, ``histogram``) → ``protocol/`` (sans I/O) and ``scaleout/`` → ``core/`` (the IO
 thread and its sockets) → ``connections/`` → the server (``server.py``,
-``registry``, ``admission``, ``topics``) → what is built on it (``demo/``,
+``registry``, ``admission``, ``topics``, ``observe/``) → what is built on it (``demo/``,
 ``wsgi/``, ``cli``, the package's ``__init__``). A module may import from its
 own layer and the layers below, never from above — type-only imports
 included, so no circle hides behind ``TYPE_CHECKING``.
@@ -22,11 +22,11 @@ pytestmark = pytest.mark.timeout(30)
 
 PACKAGE = Path(ROOT) / "server"
 LAYERS = {  # a module's layer: its subpackage, or its own name at the top
-    "codes": 0, "errors": 0, "limits": 0, "stats": 0,
+    "codes": 0, "errors": 0, "limits": 0, "stats": 0, "histogram": 0,
     "protocol": 1, "scaleout": 1,
     "core": 2,
     "connections": 3,
-    "server": 4, "registry": 4, "admission": 4, "topics": 4,
+    "server": 4, "registry": 4, "admission": 4, "topics": 4, "observe": 4,
     "demo": 5, "wsgi": 5, "cli": 5, "__main__": 5, "__init__": 5,
 }
 

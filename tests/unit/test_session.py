@@ -251,3 +251,21 @@ def test_deflate_refuses_a_message_that_inflates_past_the_limit() -> None:
     [error, *_] = s.events()
     assert error == ProtocolError(1009, "message inflates to over 1000 bytes")
     assert close_frame(s.data_to_send())[0] == 1009
+
+
+def test_who_closed_first_is_recorded() -> None:
+    """``closed_by``: what the metrics count closes by (client, server, or none without a closing handshake)."""
+    by_client = Session(LIMITS)
+    c = client()
+    assert by_client.closed_by == "none"
+    by_client.receive_data(c.send(CloseConnection(code=1000)))
+    assert by_client.closed_by == "client"
+    by_server = Session(LIMITS)
+    by_server.close(1001, "going away")
+    reply = client()
+    reply.receive_data(by_server.data_to_send())
+    by_server.receive_data(reply.send(next(iter(reply.events())).response()))  # type: ignore[attr-defined]
+    assert by_server.closed_by == "server"
+    broken = Session(LIMITS)
+    broken.receive_data(b"\x83\x80\x00\x00\x00\x00")  # reserved opcode 3: the server fails the connection
+    assert broken.closed_by == "server"
