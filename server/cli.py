@@ -6,12 +6,14 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 
 from .admission import nofile_limit, raise_nofile_limit
 from .core import affinity
 from .core.tls import TlsConfigError, server_context
 from .demo.app import DemoApp
 from .limits import Limits, OverflowPolicy
+from .observe.prometheus import METRICS_EXTRA, MetricsHttpServer, serve, serve_gathered
 from .scaleout.broker import DEFAULT_MAXLEN, DEFAULT_PUBLISH_QUEUE, Broker, BrokerError, make_broker
 from .server import Server
 
@@ -74,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "core. More than 1 needs a shared --broker (default: %(default)s)")
     p.add_argument("--reuse-port", action="store_true",
                    help="listen with SO_REUSEPORT (set by --processes for its children)")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus metrics on http://METRICS-HOST:PORT/metrics (0: a free port, printed); with "
+                        "--processes, one port for all, labelled by process; needs pip install 'wsrace[metrics]' "
+                        "(default: off)")
+    p.add_argument("--metrics-host", default=None, help="address for --metrics-port (default: --host)")
+    p.add_argument("--slow-warn", type=float, default=Limits.slow_warn,
+                   help="a client whose oldest queued message is older than this is logged and counted as slow "
+                        "(default: %(default)s s)")
     p.add_argument("--check-affinity", action="store_true",
                    help="raise on any socket write off the IO thread (also WSRACE_CHECK_AFFINITY=1)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="(default: %(default)s)")
@@ -91,6 +101,10 @@ def positive(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.stall_timeout <= 0:
         parser.error("--stall-timeout must be > 0")
+    if args.slow_warn <= 0:
+        parser.error("--slow-warn must be > 0")
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+        parser.error("--metrics-port must be 0..65535")
     if args.fanout_wait < 0:
         parser.error("--fanout-wait must be >= 0")
     if args.busy_handshake_timeout <= 0:
@@ -128,6 +142,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wsrace-server: {exc}", file=sys.stderr)
             return 2
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    metrics_host = args.metrics_host or args.host
+    if args.metrics_port is not None:
+        try:
+            import prometheus_client  # noqa: F401 - checked here: a clear error, not one per child
+        except ImportError:
+            print(f"wsrace-server: --metrics-port needs prometheus_client, an optional extra: {METRICS_EXTRA}",
+                  file=sys.stderr)
+            return 2
     if processes > 1:
         if args.broker.split(":", 1)[0].lower() == "memory":
             print(f"wsrace-server: --processes {processes} needs a shared broker: with {args.broker} each process "
@@ -141,8 +163,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         from .scaleout.supervisor import supervise
 
+        gathered = None
+        if args.metrics_port is not None:
+            def gathered(children: Callable[[], list[tuple[int, str | None]]]) -> MetricsHttpServer:
+                return serve_gathered(children, metrics_host, args.metrics_port)
         return supervise(sys.argv[1:] if argv is None else argv, args.host, args.port, processes,
-                         "wss" if ssl_context else "ws")
+                         "wss" if ssl_context else "ws", gathered)
     from .scaleout.supervisor import watch_supervisor
 
     watch_supervisor()  # a child of --processes: leave with the supervisor
@@ -166,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         max_connections_per_ip=args.max_connections_per_ip,
         max_handshakes=args.max_handshakes,
         busy_handshake_timeout=args.busy_handshake_timeout,
+        slow_warn=args.slow_warn,
     )
     raise_nofile_limit()  # before the server sizes its default --max-connections from it
     try:
@@ -176,6 +203,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wsrace-server: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     server.start()
+    metrics_http: MetricsHttpServer | None = None
+    if args.metrics_port is not None:
+        try:
+            metrics_http = serve(lambda: server.metrics, metrics_host, args.metrics_port)
+        except OSError as exc:
+            print(f"wsrace-server: cannot serve metrics on {metrics_host}:{args.metrics_port}: {exc.strerror or exc}",
+                  file=sys.stderr)
+            server.shutdown()
+            return 2
+        shown = f"[{metrics_host}]" if ":" in metrics_host else metrics_host
+        print(f"metrics on http://{shown}:{metrics_http.port}/metrics", flush=True)  # before the ready line
     logger.info("broker: %s", args.broker)
     logger.info("admission: max %d connections (%s), %d handshakes at once; open-file limit %d",
                 server.admission.max_connections, "set" if args.max_connections else "from the open-file limit",
@@ -188,5 +226,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"listening on {srv.url}", flush=True)
         logger.info("the live check page: %s", srv.page_url)
 
-    clean = server.serve_forever(ready=announce)
+    try:
+        clean = server.serve_forever(ready=announce)
+    finally:
+        if metrics_http is not None:
+            metrics_http.close()
     return 0 if clean else 1

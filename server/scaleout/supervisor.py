@@ -21,6 +21,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from typing import Protocol
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +45,11 @@ class Child:
         self.started_at = 0.0
         self.backoff = MIN_BACKOFF
         self.restart_at: float | None = None
+        self.metrics_url: str | None = None  # its /metrics (with --metrics-port), from its "metrics on" line
 
     def start(self) -> None:
         self.ready = threading.Event()
+        self.metrics_url = None
         # A session of its own: a terminal's Ctrl-C reaches the supervisor only, which sends it on once.
         # WSRACE_SUPERVISOR_PID: the child shuts down gracefully if this process vanishes (even by SIGKILL).
         env = {**os.environ, SUPERVISOR_ENV: str(os.getpid())}
@@ -56,11 +60,12 @@ class Child:
                          name=f"wsrace-supervisor-{self.index}").start()
         logger.info("process %d started (pid %d)", self.index, self.proc.pid)
 
-    @staticmethod
-    def _read_stdout(proc: subprocess.Popen[str], ready: threading.Event) -> None:
+    def _read_stdout(self, proc: subprocess.Popen[str], ready: threading.Event) -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
-            if line.startswith("listening on ") and not ready.is_set():
+            if line.startswith("metrics on ") and not ready.is_set():
+                self.metrics_url = line.split()[-1]  # printed before its ready line
+            elif line.startswith("listening on ") and not ready.is_set():
                 ready.set()  # the supervisor prints the one ready line for all
                 logger.info("process pid %d ready", proc.pid)
             else:
@@ -77,23 +82,41 @@ def reserve_port(host: str, port: int) -> socket.socket:
     return sock
 
 
-def child_argv(argv: list[str], port: int, index: int) -> list[str]:
+def child_argv(argv: list[str], port: int, index: int, metrics: bool = False) -> list[str]:
     """The CLI arguments with the ones the supervisor decides appended (argparse: the last one wins)."""
     extra = ["--processes", "1", "--port", str(port), "--reuse-port"]
     if index > 0:
         extra += ["--publishers", "0"]  # tickers run in the first process only
+    if metrics:  # each child on a free local port; the supervisor serves the one the user named
+        extra += ["--metrics-port", "0", "--metrics-host", "127.0.0.1"]
     return [*argv, *extra]
 
 
-def supervise(argv: list[str], host: str, port: int, processes: int, scheme: str = "ws") -> int:
-    """Run ``processes`` children serving ``host:port`` (``scheme``: ws or wss); returns the exit status."""
+class MetricsServer(Protocol):
+    port: int
+
+    def close(self) -> None: ...
+
+
+# Given a way to list (process index, its metrics URL or None), serve them all on one port.
+ServeMetrics = Callable[[Callable[[], list[tuple[int, "str | None"]]]], MetricsServer]
+
+
+def supervise(argv: list[str], host: str, port: int, processes: int, scheme: str = "ws",
+              serve_metrics: ServeMetrics | None = None) -> int:
+    """Run ``processes`` children serving ``host:port`` (``scheme``: ws or wss); returns the exit status.
+
+    ``serve_metrics``: the children serve their metrics on local ports, and
+    this serves them together (the CLI's ``--metrics-port``).
+    """
     try:
         reserved = reserve_port(host, port)
     except OSError as exc:
         print(f"wsrace-server: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     port = reserved.getsockname()[1]
-    children = [Child(i, child_argv(argv, port, i)) for i in range(processes)]
+    children = [Child(i, child_argv(argv, port, i, serve_metrics is not None)) for i in range(processes)]
+    metrics: MetricsServer | None = None
     stop = threading.Event()
     received: list[int] = []
 
@@ -116,6 +139,9 @@ def supervise(argv: list[str], host: str, port: int, processes: int, scheme: str
                     _stop_all(children, signal.SIGTERM)
                     return 2 if not stop.is_set() else 0
         shown = f"[{host}]" if ":" in host else host
+        if serve_metrics is not None:
+            metrics = serve_metrics(lambda: [(c.index, c.metrics_url) for c in children])
+            print(f"metrics on http://{shown}:{metrics.port}/metrics", flush=True)
         print(f"listening on {scheme}://{shown}:{port}", flush=True)
         logger.info("%d processes serving %s://%s:%d (SO_REUSEPORT)", processes, scheme, shown, port)
         while not stop.wait(0.2):
@@ -127,6 +153,8 @@ def supervise(argv: list[str], host: str, port: int, processes: int, scheme: str
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         reserved.close()
+        if metrics is not None:
+            metrics.close()
 
 
 def _keep_running(children: list[Child]) -> None:
