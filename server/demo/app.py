@@ -1,4 +1,4 @@
-"""The demo application: ``/``, ``/echo``, ``/echo-inline``, ``/stream`` and ``/broadcast[?topic=NAME]``.
+"""The demo application: ``/``, ``/echo``, ``/echo-inline``, ``/stream``, ``/broadcast[?topic=NAME]`` and ``/live``.
 
 Each route is one small handler class, one instance per connection (as in
 Boost.Beast's examples). Handlers run application code on worker threads and
@@ -27,6 +27,7 @@ from .. import (  # the public API, as any application uses it
     Response,
     Server,
 )
+from ..observe.live import LiveFeed
 from . import streamformat
 
 logger = logging.getLogger(__name__)
@@ -294,6 +295,8 @@ class DemoApp:
         self.hub = BroadcastHub(server)
         self._streams: list[StreamHandler] = []
         self._page = index_page()
+        # /live: the page's charts (server.observe.live); none with Server(metrics=False).
+        self.live = LiveFeed(lambda: server.metrics, server.sampler) if server.sampler is not None else None
         # One thread that starts producer threads, so the IO thread never waits for a start.
         self._launcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wsrace-launcher")
         self._launcher.submit(lambda: None).result()  # create its thread now, not on the IO thread
@@ -319,7 +322,9 @@ class DemoApp:
             if not TOPIC_RE.fullmatch(topic):
                 raise HttpError(400, "/broadcast topic must be at most 64 characters of A-Z a-z 0-9 _ . : -")
             return BroadcastHandler(self.hub, topic)
-        raise HttpError(404, f"no route for {path}; try /, /echo, /stream or /broadcast")
+        if path == "/live" and self.live is not None:
+            return self.live.handler()
+        raise HttpError(404, f"no route for {path}; try /, /echo, /stream, /broadcast or /live")
 
     def close(self) -> None:
         """Stop tickers and join producer threads (called by Server.shutdown)."""

@@ -168,3 +168,52 @@ def test_browser_drops_the_direct_server_over_wss(tls_browser, tls_files: TLSFil
           "| stopped while stalled" if outcome else "")
     assert not result["verified"]
     assert result["close_code"] == 1006 or result["failures"] > 0, result
+
+
+def test_live_page_draws_the_server_metrics(browser) -> None:
+    """The page's charts: fed over /live once a second, drawn on canvases, no console errors; a screenshot is kept."""
+    from ..helpers import ROOT
+
+    browser.set_window_size(1100, 1000)
+    with serve("queued") as served:
+        # The feed's first point is the change since its first sample: load the page after that sample.
+        assert wait_for(lambda: served.server.sampler.latest.at > 0, 10)  # type: ignore[attr-defined]
+        browser.get(f"http://127.0.0.1:{served.port}/?producers=4&count=5000&size=1024")
+        deadline = time.monotonic() + 30
+        live: dict = {}
+        while time.monotonic() < deadline:
+            live = browser.execute_script("return window.wsraceLive") or {}
+            if live.get("samples", 0) >= 4 and any(p["out_per_s"] > 1000 for p in live.get("points", [])):
+                break
+            time.sleep(0.2)
+        first_t = live["points"][-1]["t"]
+        assert wait_for(lambda: browser.execute_script("return window.wsraceLive.points.at(-1).t") > first_t, 5)
+        # Ink of the "out" series' colour (#1565c0) on the rate chart: the line was drawn, not just the axes.
+        ink = browser.execute_script("""
+            const c = document.getElementById('c-rate'), g = c.getContext('2d');
+            const d = g.getImageData(0, 0, c.width, c.height).data; let n = 0;
+            for (let i = 0; i < d.length; i += 4)
+              if (Math.abs(d[i] - 0x15) < 40 && Math.abs(d[i + 1] - 0x65) < 40 && Math.abs(d[i + 2] - 0xc0) < 40 && d[i + 3] > 0) n++;
+            return n;""")
+        state = browser.execute_script("return document.getElementById('live-state').textContent")
+        shot = Path(ROOT) / "reports" / "live-page.png"
+        shot.parent.mkdir(exist_ok=True)
+        browser.save_screenshot(str(shot))
+        logs = browser.get_log("browser")
+    print("live page:", live.get("samples"), "samples,", ink, "pixels of the out-rate line; screenshot", shot)
+    assert live["samples"] >= 4 and live["errors"] == 0 and live["drawn"] >= 4, live
+    assert any(p["out_per_s"] > 1000 for p in live["points"]), live["points"]  # the page's own /stream: 20,000 messages
+    assert ink > 50, ink
+    assert state == "live"
+    assert shot.stat().st_size > 10_000
+    severe = [entry for entry in logs if entry["level"] == "SEVERE"]
+    assert not severe, severe
+
+
+def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return False
