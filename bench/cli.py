@@ -25,6 +25,8 @@ FLASK_OURS = ["wsrace-flask", "wsrace-flask-detached"]
 LABEL = {
     "ours-loop": "ours: send() loop",
     "ours-broadcast": "ours: broadcast",
+    "ours-loop-nometrics": "ours: loop, metrics off",
+    "ours-broadcast-nometrics": "ours: bcast, metrics off",
     "sws-lock": "simple-websocket+lock",
     "websockets-asyncio": "websockets asyncio",
     "websockets-sync": "websockets.sync",
@@ -191,6 +193,12 @@ def print_workload(w: Workload, summary: dict[str, dict], a_summary: dict[str, d
             notes = flask_notes(w, row)
         elif w.name in ("A", "E", "E2") or w.slow:
             notes.append(f"cpu {fmt(row['cpu_us_per_msg']['median'], 2)} us/msg")
+        off = summary.get(f"{kind}-nometrics", {}).get(key, {}).get("median")
+        if w.name == "A" and kind in OURS and m["median"] and off:
+            off_cpu = summary[f"{kind}-nometrics"]["cpu_us_per_msg"]["median"]
+            on_cpu = row["cpu_us_per_msg"]["median"]
+            cpu = f", cpu {100 * (on_cpu / off_cpu - 1):+.1f} %" if on_cpu and off_cpu else ""
+            notes.append(f"metrics cost {100 * (1 - m['median'] / off):+.1f} % msg/s{cpu}")
         if w.name == "A" and kind in OURS and m["median"]:
             for other, label in (("sws-lock", "simple-websocket+lock"), ("raw", "raw")):
                 if other in summary and summary[other][key]["median"]:

@@ -18,7 +18,9 @@ client that falls that far behind),
 ``ours-broadcast`` (ours, ``Server.broadcast``), ``sws-lock`` (simple-websocket + lock),
 ``websockets-asyncio`` (call_soon_threadsafe), ``websockets-sync``, ``raw``
 (pre-encoded frames, one writer thread per connection, batched sendall) and
-``direct`` (ours with workers writing directly: corrupt, for information).
+``direct`` (ours with workers writing directly: corrupt, for information);
+``ours-loop-nometrics`` and ``ours-broadcast-nometrics``: ours with
+``Server(metrics=False)``, beside ours in workload A to price the metrics.
 
 The request/response workload R (``bench/echo_bench.py``) uses echo kinds
 instead: every message a client sends comes back unchanged. ``ours-echo`` is
@@ -56,6 +58,8 @@ from server.errors import ConnectionClosed
 from server.protocol.handshake import Handshake
 
 KINDS = ["ours-loop", "ours-broadcast", "sws-lock", "websockets-asyncio", "websockets-sync", "raw", "direct"]
+# Ours with Server(metrics=False): workload A runs them beside ours to price the metrics (issue 23: <= 5 %).
+NO_METRICS = ["ours-loop-nometrics", "ours-broadcast-nometrics"]
 # Servers that echo every message (workload R); the websockets kinds above echo as well.
 ECHO_KINDS = ["ours-echo", "flask-sock-werkzeug", "picows"]
 OURS = ("ours-loop", "ours-broadcast")
@@ -103,7 +107,8 @@ class Ours(Base):
     """``mode``: ``loop`` (``conn.send(payload, fanout=True)`` per client), ``broadcast`` (``Server.broadcast``) or
     ``direct`` (the bug: the same loop over ``DirectConnection``)."""
 
-    def __init__(self, mode: str, outbox: int | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(self, mode: str, outbox: int | None = None, ssl_context: ssl.SSLContext | None = None,
+                 metrics: bool = True) -> None:
         from server import ConnectionHandle, Limits, Server
 
         class Sink:
@@ -135,7 +140,8 @@ class Ours(Base):
             limits = Limits(ping_interval=None, deflate=False, max_queue_bytes=outbox)
         tls: dict[str, object] = {"ssl_context": ssl_context} if ssl_context is not None else {}
         try:
-            self.server = server_cls(Router(), port=0, workers=4, limits=limits, **tls)  # type: ignore[arg-type]
+            self.server = server_cls(Router(), port=0, workers=4, limits=limits, metrics=metrics,
+                                     **tls)  # type: ignore[arg-type]
         except TypeError as exc:
             if "ssl_context" in str(exc):
                 raise SystemExit(f"ours ({mode}): the server does not take ssl_context yet, so it cannot serve wss:// ({exc})") from None
@@ -500,6 +506,8 @@ def make(kind: str, outbox: int | None = None, ssl_context: ssl.SSLContext | Non
     factories: dict[str, Callable[[], Base]] = {
         "ours-loop": lambda: Ours("loop", outbox, ssl_context),
         "ours-broadcast": lambda: Ours("broadcast", outbox, ssl_context),
+        "ours-loop-nometrics": lambda: Ours("loop", outbox, ssl_context, metrics=False),
+        "ours-broadcast-nometrics": lambda: Ours("broadcast", outbox, ssl_context, metrics=False),
         "direct": lambda: Ours("direct", outbox, ssl_context),
         "sws-lock": lambda: SwsLock(ssl_context),
         "websockets-asyncio": lambda: WebsocketsAsyncio(ssl_context),
@@ -571,7 +579,7 @@ def main() -> None:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m bench.servers")
-    parser.add_argument("kind", choices=KINDS + ECHO_KINDS)
+    parser.add_argument("kind", choices=KINDS + NO_METRICS + ECHO_KINDS)
     parser.add_argument("--outbox", type=int, default=None, help="ours: Limits.max_queue_bytes (default: Limits()'s)")
     parser.add_argument("--certfile", default=None, help="serve wss://: the certificate chain (PEM); needs --keyfile")
     parser.add_argument("--keyfile", default=None, help="serve wss://: the private key (PEM); needs --certfile")
