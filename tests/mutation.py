@@ -452,6 +452,25 @@ MUTANTS = [
         "if fin:\n            pass",
         1,
     ),
+    # -- metrics (issue 23): what an operator reads must be what happened --
+    Mutant(
+        "batch-timed-before-its-last-byte",
+        "a partial write counts every frame it offered as written: a batch's send-to-socket time is taken early",
+        "server/core/sendbuffer.py",
+        "self._done += done",
+        "self._done += frames",
+        1,
+        tests=("tests/unit/test_histogram.py",),
+    ),
+    Mutant(
+        "slow-client-warned-every-probe",
+        "a slow client is logged and counted at every probe instead of once per episode",
+        "server/observe/metrics.py",
+        "if conn not in self._slow:",
+        "if True:",
+        1,
+        tests=("tests/e2e/test_metrics.py::test_a_stuck_client_shows_in_the_scrape_before_it_is_closed",),
+    ),
 ]
 
 
