@@ -9,11 +9,8 @@ one scrape covers both processes, labelled by process.
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -24,7 +21,8 @@ from websockets.sync.client import connect
 from server import DemoApp, Limits, Server
 from server.cli import main as cli_main
 
-from ..helpers import ROOT, wait_until
+from ..helpers import wait_until
+from ..instance import Instance
 from ..redis_server import RedisServer
 
 pytest.importorskip("prometheus_client")
@@ -34,49 +32,17 @@ pytestmark = [pytest.mark.timeout(90),
               pytest.mark.filterwarnings("ignore:connect\\(\\) must be used as a context manager:DeprecationWarning")]
 
 
-class CliServer:
-    """``python -m server ... --metrics-port 0``: reads its "metrics on" and "listening on" lines; stopped by PID."""
-
-    def __init__(self, *args: str) -> None:
-        self.errfile = tempfile.NamedTemporaryFile(prefix="wsrace-metrics-", suffix=".log", delete=False)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "--port", "0", "--host", "127.0.0.1", "--ping-interval", "0",
-             "--metrics-port", "0", *args],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=self.errfile, text=True,
-            env={**os.environ, "WSRACE_CHECK_AFFINITY": "1"},
-        )
-        assert self.proc.stdout is not None
-        first, second = self.proc.stdout.readline(), self.proc.stdout.readline()
-        assert first.startswith("metrics on http://127.0.0.1:") and first.rstrip().endswith("/metrics"), (first, self.log())
-        assert second.startswith("listening on ws://127.0.0.1:"), (second, self.log())
-        self.metrics_url, self.url = first.split()[-1], second.split()[-1]
-
-    def scrape(self) -> dict[str, list]:
-        """Samples by sample name (``x_total``, ``x_bucket``, ...), each ``(labels, value)``."""
-        with urllib.request.urlopen(self.metrics_url, timeout=10) as reply:
-            assert reply.headers.get_content_type() == "text/plain"
-            text = reply.read().decode()
-        samples: dict[str, list] = {}
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                samples.setdefault(sample.name, []).append((sample.labels, sample.value))
-        return samples
-
-    def log(self) -> str:
-        with open(self.errfile.name, errors="replace") as f:
-            return f.read()
-
-    def stop(self) -> int:
-        """SIGTERM, as a supervisor would: the exit status (0: a clean shutdown)."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        return self.proc.wait(30)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        os.unlink(self.errfile.name)
+def scrape(instance: Instance) -> dict[str, list]:
+    """Samples by sample name (``x_total``, ``x_bucket``, ...), each ``(labels, value)``."""
+    assert instance.metrics_url is not None
+    with urllib.request.urlopen(instance.metrics_url, timeout=10) as reply:
+        assert reply.headers.get_content_type() == "text/plain"
+        text = reply.read().decode()
+    samples: dict[str, list] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return samples
 
 
 def value(samples: dict[str, list], name: str, **labels: str) -> float:
@@ -85,8 +51,8 @@ def value(samples: dict[str, list], name: str, **labels: str) -> float:
 
 
 @pytest.fixture
-def cli_servers() -> Iterator[list[CliServer]]:
-    started: list[CliServer] = []
+def cli_servers() -> Iterator[list[Instance]]:
+    started: list[Instance] = []
     yield started
     for server in started:
         server.close()
@@ -108,7 +74,7 @@ def stuck_client(url: str, path: str) -> socket.socket:
 
 
 def test_a_stuck_client_shows_in_the_scrape_before_it_is_closed(cli_servers) -> None:
-    srv = CliServer("--slow-warn", "0.5")
+    srv = Instance("--metrics-port", "0", "--slow-warn", "0.5")
     cli_servers.append(srv)
     with connect(f"{srv.url}/echo") as echo:  # ordinary traffic: fills the send-to-socket histogram
         for i in range(50):
@@ -116,10 +82,10 @@ def test_a_stuck_client_shows_in_the_scrape_before_it_is_closed(cli_servers) -> 
             assert echo.recv(timeout=10) == f"m{i}"
     stuck = stuck_client(srv.url, "/stream?producers=1&count=2000&size=65536")
     try:
-        assert wait_until(lambda: value(srv.scrape(), "wsrace_slow_connections") == 1, 15), srv.log()[-2000:]
-        first = srv.scrape()
+        assert wait_until(lambda: value(scrape(srv), "wsrace_slow_connections") == 1, 15), srv.log()[-2000:]
+        first = scrape(srv)
         time.sleep(1.5)
-        second = srv.scrape()
+        second = scrape(srv)
     finally:
         stuck.close()
 
@@ -142,7 +108,7 @@ def test_a_stuck_client_shows_in_the_scrape_before_it_is_closed(cli_servers) -> 
 def test_with_two_processes_one_scrape_covers_both(cli_servers) -> None:
     redis = RedisServer().start()
     try:
-        srv = CliServer("--processes", "2", "--broker", redis.url)
+        srv = Instance("--metrics-port", "0", "--processes", "2", "--broker", redis.url)
         cli_servers.append(srv)
         # SO_REUSEPORT spreads connections by hash: 24 of them reach both processes (all on one: p = 2**-23).
         for _ in range(24):
@@ -157,8 +123,8 @@ def test_with_two_processes_one_scrape_covers_both(cli_servers) -> None:
         def read_by_both(samples: dict[str, list]) -> bool:
             return all(value(samples, "wsrace_broker_read_lag_seconds_count", process=p) >= 1 for p in ("0", "1"))
 
-        assert wait_until(lambda: read_by_both(srv.scrape()), 10)
-        samples = srv.scrape()
+        assert wait_until(lambda: read_by_both(scrape(srv)), 10)
+        samples = scrape(srv)
         assert sorted(labels["process"] for labels, v in samples["wsrace_process_up"] if v == 1) == ["0", "1"]
         opened = {labels["process"]: v for labels, v in samples["wsrace_connections_opened_total"]}
         assert sorted(opened) == ["0", "1"] and sum(opened.values()) == 25 and min(opened.values()) >= 1, opened
