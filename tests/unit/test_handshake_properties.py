@@ -91,3 +91,10 @@ def test_a_mutated_request_gets_a_documented_answer_whatever_the_cuts(stream: by
     result = outcome(bytes(mutated), cuts)
     assert result[0] in {"request", "error"}
     assert result == outcome(bytes(mutated), []), "the answer must not depend on how the bytes arrived"
+
+
+@pytest.mark.parametrize("cuts", [[], [16], [30, 47]])
+def test_an_over_long_method_is_501_whatever_follows_it_and_however_it_arrives(cuts: list[int]) -> None:
+    """Found by the fuzzer (``make fuzz``, target handshake): 47 token characters then a NUL answered 501 when the
+    first read held only the token characters (a method too long) and 400 when it held the NUL too."""
+    assert outcome(b"&" * 47 + b"\x00GET /" + b"&" * 26, cuts) == ("error", 501)
