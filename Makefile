@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 RUNTIME := $(VENV)/.installed-runtime
 STAMP  := $(VENV)/.installed-test
 
-.PHONY: install repro serve test test-fast lint mutation conformance conformance-ci bench bench-quick clean
+.PHONY: install repro serve test test-fast lint mutation fuzz conformance conformance-ci bench bench-quick clean
 
 # What `make repro` and `make serve` need: the package and its three runtime dependencies.
 $(RUNTIME): setup.cfg pyproject.toml
@@ -42,6 +42,11 @@ lint: $(STAMP)
 
 mutation: $(STAMP)
 	$(PY) -m tests.mutation
+
+## make fuzz: every fuzz target (atheris/libFuzzer) for FUZZ_SECONDS each; prints executions/s and coverage
+FUZZ_SECONDS ?= 60
+fuzz: $(STAMP)
+	$(PY) -m tests.fuzz --seconds $(FUZZ_SECONDS)
 
 ## make conformance: every Autobahn case (1.* - 13.*, via kosoku) against /echo; reports in reports/conformance/
 conformance: $(STAMP)
