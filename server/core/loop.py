@@ -148,7 +148,6 @@ class IOLoop:
         self._thread_id: int | None = None
         self._running = False
         self._closed = False
-        self.idle_seconds = 0.0  # time spent waiting in select() with nothing to run (IO thread writes; metrics read)
 
     # -- any thread ------------------------------------------------------
 
@@ -264,13 +263,7 @@ class IOLoop:
             timeout = 0
         elif self._timers:
             timeout = max(0.0, self._timers[0][0] - time.monotonic())
-        if timeout == 0:  # work waiting: a busy turn (not timed: the common case under load stays as cheap)
-            ready = self._selector.select(0)
-        else:
-            waited_from = time.monotonic()
-            ready = self._selector.select(timeout)
-            self.idle_seconds += time.monotonic() - waited_from
-        for key, mask in ready:
+        for key, mask in self._selector.select(timeout):
             self._guarded(key.data, mask)
         self._run_due_timers()
         self._run_posted()

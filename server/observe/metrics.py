@@ -49,7 +49,7 @@ class Sample:
 
     at: float = 0.0  # time.monotonic() of the probe
     io_lag: float = 0.0  # how long the probe, posted from another thread, waited to run
-    io_busy: float = 0.0  # share of the last interval the IO thread spent outside select() (0..1)
+    io_busy: float = 0.0  # the IO thread's CPU time over the last interval, as a share of it (0..1)
     connections: int = 0  # open (and closing) WebSocket connections
     handshakes: int = 0  # connections still in their HTTP (or TLS) handshake
     queued_bytes: int = 0  # over every connection: reserved by messages the sockets have not taken
@@ -116,7 +116,7 @@ class Sampler:
         self._thread: threading.Thread | None = None
         self._slow: set[Connection] = set()  # IO thread: connections in a slow episode (logged once each)
         self._log: LogThrottle | None = None
-        self._idle_at = (0.0, 0.0)  # (time.monotonic(), loop.idle_seconds) at the last probe
+        self._cpu_at = (0.0, 0.0)  # (time.monotonic(), the IO thread's time.thread_time()) at the last probe
         self.on_sample: list[Callable[[Sample], None]] = []  # IO thread, after each probe (the live feed)
 
     def start(self) -> None:
@@ -176,10 +176,11 @@ class Sampler:
                                    "if it takes nothing for stall_timeout)")
         self._slow = slow_now
         slowest.sort(key=lambda c: c.age, reverse=True)
-        last_at, last_idle = self._idle_at
-        idle = self._loop.idle_seconds
-        self._idle_at = (now, idle)
-        busy = 1.0 - (idle - last_idle) / (now - last_at) if last_at else 0.0
+        # Read here, on the IO thread: thread_time() is the calling thread's CPU time. Nothing is timed in the loop.
+        last_at, last_cpu = self._cpu_at
+        cpu = time.thread_time()
+        self._cpu_at = (now, cpu)
+        busy = (cpu - last_cpu) / (now - last_at) if last_at else 0.0
         self.latest = Sample(at=now, io_lag=lag, io_busy=min(1.0, max(0.0, busy)), slow=len(slow_now),
                              age_histogram=ages.snapshot(), queued_histogram=queued_hist.snapshot(),
                              slowest=tuple(slowest[:TOP_N]), **sample)  # type: ignore[arg-type]

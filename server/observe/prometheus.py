@@ -125,7 +125,7 @@ def families(m: Metrics) -> Iterator[Any]:
         ("wsrace_messages_in_handlers", "Messages received and not yet handled (queued or running).", s.in_handlers),
         ("wsrace_backlog_bytes", "Server-wide: bytes producers sent that the IO thread has not taken yet.",
          m.backlog_bytes),
-        ("wsrace_io_busy_ratio", "Share of the last second the IO thread spent outside select().", s.io_busy),
+        ("wsrace_io_busy_ratio", "The IO thread's CPU time over the last second, as a share of it.", s.io_busy),
         ("wsrace_worker_threads", "Worker threads started.", m.workers),
     )
     for name, doc, reading in gauges:
