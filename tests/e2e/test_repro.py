@@ -28,6 +28,7 @@ from repro.disciplines import serve
 from repro.run import Workload, run_discipline
 from repro.server_proc import ServerProcess
 
+from ..clients import connect_websockets
 from ..helpers import ROOT, client_frame, pinging, raw_connect, read_server_frames, wait_until, ws_handshake
 
 pytestmark = pytest.mark.timeout(120)
@@ -303,7 +304,7 @@ def test_serve_tls_prints_wss_and_the_ca_and_serves() -> None:
         ca = ca_line.split("trust its CA: ", 1)[1].split()[0]
         assert Path(ca).is_file(), ca_line
         context = ssl.create_default_context(cafile=ca)
-        with connect(f"wss://127.0.0.1:{port}/echo", ssl=context) as ws:
+        with connect_websockets(port, "/echo", context) as ws:  # taking-turns TLS (tests/clients.py)
             ws.send("hi over TLS")
             assert ws.recv(timeout=5) == "hi over TLS"
         proc.send_signal(signal.SIGTERM)
