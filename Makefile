@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 RUNTIME := $(VENV)/.installed-runtime
 STAMP  := $(VENV)/.installed-test
 
-.PHONY: install repro serve test test-fast lint mutation fuzz conformance conformance-ci bench bench-quick clean
+.PHONY: install repro serve test test-fast coverage lint mutation fuzz conformance conformance-ci bench bench-quick clean
 
 # What `make repro` and `make serve` need: the package and its three runtime dependencies.
 $(RUNTIME): setup.cfg pyproject.toml
@@ -32,6 +32,14 @@ serve: $(RUNTIME)
 ## make test: the whole suite (browser tests need Chromium; .ci/run installs it)
 test: $(STAMP)
 	WSRACE_CHECK_AFFINITY=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+## make coverage: the suite under coverage.py (branches of server/ and repro/, in every process it starts), but the
+## tests marked timing (tracing halves the server's speed); fails below the floors in tests/coverage_report.py
+coverage: $(STAMP)
+	rm -rf reports/coverage && mkdir -p reports/coverage
+	WSRACE_CHECK_AFFINITY=1 $(PY) -m coverage run -m pytest -m "not timing" $(PYTEST_ARGS)
+	$(PY) -m coverage combine -q
+	$(PY) -m tests.coverage_report $(if $(PYTEST_ARGS),,--floor)
 
 test-fast: $(STAMP)
 	WSRACE_CHECK_AFFINITY=1 $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

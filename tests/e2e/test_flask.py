@@ -52,6 +52,7 @@ def test_one_changed_import_makes_the_pool_replying_app_clean(kind: str) -> None
 
 
 @pytest.mark.timeout(240)
+@pytest.mark.timing
 def test_the_same_app_on_flask_sock_under_gunicorn_is_corrupted() -> None:
     """The control: the identical code with ``from flask_sock import Sock`` (gthread; Werkzeug is in test_check).
 

@@ -228,7 +228,8 @@ def _loop_fanout(srv: Server, conns: list, message: bytes) -> None:
 
 
 @pytest.mark.parametrize("send", [_broadcast, _loop_fanout], ids=["broadcast", "send-fanout-loop"])
-@pytest.mark.parametrize("rate", [20_000, 1_000_000], ids=["20KB/s", "1MB/s"])
+# 1 MB/s is too slow for this feed only at full speed: under coverage's tracing the server feeds slower than that.
+@pytest.mark.parametrize("rate", [20_000, pytest.param(1_000_000, marks=pytest.mark.timing)], ids=["20KB/s", "1MB/s"])
 def test_one_slow_member_is_closed_as_too_slow_and_the_rest_get_everything(rate: float, send: Callable) -> None:
     healthy, producers, count, size = 4, 4, 600, 4 * KIB  # 9.4 MiB to each member
     # fanout_wait 0.5 s: a healthy in-process reader paused by the scheduler is not "too slow for the feed"
