@@ -234,7 +234,10 @@ class Handshake:
         major, _, minor = event.http_version.partition(b".")
         check_http_version(int(major), int(minor))
         target = event.target.decode("latin-1")
-        parts = urlsplit(target)
+        try:
+            parts = urlsplit(target)
+        except ValueError as exc:  # "Invalid IPv6 URL": an unbalanced [ or ] in the authority (found by make fuzz)
+            raise HttpError(400, f"malformed request target: {exc}") from None
         return HttpRequest(
             method=event.method.decode("ascii"),
             target=target,

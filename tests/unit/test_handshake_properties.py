@@ -98,3 +98,10 @@ def test_an_over_long_method_is_501_whatever_follows_it_and_however_it_arrives(c
     """Found by the fuzzer (``make fuzz``, target handshake): 47 token characters then a NUL answered 501 when the
     first read held only the token characters (a method too long) and 400 when it held the NUL too."""
     assert outcome(b"&" * 47 + b"\x00GET /" + b"&" * 26, cuts) == ("error", 501)
+
+
+@pytest.mark.parametrize("target", [b"//e[", b"http://[::1/x", b"//x]"])
+def test_a_target_urlsplit_refuses_is_400_not_500(target: bytes) -> None:
+    """Found by the fuzzer (``make fuzz``, target handshake): ``GET //e[`` made urlsplit raise "Invalid IPv6 URL",
+    which the server answered 500 with a traceback in its log: bad input, so a 400 that says what was wrong."""
+    assert outcome(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n", []) == ("error", 400)
