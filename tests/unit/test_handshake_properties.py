@@ -105,3 +105,11 @@ def test_a_target_urlsplit_refuses_is_400_not_500(target: bytes) -> None:
     """Found by the fuzzer (``make fuzz``, target handshake): ``GET //e[`` made urlsplit raise "Invalid IPv6 URL",
     which the server answered 500 with a traceback in its log: bad input, so a 400 that says what was wrong."""
     assert outcome(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n", []) == ("error", 400)
+
+
+@pytest.mark.parametrize("cuts", [[], [1000], [2100]])
+def test_a_head_over_the_limit_is_431_whatever_else_is_wrong_with_it(cuts: list[int]) -> None:
+    """Found by the fuzzer (``make fuzz``, target handshake): a 2,300-byte head with a malformed header line got 431
+    when its first read passed the limit (h11 saw an incomplete head) and 400 when it arrived whole (h11 parsed it)."""
+    head = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-Fill: " + b"a" * 2200 + b"\r\nbad header line\r\n\r\n"
+    assert outcome(head, cuts) == ("error", 431)
