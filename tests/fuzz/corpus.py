@@ -30,20 +30,13 @@ CLIENT_EVENTS: list[list[object]] = [
 ]
 
 
-def client_stream(events: list[object], deflate: bool) -> bytes:
+def stream(side: ConnectionType, events: list[object], deflate: bool) -> bytes:
+    """What wsproto's ``side`` (a client: masked frames; a server: not) sends for ``events``."""
     extensions = [PerMessageDeflate()] if deflate else []
-    client = WsConnection(ConnectionType.CLIENT, extensions)  # type: ignore[arg-type]
+    sender = WsConnection(side, extensions)  # type: ignore[arg-type]
     if deflate:
         extensions[0].finalize("permessage-deflate")
-    return b"".join(client.send(event) for event in events)  # type: ignore[arg-type]
-
-
-def server_stream(events: list[object], deflate: bool) -> bytes:
-    extensions = [PerMessageDeflate()] if deflate else []
-    server = WsConnection(ConnectionType.SERVER, extensions)  # type: ignore[arg-type]
-    if deflate:
-        extensions[0].finalize("permessage-deflate")
-    return b"".join(server.send(event) for event in events)  # type: ignore[arg-type]
+    return b"".join(sender.send(event) for event in events)  # type: ignore[arg-type]
 
 
 def seeds(target: str) -> list[bytes]:
@@ -55,14 +48,14 @@ def seeds(target: str) -> list[bytes]:
             upgrade_request("/chat", extra="Sec-WebSocket-Protocol: chat, superchat\r\nOrigin: http://x\r\n"),
             upgrade_request("/echo", version="8"), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
             b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc", b"GET / HTTP/1.0\r\n\r\n",
-            upgrade_request("/echo") + client_stream([TextMessage("right behind")], False),
+            upgrade_request("/echo") + stream(ConnectionType.CLIENT, [TextMessage("right behind")], False),
         ]
         return [b"\x00\x00" + r for r in requests]
     if target == "session":
-        return [bytes([deflate, 0]) + client_stream(events, bool(deflate))
+        return [bytes([deflate, 0]) + stream(ConnectionType.CLIENT, events, bool(deflate))
                 for events in CLIENT_EVENTS for deflate in (0, 1)]
     if target == "checker":
         plain = [b"\x00\x00" + OutMessage(b"m" * n, text).frame[0] for n, text in ((5, True), (200, False))]
-        return plain + [bytes([deflate, 0]) + server_stream(events, bool(deflate))
+        return plain + [bytes([deflate, 0]) + stream(ConnectionType.SERVER, events, bool(deflate))
                         for events in CLIENT_EVENTS for deflate in (0, 1)]
     raise ValueError(f"unknown target {target!r}")
