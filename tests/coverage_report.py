@@ -16,7 +16,9 @@ import subprocess
 import sys
 from collections import defaultdict
 
-FLOORS = {"server": 88.0, "repro": 80.0}  # branch coverage, percent: measured 88.6 and 80.6 (2026-12-05)
+# Branch coverage, percent. Measured 2026-12-05 in three runs: server 88.6 each time, repro 79.8-80.9 (which
+# branches of the repro run depends on what the races produce): the floors sit under the lowest run.
+FLOORS = {"server": 87.5, "repro": 78.5}
 WORST = 12
 
 
