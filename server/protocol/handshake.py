@@ -146,7 +146,6 @@ class Handshake:
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_request_bytes)
         self._max = max_request_bytes
         self._max_body = max_body_bytes
-        self._received = 0
         self._head: h11.Request | None = None
         self._body = bytearray()
         self._line: bytearray | None = bytearray()  # the request line so far; None once it is judged good
@@ -155,12 +154,11 @@ class Handshake:
 
     def receive_data(self, data: bytes) -> HttpRequest | None:
         """Feed received bytes (``b""`` at EOF); the request once complete. Raises :class:`HttpError`."""
-        self._received += len(data)
         if self._line is not None and data:
             self._line += data[: self._max]
             if check_request_line(bytes(self._line)):
                 self._line = None
-            elif len(self._line) > self._max:  # h11 answers 431 for the over-long head
+            elif len(self._line) > self._max:  # _check_head_size answers 431 for the over-long head
                 self._line = None
         if self._head_so_far is not None and data:
             self._check_head_size(data)
@@ -181,10 +179,7 @@ class Handshake:
                 if len(self._body) > self._max_body:
                     raise HttpError(413, f"request body over {self._max_body} bytes")
             elif isinstance(event, h11.EndOfMessage) and self._head is not None:
-                request = self._to_request(self._head, bytes(self._body))
-                # h11 only limits incomplete requests; a large one arriving whole gets here.
-                if self._received - len(request.trailing) - len(request.body) > self._max:
-                    raise HttpError(431, f"request head over {self._max} bytes")
+                request = self._to_request(self._head, bytes(self._body))  # its head fits: _check_head_size
                 self.request = request
                 return request
             else:  # pragma: no cover - h11 yields Request, Data..., EndOfMessage
