@@ -12,8 +12,9 @@ from .admission import nofile_limit, raise_nofile_limit
 from .core import affinity
 from .core.tls import TlsConfigError, server_context
 from .demo.app import DemoApp
+from .errors import WsraceError
 from .limits import Limits, OverflowPolicy
-from .observe.prometheus import METRICS_EXTRA, MetricsHttpServer, serve, serve_gathered
+from .observe.prometheus import MetricsHttpServer, require_client, serve, serve_gathered
 from .scaleout.broker import DEFAULT_MAXLEN, DEFAULT_PUBLISH_QUEUE, Broker, BrokerError, make_broker
 from .server import Server
 
@@ -145,10 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     metrics_host = args.metrics_host or args.host
     if args.metrics_port is not None:
         try:
-            import prometheus_client  # noqa: F401 - checked here: a clear error, not one per child
-        except ImportError:
-            print(f"wsrace-server: --metrics-port needs prometheus_client, an optional extra: {METRICS_EXTRA}",
-                  file=sys.stderr)
+            require_client()  # checked here: a clear error, not one per child
+        except WsraceError as exc:
+            print(f"wsrace-server: {exc}", file=sys.stderr)
             return 2
     if processes > 1:
         if args.broker.split(":", 1)[0].lower() == "memory":

@@ -170,7 +170,8 @@ class SnapshotCollector:
         return list(families(self._snapshot()))
 
 
-def _client() -> Any:
+def require_client() -> Any:
+    """The prometheus_client module; :class:`WsraceError` naming the extra when it is not installed."""
     try:
         import prometheus_client
     except ImportError:
@@ -192,13 +193,17 @@ class MetricsHttpServer:
         self._thread.join(5)
 
 
-def serve(snapshot: Callable[[], Metrics], host: str, port: int) -> MetricsHttpServer:
-    """Serve ``snapshot()`` as Prometheus text on ``http://host:port/metrics`` (port 0: a free one)."""
-    client = _client()
+def _serve(collector: Any, host: str, port: int) -> MetricsHttpServer:
+    client = require_client()
     registry = client.CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(snapshot))
+    registry.register(collector)
     httpd, thread = client.start_http_server(port, addr=host, registry=registry)
     return MetricsHttpServer(httpd, thread)
+
+
+def serve(snapshot: Callable[[], Metrics], host: str, port: int) -> MetricsHttpServer:
+    """Serve ``snapshot()`` as Prometheus text on ``http://host:port/metrics`` (port 0: a free one)."""
+    return _serve(SnapshotCollector(snapshot), host, port)
 
 
 class GatheringCollector:
@@ -243,8 +248,4 @@ class GatheringCollector:
 
 def serve_gathered(children: Callable[[], list[tuple[int, str | None]]], host: str, port: int) -> MetricsHttpServer:
     """The supervisor's ``/metrics``: every child's metrics on one port, labelled by process index."""
-    client = _client()
-    registry = client.CollectorRegistry(auto_describe=False)
-    registry.register(GatheringCollector(children))
-    httpd, thread = client.start_http_server(port, addr=host, registry=registry)
-    return MetricsHttpServer(httpd, thread)
+    return _serve(GatheringCollector(children), host, port)
