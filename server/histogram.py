@@ -1,8 +1,8 @@
 """A fixed-bucket histogram cheap enough for the IO thread's hot path.
 
 One ``observe`` is a ``bisect`` and two additions: no lock, because each
-histogram has one writer (the IO thread, or one worker's job at a time under
-the GIL). Readers on other threads take :meth:`Histogram.snapshot`, a copy
+histogram has one writer thread (the IO thread; the Redis broker's are
+written by its publisher thread and its reader thread, one each). Readers on other threads take :meth:`Histogram.snapshot`, a copy
 that may be one observation behind — what a scrape needs, never torn.
 """
 

@@ -140,30 +140,29 @@ class Sampler:
         if self._log is None:
             self._log = LogThrottle(self._loop, logger, interval=10.0)
         ages, queued_hist = Histogram(AGE_BUCKETS), Histogram(QUEUED_BUCKETS)
-        sample = dict(connections=0, handshakes=0, queued_bytes=0, oldest_age=0.0, in_handlers=0,
-                      producer_waits=0)
+        connections = handshakes = queued_bytes = in_handlers = producer_waits = 0
+        oldest_age = 0.0
         slowest: list[SlowConnection] = []
         slow_now: set[Connection] = set()
         for conn in self._connections():
             state = conn.state
             if state is State.HANDSHAKE:
-                sample["handshakes"] += 1
+                handshakes += 1
                 continue
             if state is not State.OPEN and state is not State.CLOSING:
                 continue
-            sample["connections"] += 1
+            connections += 1
             outbox = conn.writer.outbox
             queued = outbox.queued
-            sample["queued_bytes"] += queued
-            sample["producer_waits"] += outbox.waits
+            queued_bytes += queued
+            producer_waits += outbox.waits
             if conn.session is not None:
-                sample["in_handlers"] += conn.session.inflight
+                in_handlers += conn.session.inflight
             queued_hist.observe(queued)
             since = conn.writer.oldest_queued_since
             age = max(0.0, now - since) if since is not None else 0.0
             ages.observe(age)
-            if age > sample["oldest_age"]:
-                sample["oldest_age"] = age
+            oldest_age = max(oldest_age, age)
             if since is not None:
                 slowest.append(SlowConnection(conn.peer, conn.handle.path or "", age, queued))
             if age > self.slow_warn:
@@ -181,9 +180,11 @@ class Sampler:
         cpu = time.thread_time()
         self._cpu_at = (now, cpu)
         busy = (cpu - last_cpu) / (now - last_at) if last_at else 0.0
-        self.latest = Sample(at=now, io_lag=lag, io_busy=min(1.0, max(0.0, busy)), slow=len(slow_now),
+        self.latest = Sample(at=now, io_lag=lag, io_busy=min(1.0, max(0.0, busy)), connections=connections,
+                             handshakes=handshakes, queued_bytes=queued_bytes, oldest_age=oldest_age,
+                             slow=len(slow_now), in_handlers=in_handlers, producer_waits=producer_waits,
                              age_histogram=ages.snapshot(), queued_histogram=queued_hist.snapshot(),
-                             slowest=tuple(slowest[:TOP_N]), **sample)  # type: ignore[arg-type]
+                             slowest=tuple(slowest[:TOP_N]))
         for listener in self.on_sample:
             try:
                 listener(self.latest)
