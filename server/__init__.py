@@ -27,26 +27,35 @@ from .protocol.frames import OutMessage
 from .protocol.handshake import HttpError, HttpRequest
 from .protocol.http import Response
 from .scaleout.broker import BrokerError, PublishQueueFull, make_broker
+from .scaleout.positions import HISTORY_LOST, Position, PositionError, Published
 from .server import BroadcastResult, Server
 from .stats import Stats
+from .topics import LINES, Envelope, LineEnvelope
 
 if TYPE_CHECKING:
     from .demo.app import DemoApp
 
 __all__ = [
+    "HISTORY_LOST",
+    "LINES",
     "BroadcastResult",
     "BrokerError",
     "CloseCode",
     "ConnectionClosed",
     "ConnectionHandle",
     "DemoApp",
+    "Envelope",
     "Handler",
     "HttpError",
     "HttpRequest",
     "Limits",
+    "LineEnvelope",
     "OutMessage",
     "OverflowPolicy",
+    "Position",
+    "PositionError",
     "PublishQueueFull",
+    "Published",
     "Response",
     "Router",
     "Server",

@@ -27,8 +27,9 @@ from .protocol.frames import OutMessage
 from .protocol.http import OriginCheck
 from .registry import BroadcastResult, Registry
 from .scaleout.broker import Broker, MemoryBroker
+from .scaleout.positions import Position, Published
 from .stats import Stats
-from .topics import Topics
+from .topics import Envelope, Topics
 
 logger = logging.getLogger(__name__)
 
@@ -133,17 +134,21 @@ class Server:
     def serve_forever(self, ready: Callable[[Server], None] | None = None) -> bool:
         """Start (if not started), serve until SIGINT or SIGTERM, then shut down gracefully.
 
-        Clients see 1001 after their queued messages. Call from the main
+        Clients see 1001 after their queued messages; with SIGUSR1 (a rolling
+        restart replacing this process) 1012, "reconnect". Call from the main
         thread (signal handlers live there). ``ready`` runs once the server
         accepts connections. Returns :meth:`shutdown`'s result.
         """
         stop = threading.Event()
+        restart: list[bool] = []
 
         def on_signal(signum: int, frame: object) -> None:
             logger.info("received %s: shutting down", signal.Signals(signum).name)
+            if signum == signal.SIGUSR1:
+                restart.append(True)
             stop.set()
 
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)}
         try:
             if self.loop.thread is None:
                 self.start()
@@ -154,7 +159,7 @@ class Server:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        return self.shutdown(timeout=10)
+        return self.shutdown(timeout=10, restart=bool(restart))
 
     @property
     def page_url(self) -> str:
@@ -213,9 +218,24 @@ class Server:
 
     # -- topics and the broker (any thread; server/topics.py) ---------------
 
-    def subscribe(self, conn: ConnectionHandle, topic: str = "") -> None:
-        """``conn`` receives what :meth:`publish` sends to ``topic``, from any process on the broker."""
-        self.topics.subscribe(conn, topic)
+    def subscribe(self, conn: ConnectionHandle, topic: str = "", since: Position | str | None = None,
+                  envelope: Envelope | None = None) -> None:
+        """``conn`` receives what :meth:`publish` sends to ``topic``, from any process on the broker.
+
+        ``since``: the last position the client saw (as the server gave it; a
+        string is parsed, :class:`~server.scaleout.positions.PositionError` if it
+        is not one). It then gets every later message of the topic exactly once,
+        in order, then the live ones; if the history no longer holds that
+        position (trimmed, or lost: another epoch), it is closed at once with
+        4410 (:data:`~server.scaleout.positions.HISTORY_LOST`) and a reason.
+        ``envelope`` (e.g. :data:`~server.topics.LINES`): each message reaches
+        ``conn`` wrapped with its position, after a bookmark of where the
+        subscription starts. Either makes the join go through the broker
+        (with Redis, its reader thread: a tenth of a second or so).
+        """
+        if isinstance(since, str):
+            since = Position.parse(since)
+        self.topics.subscribe(conn, topic, since, envelope)
 
     def unsubscribe(self, conn: ConnectionHandle, topic: str = "") -> None:
         self.topics.unsubscribe(conn, topic)
@@ -224,34 +244,41 @@ class Server:
         """This process's subscribers of ``topic`` (a snapshot)."""
         return self.topics.subscribers(topic)
 
-    def publish(self, message: str | bytes, topic: str = "") -> BroadcastResult | None:
+    def publish(self, message: str | bytes, topic: str = "") -> Published[BroadcastResult]:
         """Send ``message`` to the subscribers of ``topic`` in every process on the broker.
 
-        With the in-process broker this is :meth:`broadcast` to this process's
-        subscribers, on the calling thread, and returns its result. With Redis
-        it queues the message for this process's publisher thread and returns
-        None; the reader thread of each process then fans it out locally.
+        Returns a :class:`~server.scaleout.positions.Published`: ``position()``
+        is the message's place in the topic (what a subscriber resumes from).
+        With the in-process broker this is a :meth:`broadcast` to this
+        process's subscribers on the calling thread: the position is there at
+        once and ``result`` is the broadcast's. With Redis the message is queued
+        for this process's publisher thread (``position()`` waits for Redis's
+        acknowledgement) and the reader thread of each process fans it out.
         One thread's publishes reach every subscriber in the order made.
         Raises :class:`~server.scaleout.broker.PublishQueueFull` when the broker is
         unreachable and the local publish queue is full.
         """
-        result = self.broker.publish(topic, message)
-        return result if isinstance(result, BroadcastResult) else None
+        return self.broker.publish(topic, message)  # type: ignore[return-value]  # the result is our deliver's
 
-    def shutdown(self, timeout: float = 10.0) -> bool:
+    def shutdown(self, timeout: float = 10.0, restart: bool = False) -> bool:
         """Stop accepting, close every connection with 1001 after its queued
         messages, stop the workers and the IO thread. Safe from any thread
         except the IO thread; returns False if connections had to be cut.
+        ``restart``: this process is being replaced (a rolling restart):
+        clients see 1012 (Service Restart) instead, and reconnect to a sibling.
         A second call (e.g. a signal handler's beside the main thread's)
         waits for the first and returns its answer.
         """
         with self._shutdown_lock:
             if not self._stopped.is_set():
-                self._stopped_clean = self._shutdown(timeout)
+                self._stopped_clean = self._shutdown(timeout, restart)
             return self._stopped_clean
 
-    def _shutdown(self, timeout: float) -> bool:
-        self.loop.post(self._begin_shutdown)
+    def _shutdown(self, timeout: float, restart: bool) -> bool:
+        if restart:
+            self.loop.post(lambda: self._begin_shutdown(CloseCode.SERVICE_RESTART, "server restarting: reconnect"))
+        else:
+            self.loop.post(lambda: self._begin_shutdown(CloseCode.GOING_AWAY, "server shutting down"))
         clean = self._all_closed.wait(timeout)
         if not clean:
             done = threading.Event()
@@ -284,7 +311,7 @@ class Server:
 
     # -- IO thread -------------------------------------------------------
 
-    def _begin_shutdown(self) -> None:
+    def _begin_shutdown(self, code: CloseCode, reason: str) -> None:
         self._shutting_down = True
         self.admission.stop()  # [admission] no backoff timer re-watches the closed listener
         if self._listener is not None:
@@ -292,9 +319,9 @@ class Server:
             self._listener.close()
         for conn in self.registry.connections():
             if conn.state is State.HANDSHAKE:
-                conn.abort(CloseCode.GOING_AWAY, "server shutting down")
+                conn.abort(code, reason)
             else:
-                conn.handle.close(CloseCode.GOING_AWAY, "server shutting down")
+                conn.handle.close(code, reason)
         self._check_all_closed()
 
     def _on_accept(self, mask: int) -> None:

@@ -62,6 +62,10 @@ class Stats:
         self.broker_messages_missed = 0  # messages known lost in those gaps (a vanished stream counts 0: unknown)
         self.broker_subscribers_closed = 0  # subscribers closed with 1013 because of a gap
         self.broker_duplicates = 0  # second copies left by a retried publish, dropped by the reader
+        # resuming subscribers (server/topics.py; written by the thread that joins them)
+        self.resumes = 0  # subscriptions that resumed from a position (since=)
+        self.replayed = 0  # messages sent from the history to resuming subscribers
+        self.resumes_refused = 0  # closed with 4410: the history could not serve the position
 
     def count_drop(self) -> None:
         """Any thread: one message discarded by the ``drop`` policy."""

@@ -16,13 +16,18 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .. import (  # the public API, as any application uses it
+    LINES,
     BroadcastResult,
     CloseCode,
     ConnectionClosed,
     ConnectionHandle,
+    Envelope,
     Handler,
     HttpError,
     HttpRequest,
+    Position,
+    PositionError,
+    Published,
     PublishQueueFull,
     Response,
     Server,
@@ -214,17 +219,17 @@ class BroadcastHub:
         """This process's subscribers of the default topic."""
         return self.server.subscribers("")
 
-    def subscribe(self, conn: ConnectionHandle, topic: str = "") -> None:
-        self.server.subscribe(conn, topic)
+    def subscribe(self, conn: ConnectionHandle, topic: str = "", since: Position | None = None,
+                  envelope: Envelope | None = None) -> None:
+        self.server.subscribe(conn, topic, since, envelope)
 
     def unsubscribe(self, conn: ConnectionHandle, topic: str = "") -> None:
         self.server.unsubscribe(conn, topic)
 
-    def publish(self, message: str | bytes, topic: str = "") -> BroadcastResult | None:
+    def publish(self, message: str | bytes, topic: str = "") -> Published[BroadcastResult]:
         """Publish to ``topic``'s subscribers in every process on the broker. Any thread.
 
-        In-process broker: encoded once, queued to every local subscriber, and
-        the :class:`BroadcastResult` returned. Raises :class:`PublishQueueFull`.
+        See :meth:`Server.publish`. Raises :class:`PublishQueueFull`.
         """
         self.published += 1
         return self.server.publish(message, topic)
@@ -267,14 +272,34 @@ TOPIC_RE = re.compile(r"[A-Za-z0-9_.:-]{0,64}")
 
 
 class BroadcastHandler:
-    """One ``/broadcast?topic=NAME`` client: subscribed to its topic; what it sends is published there."""
+    """One ``/broadcast?topic=NAME[&positions=1][&since=POSITION]`` client: subscribed to its topic; what it
+    sends is published there. With ``positions=1`` (implied by ``since=``) messages come as
+    :class:`~server.topics.LineEnvelope` lines; ``since=`` resumes after that position."""
 
-    def __init__(self, hub: BroadcastHub, topic: str = "") -> None:
+    def __init__(self, hub: BroadcastHub, topic: str = "", since: Position | None = None,
+                 positions: bool = False) -> None:
         self.hub = hub
         self.topic = topic
+        self.since = since
+        self.envelope = LINES if positions or since is not None else None
+
+    @classmethod
+    def from_query(cls, hub: BroadcastHub, query: dict[str, str]) -> BroadcastHandler:
+        """The handler for a request's query; :class:`HttpError` 400 for a bad topic, flag or position."""
+        topic = query.get("topic", "")
+        if not TOPIC_RE.fullmatch(topic):
+            raise HttpError(400, "/broadcast topic must be at most 64 characters of A-Z a-z 0-9 _ . : -")
+        positions = query.get("positions", "0")
+        if positions not in ("0", "1"):
+            raise HttpError(400, "/broadcast positions must be 0 or 1")
+        try:
+            since = Position.parse(query["since"]) if "since" in query else None
+        except PositionError as exc:
+            raise HttpError(400, f"/broadcast since: {exc}") from None
+        return cls(hub, topic, since, positions == "1")
 
     def on_open(self, conn: ConnectionHandle) -> None:
-        self.hub.subscribe(conn, self.topic)
+        self.hub.subscribe(conn, self.topic, self.since, self.envelope)
 
     def on_message(self, conn: ConnectionHandle, message: str | bytes) -> None:
         try:
@@ -318,10 +343,7 @@ class DemoApp:
             self._streams.append(handler)
             return handler
         if path == "/broadcast":
-            topic = request.query.get("topic", "")
-            if not TOPIC_RE.fullmatch(topic):
-                raise HttpError(400, "/broadcast topic must be at most 64 characters of A-Z a-z 0-9 _ . : -")
-            return BroadcastHandler(self.hub, topic)
+            return BroadcastHandler.from_query(self.hub, request.query)
         if path == "/live" and self.live is not None:
             return self.live.handler()
         raise HttpError(404, f"no route for {path}; try /, /echo, /stream, /broadcast or /live")

@@ -36,15 +36,20 @@ from typing import Any, Protocol
 from ..errors import WsraceError
 from ..histogram import Histogram
 from ..stats import Stats
+from .positions import Lost, Position, Published, new_epoch
 
 logger = logging.getLogger(__name__)
 
 Message = str | bytes
-Deliver = Callable[[str, Message], object]  # (topic, message) -> the local fan-out's result
+Deliver = Callable[[str, Position, Message], object]  # (topic, position, message) -> the local fan-out's result
+# A resume's answer, in delivery order: the history after ``since``, then where live delivery goes on
+# from (the topic's last position), or why the history cannot serve it.
+Attach = Callable[[list[tuple[Position, Message]], "Position | Lost"], None]
 Missed = Callable[[str, str, int], None]  # (topic, reason, how many messages are known to be lost; 0: unknown)
 
 DEFAULT_MAXLEN = 10_000
 DEFAULT_PUBLISH_QUEUE = 10_000
+REPLAY_CHUNK = 1000  # entries per XRANGE of a resume
 REDIS_EXTRA = "pip install 'wsrace[redis]'"
 
 
@@ -62,11 +67,16 @@ class Broker(Protocol):
     def start(self, deliver: Deliver, missed: Missed, stats: Stats) -> None:
         """Begin delivering: ``deliver(topic, message)`` for each message of a subscribed topic."""
 
-    def publish(self, topic: str, message: Message) -> object:
+    def publish(self, topic: str, message: Message) -> Published[object]:
         """Publish to every process's subscribers of ``topic``. Any thread; never blocks on the network.
 
         Raises :class:`PublishQueueFull` when the message cannot be accepted.
         """
+
+    def join(self, topic: str, since: Position | None, attach: Attach) -> None:
+        """Call ``attach(history after since, tail or Lost)`` where no delivery of ``topic`` can come between:
+        a subscriber attached there gets the history, then every live message, each once. Any thread;
+        ``attach`` runs on the caller's thread or the broker's (it must not block)."""
 
     def subscribe(self, topic: str) -> None:
         """This process has subscribers of ``topic`` (any thread, never blocks)."""
@@ -81,21 +91,74 @@ class Broker(Protocol):
         """The broker's own figures for ``Server.metrics`` (any thread): see :meth:`RedisBroker.metrics`."""
 
 
+class _History:
+    """One topic's last messages in this process (``memory://``): guarded by its lock."""
+
+    __slots__ = ("entries", "lock", "n")
+
+    def __init__(self, maxlen: int) -> None:
+        self.lock = threading.Lock()
+        self.n = 0  # messages published to the topic so far
+        self.entries: deque[tuple[Position, Message]] = deque(maxlen=maxlen)
+
+
 class MemoryBroker:
-    """In-process: ``publish`` fans out at once on the caller's thread (the embedded default)."""
+    """In-process: ``publish`` fans out at once on the caller's thread (the embedded default).
+
+    Each topic keeps its last ``maxlen`` messages, so a subscriber can resume
+    from a position as with Redis. A topic's publishes are numbered and fanned
+    out under its lock: every subscriber sees them in the order of their
+    positions (a publisher may wait for another's fan-out, at most
+    ``Limits.fanout_wait`` per full subscriber). The epoch is new in each
+    process: positions do not survive a restart, and are refused after one.
+    """
 
     url = "memory://"
 
-    def __init__(self) -> None:
+    def __init__(self, maxlen: int = DEFAULT_MAXLEN) -> None:
+        self.maxlen = maxlen
+        self.epoch = new_epoch()
         self._deliver: Deliver | None = None
+        self._topics: dict[str, _History] = {}
+        self._lock = threading.Lock()  # creates _History entries
 
     def start(self, deliver: Deliver, missed: Missed, stats: Stats) -> None:
         self._deliver = deliver
 
-    def publish(self, topic: str, message: Message) -> object:
-        if self._deliver is None:
+    def _history(self, topic: str) -> _History:
+        history = self._topics.get(topic)
+        if history is None:
+            with self._lock:
+                history = self._topics.setdefault(topic, _History(self.maxlen))
+        return history
+
+    def publish(self, topic: str, message: Message) -> Published[object]:
+        deliver = self._deliver
+        if deliver is None:
             raise BrokerError("broker not started (Server.start() starts it)")
-        return self._deliver(topic, message)
+        history = self._history(topic)
+        with history.lock:
+            history.n += 1
+            position = Position(self.epoch, history.n)
+            history.entries.append((position, message))
+            return Published(position, deliver(topic, position, message))
+
+    def join(self, topic: str, since: Position | None, attach: Attach) -> None:
+        history = self._history(topic)
+        with history.lock:
+            tail = Position(self.epoch, history.n)
+            if since is None:
+                attach([], tail)
+                return
+            first = history.entries[0][0].n if history.entries else history.n + 1
+            if since.epoch != self.epoch or since.entry_id:
+                attach([], Lost.other_epoch())
+            elif since.n > history.n:
+                attach([], Lost.ahead())
+            elif since.n + 1 < first:
+                attach([], Lost.trimmed(first))
+            else:
+                attach(list(itertools.islice(history.entries, since.n + 1 - first, None)), tail)
 
     def subscribe(self, topic: str) -> None:
         pass
@@ -110,21 +173,30 @@ class MemoryBroker:
         return {}  # publish is the local fan-out itself: nothing queued, no lag
 
 
-# KEYS: stream, counter. ARGV: maxlen, publisher id, publisher seq, type (t|b), data.
+# KEYS: stream, counter, epoch. ARGV: maxlen, publisher id, publisher seq, type (t|b), data, a new epoch.
+# The epoch key is created with the topic's first message and vanishes with the stream and counter
+# (Redis restarted without its data): the history that follows has a new epoch.
 _XADD_LUA = """
+local e = redis.call('GET', KEYS[3])
+if not e then
+  e = ARGV[6]
+  redis.call('SET', KEYS[3], e)
+end
 local n = redis.call('INCR', KEYS[2])
-return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'n', n, 'p', ARGV[2], 'q', ARGV[3], 't', ARGV[4], 'd', ARGV[5])
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'n', n, 'e', e, 'p', ARGV[2], 'q', ARGV[3], 't', ARGV[4], 'd', ARGV[5])
+return {id, n, e}
 """
 
 
 class _Topic:
     """The reader's position in one topic's stream."""
 
-    __slots__ = ("last_id", "last_n", "publishers")
+    __slots__ = ("epoch", "last_id", "last_n", "publishers")
 
-    def __init__(self, last_id: str, last_n: int) -> None:
+    def __init__(self, last_id: str, last_n: int, epoch: str) -> None:
         self.last_id = last_id
         self.last_n = last_n
+        self.epoch = epoch
         self.publishers: dict[str, int] = {}  # publisher id -> last publisher seq delivered (dedupe)
 
 
@@ -152,7 +224,10 @@ class RedisBroker:
         self._deliver: Deliver | None = None
         self._missed: Missed | None = None
         self._cond = threading.Condition()
-        self._queue: deque[tuple[str, bytes, bytes, int, float]] = deque()  # (topic, type, data, publisher seq, at)
+        # (topic, type, data, publisher seq, at, what publish() returned)
+        self._queue: deque[tuple[str, bytes, bytes, int, float, Published[object]]] = deque()
+        self._acked = threading.Condition()  # notified when the publisher thread has set a batch's positions
+        self._joins: list[tuple[str, Position | None, Attach]] = []  # resumes for the reader thread (under _cond)
         self.publish_seconds = Histogram()  # publish() -> its XADD acknowledged (publisher thread writes)
         self.read_lag = Histogram()  # an entry's Redis timestamp -> handed to the local fan-out (reader thread writes)
         self.topic_lag: dict[str, float] = {}  # per topic: that lag for the last entry read
@@ -182,6 +257,9 @@ class RedisBroker:
     def counter_key(self, topic: str) -> str:
         return f"{self.prefix}:seq:{topic}"
 
+    def epoch_key(self, topic: str) -> str:
+        return f"{self.prefix}:epoch:{topic}"
+
     # -- any thread ------------------------------------------------------
 
     def start(self, deliver: Deliver, missed: Missed, stats: Stats) -> None:
@@ -194,7 +272,7 @@ class RedisBroker:
             logger.warning("broker %s not reachable yet; the reader keeps trying (subscribers get messages once it is)",
                            self.url)
 
-    def publish(self, topic: str, message: Message) -> object:
+    def publish(self, topic: str, message: Message) -> Published[object]:
         kind, data = (b"t", message.encode("utf-8")) if isinstance(message, str) else (b"b", bytes(message))
         with self._cond:
             if self._closed:
@@ -205,9 +283,15 @@ class RedisBroker:
                                        "queued: not published, try again later")
             if not self._publisher_up:
                 self._stats.broker_publishes_queued += 1
-            self._queue.append((topic, kind, data, next(self._q), time.monotonic()))
+            published: Published[object] = Published(acked=self._acked)
+            self._queue.append((topic, kind, data, next(self._q), time.monotonic(), published))
             self._cond.notify()
-        return None
+        return published
+
+    def join(self, topic: str, since: Position | None, attach: Attach) -> None:
+        # The reader thread runs it between two reads: nothing of the topic is delivered meanwhile.
+        with self._cond:
+            self._joins.append((topic, since, attach))
 
     @property
     def queued(self) -> int:
@@ -269,10 +353,11 @@ class RedisBroker:
                     client = self._connect()
                     script = client.register_script(_XADD_LUA)
                 pipe = client.pipeline(transaction=False)
-                for topic, kind, data, q, _ in batch:
-                    script(keys=[self.stream_key(topic), self.counter_key(topic)],
-                           args=[self.maxlen, self.publisher_id, q, kind, data], client=pipe)
-                pipe.execute()
+                epoch = new_epoch()  # fresh for each attempt: a topic's history created by it gets this name
+                for topic, kind, data, q, *_ in batch:
+                    script(keys=[self.stream_key(topic), self.counter_key(topic), self.epoch_key(topic)],
+                           args=[self.maxlen, self.publisher_id, q, kind, data, epoch], client=pipe)
+                replies = pipe.execute()
             except self._redis.RedisError as exc:  # connection lost, timeout, or Redis refusing (e.g. OOM)
                 with self._cond:
                     self._publisher_up = False
@@ -289,8 +374,11 @@ class RedisBroker:
                     self._queue.popleft()
                 self._publisher_up = True
             done = time.monotonic()
-            for *_, at in batch:
+            for (*_, at, published), (entry_id, n, epoch) in zip(batch, replies, strict=True):
+                published._set(Position(_s(epoch), int(n), _s(entry_id)))
                 self.publish_seconds.observe(done - at)
+            with self._acked:
+                self._acked.notify_all()
             if down_since is not None:
                 self._stats.broker_reconnects += 1
                 logger.warning("broker %s: publisher reconnected after %.1f s", self.url, time.monotonic() - down_since)
@@ -319,6 +407,7 @@ class RedisBroker:
                                        self.url, time.monotonic() - down_since)
                         down_since = None
                 self._sync_topics(client, topics)
+                self._run_joins(client, topics)
                 self._ready.set()
                 reply = client.xread({self.stream_key(t): s.last_id for t, s in topics.items()},
                                      count=512, block=self.block_ms)
@@ -344,40 +433,93 @@ class RedisBroker:
             if topic not in wanted:
                 del topics[topic]
         for topic in wanted - set(topics):
-            # Start after the newest entry; read atomically with the counter, so none slips between.
-            pipe = client.pipeline(transaction=True)
-            pipe.xrevrange(self.stream_key(topic), "+", "-", count=1)
-            pipe.get(self.counter_key(topic))
-            newest, counter = pipe.execute()
-            if newest:
-                entry_id, fields = newest[0]
-                topics[topic] = _Topic(_s(entry_id), int(fields[b"n"]))
-            else:
-                topics[topic] = _Topic("0-0", int(counter or 0))
+            topics[topic] = self._newest(client, topic)
+
+    def _newest(self, client: Any, topic: str) -> _Topic:
+        """A reader position after the topic's newest entry (read atomically with the counter and the
+        epoch, so no entry slips between; the epoch is created here if the topic has none yet)."""
+        pipe = client.pipeline(transaction=True)
+        pipe.set(self.epoch_key(topic), new_epoch(), nx=True)
+        pipe.xrevrange(self.stream_key(topic), "+", "-", count=1)
+        pipe.get(self.counter_key(topic))
+        pipe.get(self.epoch_key(topic))
+        _, newest, counter, epoch = pipe.execute()
+        if newest:
+            entry_id, fields = newest[0]
+            return _Topic(_s(entry_id), int(fields[b"n"]), _s(epoch))
+        return _Topic("0-0", int(counter or 0), _s(epoch))
+
+    def _run_joins(self, client: Any, topics: dict[str, _Topic]) -> None:
+        with self._cond:
+            joins, self._joins = self._joins, []
+        for i, (topic, since, attach) in enumerate(joins):
+            state = topics.get(topic)
+            if state is None:
+                continue  # its subscriber left before the join ran
+            try:
+                entries, tail = self._replay(client, topic, state, since)
+            except self._redis.RedisError:
+                with self._cond:
+                    self._joins[:0] = joins[i:]  # after the reconnect, in the same order
+                raise
+            try:
+                attach(entries, tail)
+            except Exception:
+                logger.exception("broker %s: attaching a subscriber of topic %r failed", self.url, topic)
+
+    def _replay(self, client: Any, topic: str, state: _Topic,
+                since: Position | None) -> tuple[list[tuple[Position, Message]], Position | Lost]:
+        """The topic's entries after ``since`` up to the reader's position, or why the stream cannot give them."""
+        tail = Position(state.epoch, state.last_n, state.last_id)
+        if since is None:
+            return [], tail
+        if since.epoch != state.epoch or not since.entry_id:
+            return [], Lost.other_epoch()
+        if since.n > state.last_n:
+            return [], Lost.ahead()
+        entries: list[tuple[Position, Message]] = []
+        publishers: dict[str, int] = {}
+        expect, start = since.n + 1, "(" + since.entry_id
+        while expect <= state.last_n:
+            rows = client.xrange(self.stream_key(topic), start, state.last_id, count=REPLAY_CHUNK)
+            if not rows:
+                return [], Lost.trimmed(None)
+            for entry_id, fields in rows:
+                n = int(fields[b"n"])
+                if n != expect:
+                    return [], Lost.trimmed(n)
+                expect += 1
+                publisher, q = _s(fields[b"p"]), int(fields[b"q"])
+                if q > publishers.get(publisher, -1):  # else a retried pipeline's second copy
+                    publishers[publisher] = q
+                    entries.append((Position(state.epoch, n, _s(entry_id)), _message(fields)))
+            start = "(" + _s(rows[-1][0])
+        return entries, tail
 
     def _check_survived(self, client: Any, topics: dict[str, _Topic]) -> None:
         """Redis restarted: a stream that no longer holds our last entry vanished with what we had not read."""
         for topic, state in topics.items():
             if state.last_id == "0-0" and state.last_n == 0:
+                topics[topic] = self._newest(client, topic)  # nothing to lose; its epoch may be new
                 continue
             held = client.xrange(self.stream_key(topic), state.last_id, state.last_id, count=1) if state.last_id != "0-0" else []
             if held and int(held[0][1][b"n"]) == state.last_n:
                 logger.warning("broker %s: Redis restarted; stream %r survived, resuming", self.url, topic)
                 continue
             self._gap(topic, "stream lost in a Redis restart", 0)
-            state.last_id, state.last_n = "0-0", 0
-            state.publishers.clear()
+            topics[topic] = self._newest(client, topic)  # a new history: a new epoch
 
     def _handle(self, topic: str, state: _Topic, entries: list[tuple[Any, dict[bytes, bytes]]]) -> None:
         for entry_id, fields in entries:
             n = int(fields[b"n"])
-            if n != state.last_n + 1:
-                if n <= state.last_n:
+            epoch = _s(fields.get(b"e", state.epoch))
+            if n != state.last_n + 1 or epoch != state.epoch:
+                if n <= state.last_n or epoch != state.epoch:
                     self._gap(topic, "stream reset", 0)
                     state.publishers.clear()
                 else:
                     self._gap(topic, f"{n - state.last_n - 1} trimmed", n - state.last_n - 1)
-            state.last_id, state.last_n = _s(entry_id), n
+            state.last_id, state.last_n, state.epoch = _s(entry_id), n, epoch
             lag = max(0.0, time.time() - int(state.last_id.split("-", 1)[0]) / 1000)  # IDs start with Redis's ms clock
             self.read_lag.observe(lag)
             self.topic_lag[topic] = lag
@@ -386,11 +528,9 @@ class RedisBroker:
                 self._stats.broker_duplicates += 1  # a retried pipeline's second copy
                 continue
             state.publishers[publisher] = q
-            data = fields[b"d"]
-            message: Message = data.decode("utf-8") if fields[b"t"] == b"t" else data
             assert self._deliver is not None
             try:
-                self._deliver(topic, message)
+                self._deliver(topic, Position(epoch, n, state.last_id), _message(fields))
             except Exception:
                 logger.exception("broker %s: local fan-out of topic %r failed", self.url, topic)
 
@@ -409,15 +549,23 @@ def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _message(fields: dict[bytes, bytes]) -> Message:
+    data = fields[b"d"]
+    return data.decode("utf-8") if fields[b"t"] == b"t" else data
+
+
 def _topic_of(key: bytes | str, prefix: str) -> str:
     return _s(key)[len(prefix) + len(":stream:"):]
 
 
 def make_broker(url: str, maxlen: int = DEFAULT_MAXLEN, max_queue: int = DEFAULT_PUBLISH_QUEUE) -> Broker:
-    """``memory://`` or ``redis://host:port/db`` (``rediss://`` for TLS). Raises :class:`BrokerError`."""
+    """``memory://`` or ``redis://host:port/db`` (``rediss://`` for TLS). Raises :class:`BrokerError`.
+
+    ``maxlen``: messages each topic's history keeps (Redis: ``MAXLEN ~``; a resume further back is refused).
+    """
     scheme = url.split(":", 1)[0].lower()
     if scheme == "memory":
-        return MemoryBroker()
+        return MemoryBroker(maxlen)
     if scheme in ("redis", "rediss", "unix"):
         return RedisBroker(url, maxlen=maxlen, max_queue=max_queue)
     raise BrokerError(f"unknown broker {url!r}: use memory:// or redis://HOST:PORT/DB")

@@ -354,8 +354,8 @@ def test_topics_in_process_with_the_memory_broker() -> None:
             assert news.recv(timeout=5) == "for news"
             default.send("for everyone")
             assert default.recv(timeout=5) == "for everyone"
-            result = srv.publish(b"api", topic="news")
-            assert result is not None and result.queued == 1
+            published = srv.publish(b"api", topic="news")
+            assert published.result is not None and published.result.queued == 1 and published.done()
             assert news.recv(timeout=5) == b"api"
             with pytest.raises(TimeoutError):
                 default.recv(timeout=0.3)

@@ -47,7 +47,7 @@ def test_broadcast_closes_the_stalled_client_and_serves_the_rest() -> None:
             for i in range(MESSAGES):
                 assert credit.acquire(timeout=20), f"the healthy client stopped after {len(received)} messages"
                 payload = i.to_bytes(4, "big") + bytes(SIZE - 4)
-                outcomes.append(hub.publish(payload))
+                outcomes.append(hub.publish(payload).result)
             reader.join(30)
             stalled.close()
         assert [int.from_bytes(m[:4], "big") for m in received] == list(range(MESSAGES))

@@ -8,6 +8,7 @@ import pytest
 
 from server import Stats
 from server.registry import BroadcastResult
+from server.scaleout.positions import Position
 from server.topics import Topics
 
 pytestmark = pytest.mark.timeout(10)
@@ -78,7 +79,7 @@ def test_delivery_broadcasts_to_the_topics_subscribers_only() -> None:
     a, b = Conn(), Conn()
     t.subscribe(a, "x")  # type: ignore[arg-type]
     t.subscribe(b, "y")  # type: ignore[arg-type]
-    result = broker.deliver("x", b"hello")  # type: ignore[misc]
+    result = broker.deliver("x", Position("e", 1), b"hello")  # type: ignore[misc]
     assert sent == [(b"hello", frozenset({a}))] and result.queued == 1
 
 
