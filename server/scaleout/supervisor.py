@@ -9,6 +9,12 @@ child that exits on its own is restarted after a backoff (0.5 s doubling to
 10 s; reset once a child has run 30 s), logged. SIGINT/SIGTERM are sent on
 to every child (each closes its clients with 1001); the supervisor exits 0
 when every child exited 0.
+
+SIGHUP is a rolling restart (a deploy: the children run the code on disk
+now): one child at a time, a fresh one is started and waited for (it listens
+beside the others), then the old one gets SIGUSR1: it stops accepting, sends
+what its clients have queued and closes them with 1012 (Service Restart).
+They reconnect — to any sibling — and resume from their last position.
 """
 
 from __future__ import annotations
@@ -124,7 +130,13 @@ def supervise(argv: list[str], host: str, port: int, processes: int, scheme: str
         received.append(signum)
         stop.set()
 
+    rolling = threading.Event()
+
+    def on_hangup(signum: int, frame: object) -> None:
+        rolling.set()
+
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hangup)
     try:
         for child in children:
             child.start()
@@ -145,6 +157,9 @@ def supervise(argv: list[str], host: str, port: int, processes: int, scheme: str
         print(f"listening on {scheme}://{shown}:{port}", flush=True)
         logger.info("%d processes serving %s://%s:%d (SO_REUSEPORT)", processes, scheme, shown, port)
         while not stop.wait(0.2):
+            if rolling.is_set():
+                rolling.clear()
+                _rolling_restart(children, stop)
             _keep_running(children)
         signum = received[0] if received else signal.SIGTERM
         logger.info("received %s: stopping %d processes", signal.Signals(signum).name, processes)
@@ -174,6 +189,39 @@ def _keep_running(children: list[Child]) -> None:
                      child.index, proc.pid, _status(proc.returncode), child.backoff)
         child.restart_at = now + child.backoff
         child.backoff = min(child.backoff * 2, MAX_BACKOFF)
+
+
+def _rolling_restart(children: list[Child], stop: threading.Event) -> None:
+    """Replace each child by a fresh one, one at a time: the new one ready before the old one leaves."""
+    logger.info("SIGHUP: rolling restart of %d processes", len(children))
+    for i, old in enumerate(children):
+        new = Child(old.index, old.argv)
+        new.start()
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not new.ready.wait(0.1):
+            assert new.proc is not None
+            if stop.is_set() or new.proc.poll() is not None or time.monotonic() > deadline:
+                logger.error("rolling restart: the new process %d did not get ready (%s); keeping the old one, "
+                             "stopping the restart", old.index,
+                             "interrupted" if stop.is_set() else "exited" if new.proc.poll() is not None else "timeout")
+                if new.proc.poll() is None:
+                    new.proc.kill()
+                new.proc.wait()
+                return
+        children[i] = new
+        proc = old.proc
+        if proc is None or proc.poll() is not None:
+            continue
+        proc.send_signal(signal.SIGUSR1)  # stop accepting, flush, close clients with 1012
+        try:
+            code = proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            logger.error("rolling restart: process pid %d did not stop in %.0f s: killing it", proc.pid, STOP_TIMEOUT)
+            proc.kill()
+            code = proc.wait()
+        logger.info("rolling restart: process %d replaced (pid %d exited with %s; now pid %d)", old.index, proc.pid,
+                    _status(code), new.proc.pid if new.proc else -1)
+    logger.info("rolling restart done")
 
 
 def _status(code: int) -> str:

@@ -3,7 +3,7 @@
 Bottom up: the shared vocabulary (``codes``, ``errors``, ``limits``,
 ``stats``, ``histogram``) → ``protocol/`` (sans I/O) and ``scaleout/`` → ``core/`` (the IO
 thread and its sockets) → ``connections/`` → the server (``server.py``,
-``registry``, ``admission``, ``topics``, ``observe/``) → what is built on it (``demo/``,
+``registry``, ``admission``, ``topics``, ``observe/``) → what is built on it (``demo/``, ``client``,
 ``wsgi/``, ``cli``, the package's ``__init__``). A module may import from its
 own layer and the layers below, never from above — type-only imports
 included, so no circle hides behind ``TYPE_CHECKING``.
@@ -27,7 +27,7 @@ LAYERS = {  # a module's layer: its subpackage, or its own name at the top
     "core": 2,
     "connections": 3,
     "server": 4, "registry": 4, "admission": 4, "topics": 4, "observe": 4,
-    "demo": 5, "wsgi": 5, "cli": 5, "__main__": 5, "__init__": 5,
+    "demo": 5, "wsgi": 5, "cli": 5, "client": 5, "__main__": 5, "__init__": 5,
 }
 
 
