@@ -72,7 +72,11 @@ Groups = dict["Envelope | None", frozenset["ConnectionHandle"]]  # subscribers b
 
 
 class Topics:
-    """This process's subscriptions, over ``broker``; every method is safe from any thread."""
+    """This process's subscriptions, over ``broker``; every method is safe from any thread.
+
+    Lock order: the broker's :meth:`~server.scaleout.broker.Broker.subscribe` and ``unsubscribe`` are called
+    under ``_lock`` (they never call back); ``join`` outside it (its ``attach`` takes ``_lock``).
+    """
 
     def __init__(self, broker: Broker, broadcast: Broadcast, stats: Stats) -> None:
         self.broker = broker
@@ -99,8 +103,8 @@ class Topics:
                 self._add(topic, conn, None)
             else:
                 self._pending.add((topic, conn))
-        if refs == 0:
-            self.broker.subscribe(topic)
+            if refs == 0:  # under the lock: a last unsubscribe racing this cannot undo it at the broker
+                self.broker.subscribe(topic)
         if not direct:
             self.broker.join(topic, since, partial(self._attach, conn, topic, since, envelope))
 
@@ -114,9 +118,7 @@ class Topics:
                 if not held:
                     return
                 self._remove(topic, conn, held[0])
-            last = self._release(topic)
-        if last:
-            self.broker.unsubscribe(topic)
+            self._release(topic)
 
     def subscribers(self, topic: str) -> frozenset[ConnectionHandle]:
         groups = self._members.get(topic)
@@ -143,13 +145,13 @@ class Topics:
         else:
             del self._members[topic]
 
-    def _release(self, topic: str) -> bool:
+    def _release(self, topic: str) -> None:
         left = self._refs.get(topic, 0) - 1
         if left > 0:
             self._refs[topic] = left
-            return False
-        self._refs.pop(topic, None)
-        return True
+        else:
+            self._refs.pop(topic, None)
+            self.broker.unsubscribe(topic)
 
     # -- the broker's context: no delivery of the topic comes between ----------
 
@@ -160,14 +162,12 @@ class Topics:
                 return  # unsubscribed (closed) before the broker got to it
             self._pending.discard((topic, conn))
             if isinstance(tail, Lost):
-                last = self._release(topic)
+                self._release(topic)
             else:
                 self._add(topic, conn, envelope)
         if isinstance(tail, Lost):
             self._stats.resumes_refused += 1
             conn.close(HISTORY_LOST, str(tail)[:MAX_REASON])
-            if last:
-                self.broker.unsubscribe(topic)
             return
         if since is not None:
             self._stats.resumes += 1

@@ -453,10 +453,10 @@ class RedisBroker:
         with self._cond:
             joins, self._joins = self._joins, []
         for i, (topic, since, attach) in enumerate(joins):
-            state = topics.get(topic)
-            if state is None:
-                continue  # its subscriber left before the join ran
             try:
+                state = topics.get(topic)
+                if state is None:  # its subscriber may have left already; attach() finds out
+                    state = topics[topic] = self._newest(client, topic)
                 entries, tail = self._replay(client, topic, state, since)
             except self._redis.RedisError:
                 with self._cond:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 
 import pytest
@@ -94,3 +95,32 @@ def test_a_gap_closes_the_topics_subscribers_with_1013_and_counts_them() -> None
     assert other.closed is None and stats.broker_subscribers_closed == 2
     broker.on_missed("y", "é" * 100, 1)  # type: ignore[misc]  # 100 characters, 200 bytes: over a close frame's room
     assert other.closed == (1013, "messages were missed")
+
+
+def test_a_subscribe_racing_the_last_unsubscribe_leaves_the_process_subscribed() -> None:
+    """The last subscriber leaving while a new one arrives (a client reconnecting to resume): the broker must
+    end subscribed. (With the broker called outside the lock, the new subscribe reached the broker before the
+    old unsubscribe, which then unsubscribed the process under the new subscriber: it got nothing.)"""
+    t, broker, _, _ = topics()
+    old, new = Conn(), Conn()
+    t.subscribe(old, "x")  # type: ignore[arg-type]
+    entered, release = threading.Event(), threading.Event()
+    original = broker.unsubscribe
+
+    def slow_unsubscribe(topic: str) -> None:
+        entered.set()
+        release.wait(5)
+        original(topic)
+
+    broker.unsubscribe = slow_unsubscribe  # type: ignore[method-assign]
+    leaving = threading.Thread(target=t.unsubscribe, args=(old, "x"))
+    leaving.start()
+    assert entered.wait(5)
+    arriving = threading.Thread(target=t.subscribe, args=(new, "x"))
+    arriving.start()
+    arriving.join(0.2)
+    release.set()
+    leaving.join(5)
+    arriving.join(5)
+    assert broker.calls == [("subscribe", "x"), ("unsubscribe", "x"), ("subscribe", "x")]
+    assert t.subscribers("x") == {new}
