@@ -1,0 +1,261 @@
+"""Resuming subscriptions (issue 24): positions, ``since=``, 4410, rolling restarts — real servers and clients.
+
+In-process servers use the ``memory://`` history; the cluster tests start
+Debian's ``redis-server`` (a free port, a temp dir, stopped by PID) and run
+``python -m server`` as a user does. Subscribers are the package's reference
+client, :class:`server.client.Subscription`, each on a thread of its own.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import signal
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from server import HISTORY_LOST, Position
+from server.client import HistoryLost, Subscription
+from server.scaleout.broker import MemoryBroker
+
+from ..helpers import drain_in_background, http_exchange, running_server, upgrade_request, wait_until
+from ..instance import Instance
+from ..redis_server import RedisServer
+
+pytestmark = pytest.mark.timeout(180)
+
+
+class Follower:
+    """A :class:`Subscription` iterated on its own thread: what it got, in order, and how it ended."""
+
+    def __init__(self, url: str, topic: str = "", since: str | None = None, name: str = "") -> None:
+        self.sub = Subscription(url, topic, since, min_backoff=0.02, max_backoff=0.5)
+        self.name = name or url
+        self.got: list[tuple[str, str | bytes]] = []
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name=f"follower-{self.name}", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            for item in self.sub:
+                self.got.append(item)
+        except BaseException as exc:  # the test reads it
+            self.error = exc
+
+    def drop(self) -> None:
+        """Cut the current connection from the client's side (as a network change does): it must resume."""
+        self.sub.reconnect()
+
+    def stop(self) -> None:
+        self.sub.close()
+        self.thread.join(10)
+
+    def messages(self) -> list[str | bytes]:
+        return [m for _, m in self.got]
+
+
+def assert_exactly_once_in_order(follower: Follower, publishers: int, count: int) -> None:
+    """Every publisher's ``p:i`` for i in 0..count-1, once each and in order; positions counting up by one."""
+    seqs: dict[int, list[int]] = {p: [] for p in range(publishers)}
+    for message in follower.messages():
+        p, i = re.fullmatch(r"(\d+):(\d+)", str(message)).groups()  # type: ignore[union-attr]
+        seqs[int(p)].append(int(i))
+    for p, seq in seqs.items():
+        assert seq == list(range(count)), (
+            f"{follower.name}: publisher {p}: {len(seq)} messages, {len(set(seq))} distinct, "
+            f"first wrong at {next((k for k, v in enumerate(seq) if v != k), None)}")
+    ns = [Position.parse(position).n for position, _ in follower.got]
+    assert ns == list(range(ns[0], ns[0] + len(ns))), f"{follower.name}: positions not contiguous"
+
+
+# -- one process, memory:// ------------------------------------------------------------
+
+
+def test_a_subscriber_cut_off_five_times_gets_every_message_once_in_order() -> None:
+    """Server-side closes (1012, 1001, 1013) and client-side cuts while two threads publish: the reference
+    client resumes each time with since= and ends with every message exactly once."""
+    with running_server() as srv:
+        follower = Follower(srv.url, "news", name="memory")
+        assert wait_until(lambda: follower.sub.position is not None, 10), "the bookmark arrived"
+        count, publishers = 2000, 2
+
+        def publish(p: int) -> None:
+            for i in range(count):
+                srv.publish(f"{p}:{i}", "news")
+                if i % 10 == 9:
+                    time.sleep(0.01)  # about 2 s: the cuts come while messages flow
+
+        threads = [threading.Thread(target=publish, args=(p,)) for p in range(publishers)]
+        for thread in threads:
+            thread.start()
+        for cut in range(5):
+            # Cut a live connection: the previous cut was noticed and messages flow on the new one.
+            assert wait_until(lambda: follower.sub.reconnects >= cut, 10), follower.sub.reconnects  # noqa: B023
+            seen = len(follower.got)
+            assert wait_until(lambda: len(follower.got) > seen, 10), "messages flow after the resume"  # noqa: B023
+            if cut % 2:
+                follower.drop()
+            else:
+                for conn in srv.subscribers("news"):
+                    conn.close((1012, 1001, 1013)[cut // 2], "cut by the test")
+        for thread in threads:
+            thread.join(30)
+        assert wait_until(lambda: len(follower.got) >= publishers * count, 20), len(follower.got)
+        follower.stop()
+    assert follower.error is None, follower.error
+    assert follower.sub.reconnects >= 5
+    assert_exactly_once_in_order(follower, publishers, count)
+    assert srv.stats.resumes >= 5
+
+
+def test_a_position_older_than_the_history_is_refused_with_4410_at_once() -> None:
+    with running_server(broker=MemoryBroker(maxlen=10)) as srv:
+        first = srv.publish("m0", "t").position()
+        for i in range(1, 50):
+            srv.publish(f"m{i}", "t")
+        started = time.monotonic()
+        with connect(f"{srv.url}/broadcast?topic=t&since={first}", open_timeout=10) as ws:
+            with pytest.raises(ConnectionClosed):
+                ws.recv(timeout=5)
+            took = time.monotonic() - started
+            assert ws.close_code == HISTORY_LOST, (ws.close_code, ws.close_reason)
+            assert ws.close_reason == "position too old: the history starts at message 41; start over"
+        assert took < 5, took  # measured: milliseconds; the issue asks for under 1 s
+        follower = Follower(srv.url, "t", str(first), name="too-old")
+        follower.thread.join(10)
+        assert isinstance(follower.error, HistoryLost) and follower.error.code == HISTORY_LOST, (
+            follower.error, follower.thread.is_alive(), follower.sub.close_codes, follower.sub.reconnects)
+        assert follower.got == [] and srv.stats.resumes_refused == 2
+
+
+def test_a_position_from_another_process_lifetime_is_refused_and_a_bad_one_is_400() -> None:
+    with running_server() as first:
+        old = first.publish("m", "t").position()
+    with running_server() as srv:  # a restart with memory://: a new epoch
+        srv.publish("m", "t")
+        with connect(f"{srv.url}/broadcast?topic=t&since={old}", open_timeout=10) as ws:
+            with pytest.raises(ConnectionClosed):
+                ws.recv(timeout=5)
+            assert ws.close_code == HISTORY_LOST and "another epoch" in (ws.close_reason or ""), ws.close_reason
+        for query, why in (("since=yesterday", b"not a position"), ("positions=yes", b"positions must be 0 or 1")):
+            reply = http_exchange(srv.port, upgrade_request(f"/broadcast?topic=t&{query}"))
+            assert reply.startswith(b"HTTP/1.1 400") and why in reply, reply[:300]
+
+
+def test_binary_and_text_messages_keep_their_type_in_the_envelope() -> None:
+    with running_server() as srv:
+        follower = Follower(srv.url, "mixed")
+        assert wait_until(lambda: follower.sub.position is not None, 10)
+        srv.publish("text\nwith a newline", "mixed")
+        srv.publish(b"\x00\nbinary", "mixed")
+        assert wait_until(lambda: len(follower.got) == 2, 10)
+        follower.stop()
+    assert follower.messages() == ["text\nwith a newline", b"\x00\nbinary"]
+
+
+# -- the cluster: real redis-server, python -m server ------------------------------------
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    srv = RedisServer().start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def instances() -> Iterator[list[Instance]]:
+    started: list[Instance] = []
+    yield started
+    for inst in started:
+        inst.close()
+
+
+def test_cluster_resumes_and_a_rolling_restart_lose_nothing(redis_server: RedisServer, instances: list[Instance]) -> None:
+    """The issue's acceptance run: 3 processes (an instance of 2 and one of 1) on a real Redis; 9 subscribers
+    that each drop and resume 5 times during 20,000 publishes, and one rolling restart (SIGHUP) of the
+    2-process instance: every subscriber has every message exactly once, in per-publisher order; then a
+    position the trimmed stream no longer holds is refused with 4410."""
+    pair = Instance("--broker", redis_server.url, "--processes", "2", "--stream-maxlen", "10000")
+    instances.append(pair)
+    single = Instance("--broker", redis_server.url, "--stream-maxlen", "10000")
+    instances.append(single)
+    old_children = set(pair.children())
+    followers = [Follower((pair.url, single.url)[i % 2], "feed", name=f"sub{i}") for i in range(9)]
+    assert wait_until(lambda: all(f.sub.position is not None for f in followers), 20), "every bookmark arrived"
+    publishers, count = 2, 10_000
+    finished = [threading.Event() for _ in range(publishers)]
+
+    def publish(p: int) -> None:
+        # Through the instance that is not restarted: what is tested is the subscribers' side. The publisher
+        # is a subscriber of the feed too; a thread drains what it gets.
+        with connect(f"{single.url}/broadcast?topic=feed", open_timeout=10, max_size=None) as ws:
+            drain_in_background(ws)
+            for i in range(count):
+                ws.send(f"{p}:{i}")
+                if i % 100 == 99:
+                    time.sleep(0.05)
+            finished[p].set()
+            time.sleep(1)  # let the server publish what it read before the close
+
+    threads = [threading.Thread(target=publish, args=(p,), name=f"publisher-{p}") for p in range(publishers)]
+    for thread in threads:
+        thread.start()
+    rng = random.Random(24)
+    drops = dict.fromkeys(range(len(followers)), 0)
+    # A follower is cut again only once the last cut was noticed (it reconnected) and messages came on the
+    # new connection since: each cut is a resume in the middle of the stream.
+    reconnected_at: dict[int, int] = {}
+    grown_from: dict[int, int] = {}
+    restarted = False
+    deadline = time.monotonic() + 90
+    while any(n < 5 for n in drops.values()):
+        assert time.monotonic() < deadline, (drops, [f.sub.reconnects for f in followers])
+        if not restarted and len(followers[0].got) > publishers * count // 3:
+            pair.proc.send_signal(signal.SIGHUP)
+            restarted = True
+        for i, f in enumerate(followers):
+            if i in reconnected_at and f.sub.reconnects > reconnected_at[i]:
+                del reconnected_at[i]
+                grown_from[i] = len(f.got)
+        ready = [i for i, n in drops.items()
+                 if n < 5 and i not in reconnected_at and len(followers[i].got) > grown_from.get(i, -1)]
+        if ready:
+            i = rng.choice(ready)
+            reconnected_at[i] = followers[i].sub.reconnects
+            followers[i].drop()
+            drops[i] += 1
+        time.sleep(0.05)
+    for thread in threads:
+        thread.join(60)
+    assert all(done.is_set() for done in finished)
+    total = publishers * count
+    assert wait_until(lambda: all(len(f.got) >= total for f in followers), 60), (
+        [(f.name, len(f.got), f.error, f.sub.reconnects, dict(f.sub.close_codes), f.sub.position) for f in followers],
+        single.log()[-2000:], pair.log()[-3000:])
+    assert wait_until(lambda: "rolling restart done" in pair.log(), 30), pair.log()[-3000:]
+    for f in followers:
+        f.stop()
+        assert f.error is None, (f.name, f.error)
+        assert_exactly_once_in_order(f, publishers, count)
+        assert f.sub.reconnects >= 5, (f.name, f.sub.reconnects)
+    assert sum(f.sub.close_codes[1012] for f in followers) >= 1, [f.sub.close_codes for f in followers]
+    assert not old_children & set(pair.children()), "every child was replaced"
+
+    oldest = followers[0].got[0][0]
+    started = time.monotonic()
+    refused = Follower(single.url, "feed", oldest, name="too-old")
+    refused.thread.join(10)
+    took = time.monotonic() - started
+    assert isinstance(refused.error, HistoryLost) and "too old" in refused.error.reason, refused.error
+    assert took < 5, took  # measured: a few hundred ms (the reader's next turn); the issue asks for under 1 s
+    for inst in (pair, single):
+        assert inst.stop() == 0, inst.log()[-3000:]
