@@ -213,7 +213,7 @@ class Subscription:
                         sock.sendall(self._ws.send(event.response()))
                     except OSError:
                         pass
-                    yield (event.code, event.reason or "")
+                    yield (int(event.code), event.reason or "")
                     return
             try:
                 data = sock.recv(65536)

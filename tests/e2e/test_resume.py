@@ -179,6 +179,7 @@ def instances() -> Iterator[list[Instance]]:
         inst.close()
 
 
+@pytest.mark.timing  # 180,000 deliveries parsed in this process: under coverage's tracing, minutes
 def test_cluster_resumes_and_a_rolling_restart_lose_nothing(redis_server: RedisServer, instances: list[Instance]) -> None:
     """The issue's acceptance run: 3 processes (an instance of 2 and one of 1) on a real Redis; 9 subscribers
     that each drop and resume 5 times during 20,000 publishes, and one rolling restart (SIGHUP) of the
@@ -217,9 +218,9 @@ def test_cluster_resumes_and_a_rolling_restart_lose_nothing(redis_server: RedisS
     grown_from: dict[int, int] = {}
     restarted = False
     deadline = time.monotonic() + 90
-    while any(n < 5 for n in drops.values()):
-        assert time.monotonic() < deadline, (drops, [f.sub.reconnects for f in followers])
-        if not restarted and len(followers[0].got) > publishers * count // 3:
+    while any(n < 5 for n in drops.values()) or not restarted:
+        assert time.monotonic() < deadline, (drops, restarted, [f.sub.reconnects for f in followers])
+        if not restarted and min(len(f.got) for f in followers) > publishers * count // 3:
             pair.proc.send_signal(signal.SIGHUP)
             restarted = True
         for i, f in enumerate(followers):
