@@ -8,6 +8,7 @@ client, :class:`server.client.Subscription`, each on a thread of its own.
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import signal
@@ -260,3 +261,84 @@ def test_cluster_resumes_and_a_rolling_restart_lose_nothing(redis_server: RedisS
     assert took < 5, took  # measured: a few hundred ms (the reader's next turn); the issue asks for under 1 s
     for inst in (pair, single):
         assert inst.stop() == 0, inst.log()[-3000:]
+
+
+def _publisher(url: str, count: int, start: int = 0, pace: int = 100) -> threading.Thread:
+    """A thread publishing ``0:start`` … ``0:start+count-1`` on /broadcast?topic=feed of ``url`` (draining its echo)."""
+
+    def run() -> None:
+        with connect(f"{url}/broadcast?topic=feed", open_timeout=10, max_size=None) as ws:
+            drain_in_background(ws)
+            for i in range(start, start + count):
+                ws.send(f"0:{i}")
+                if i % pace == pace - 1:
+                    time.sleep(0.05)
+            time.sleep(1)  # let the server publish what it read before the close
+
+    thread = threading.Thread(target=run, name="publisher", daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_killed_child_and_a_move_to_a_sibling_lose_nothing(redis_server: RedisServer, instances: list[Instance]) -> None:
+    """SIGKILL one child of a 2-process instance mid-stream (its subscribers see 1006, reconnect to whichever
+    process the port gives them), and move a subscriber from one instance to another with its position:
+    everyone ends with every message once, in order."""
+    pair = Instance("--broker", redis_server.url, "--processes", "2")
+    instances.append(pair)
+    single = Instance("--broker", redis_server.url)
+    instances.append(single)
+    followers = [Follower(pair.url, "feed", name=f"pair{i}") for i in range(4)]
+    mover = Follower(single.url, "feed", name="mover")
+    assert wait_until(lambda: all(f.sub.position is not None for f in [*followers, mover]), 20)
+    count = 3000
+    publisher = _publisher(single.url, count)
+    assert wait_until(lambda: min(len(f.got) for f in followers) > count // 3, 60)
+    victim = pair.children()[0]
+    os.kill(victim, signal.SIGKILL)
+    mover.stop()  # leaves single ...
+    moved = Follower(pair.url, "feed", mover.sub.position, name="moved")  # ... and resumes on the other instance
+    publisher.join(60)
+    assert wait_until(lambda: all(len(f.got) >= count for f in followers)
+                      and len(mover.got) + len(moved.got) >= count, 60), (
+        [(f.name, len(f.got), f.error, dict(f.sub.close_codes)) for f in [*followers, mover, moved]], pair.log()[-3000:])
+    for f in [*followers, moved]:
+        f.stop()
+        assert f.error is None, (f.name, f.error)
+    for f in followers:
+        assert_exactly_once_in_order(f, 1, count)
+    assert sum(f.sub.close_codes[1006] for f in followers) >= 1, "the killed child's subscribers were cut off"
+    mover.got += moved.got
+    assert_exactly_once_in_order(mover, 1, count)
+    assert wait_until(lambda: len(pair.children()) == 2 and victim not in pair.children(), 30), "the child was restarted"
+
+
+@pytest.mark.parametrize("persistent", [True, False], ids=["with-its-data", "without-its-data"])
+def test_a_redis_restart_keeps_positions_only_if_it_keeps_its_data(persistent: bool, instances: list[Instance]) -> None:
+    """Redis killed and restarted. With its data (AOF): a subscriber that drops afterwards resumes from its
+    position and misses nothing. Without: the stream's epoch is gone, so the subscriber (closed with 1013
+    when the reader finds the stream lost) is refused with 4410 when it resumes: told, not misled."""
+    redis_server = RedisServer(persistent=persistent).start()
+    try:
+        inst = Instance("--broker", redis_server.url)
+        instances.append(inst)
+        follower = Follower(inst.url, "feed", name="follower")
+        assert wait_until(lambda: follower.sub.position is not None, 20)
+        _publisher(inst.url, 200).join(30)
+        assert wait_until(lambda: len(follower.got) >= 200, 20)
+        redis_server.kill()
+        redis_server.start()
+        if persistent:
+            follower.drop()
+            _publisher(inst.url, 200, start=200).join(30)
+            assert wait_until(lambda: len(follower.got) >= 400, 30), (len(follower.got), inst.log()[-3000:])
+            follower.stop()
+            assert follower.error is None and follower.sub.reconnects >= 1, follower.error
+            assert_exactly_once_in_order(follower, 1, 400)
+        else:
+            follower.thread.join(30)
+            assert isinstance(follower.error, HistoryLost), (follower.error, inst.log()[-3000:])
+            assert "another epoch" in follower.error.reason and follower.sub.close_codes[1013] == 1, follower.error
+            assert_exactly_once_in_order(follower, 1, 200)
+    finally:
+        redis_server.stop()
