@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -207,6 +208,52 @@ def test_live_page_draws_the_server_metrics(browser) -> None:
     assert state == "live"
     assert shot.stat().st_size > 10_000
     severe = [entry for entry in logs if entry["level"] == "SEVERE"]
+    assert not severe, severe
+
+
+def test_the_page_feed_resumes_after_closes_and_starts_over_after_a_restart(browser) -> None:
+    """The page's reference resume loop in Chromium: cut off three times (1012, 1001, 1013) while a thread
+    publishes, it shows every message once, in order; after the process restarts (memory://: a new epoch)
+    its position is refused with 4410 and it starts over."""
+    from server import Server
+    from server.demo.app import DemoApp
+
+    def feed() -> dict:
+        return browser.execute_script("return window.wsraceFeed")
+
+    srv = Server(DemoApp, host="127.0.0.1", port=0).start()
+    port = srv.port
+    try:
+        browser.get(f"http://127.0.0.1:{port}/?topic=page&producers=1&count=1")
+        assert wait_for(lambda: feed()["position"] is not None, 20), feed()
+        count = 300
+        publisher = threading.Thread(target=lambda: [(srv.publish(f"m{i}", "page"), time.sleep(0.005))
+                                                     for i in range(count)])
+        publisher.start()
+        for cut, code in enumerate((1012, 1001, 1013)):
+            assert wait_for(lambda: len(srv.subscribers("page")) == 1 and feed()["reconnects"] == cut, 20), feed()  # noqa: B023
+            seen = len(feed()["messages"])
+            assert wait_for(lambda: len(feed()["messages"]) > seen, 20) or not publisher.is_alive()  # noqa: B023
+            for conn in srv.subscribers("page"):
+                conn.close(code, "cut by the test")
+        publisher.join(30)
+        assert wait_for(lambda: len(feed()["messages"]) >= count, 30), len(feed()["messages"])
+        state = feed()
+        assert state["messages"] == [f"m{i}" for i in range(count)], "every message once, in order"
+        assert state["closes"][:3] == [1012, 1001, 1013] and state["startOvers"] == 0, state["closes"]
+    finally:
+        assert srv.shutdown(timeout=10)
+    srv = Server(DemoApp, host="127.0.0.1", port=port).start()  # restarted: a new history, a new epoch
+    try:
+        assert wait_for(lambda: feed()["startOvers"] == 1, 30), feed()["closes"]
+        assert wait_for(lambda: len(srv.subscribers("page")) == 1, 20), feed()["closes"]
+        srv.publish("after the restart", "page")
+        assert wait_for(lambda: feed()["messages"][-1] == "after the restart", 20), feed()["messages"][-3:]
+        assert feed()["closes"][3:] == [1001, 4410], feed()["closes"]
+        severe = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    finally:
+        assert srv.shutdown(timeout=10)
+    print("page feed closes:", feed()["closes"])
     assert not severe, severe
 
 
