@@ -67,8 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "redis://HOST:PORT/DB (Redis Streams: every process and host on it is one broadcast domain; "
                         "needs pip install 'wsrace[redis]') (default: %(default)s)")
     p.add_argument("--stream-maxlen", type=int, default=DEFAULT_MAXLEN,
-                   help="Redis: entries kept per topic stream (XADD MAXLEN ~ N); a reader further behind than this "
-                        "misses messages and closes its subscribers with 1013 (default: %(default)s)")
+                   help="messages each topic's history keeps (Redis: XADD MAXLEN ~ N; memory://: exactly N): a "
+                        "subscriber resuming from further back (since=) is closed with 4410, a Redis reader further "
+                        "behind closes its subscribers with 1013 (default: %(default)s)")
     p.add_argument("--publish-queue", type=int, default=DEFAULT_PUBLISH_QUEUE,
                    help="Redis: publishes held while the broker is unreachable; past it publishing fails "
                         "(a /broadcast client is closed with 1013) (default: %(default)s)")

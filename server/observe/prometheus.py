@@ -70,6 +70,10 @@ _COUNTERS: dict[str, tuple[str, str, tuple[str, str] | None]] = {
     "broker_subscribers_closed": ("wsrace_broker_subscribers_closed",
                                   "Subscribers closed with 1013 because of a gap.", None),
     "broker_duplicates": ("wsrace_broker_duplicates", "Second copies of a retried publish, dropped by the reader.", None),
+    "resumes": ("wsrace_resumes", "Subscriptions that resumed from a position (since=).", None),
+    "replayed": ("wsrace_replayed_messages", "Messages sent from a topic's history to resuming subscribers.", None),
+    "resumes_refused": ("wsrace_resumes_refused",
+                        "Resumes refused with 4410: the history no longer held the position.", None),
 }
 _SUMS = {"closed_by_policy"}  # the sum of labelled series above: exposing it too would double every sum()
 
