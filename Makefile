@@ -67,11 +67,13 @@ conformance-ci: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench
 	$(PY) -m bench.hops
+	$(PY) -m bench.positions
 
 bench-quick: $(STAMP)
 	$(PY) -m bench --quick
 	$(PY) -m bench --quick --tls
 	$(PY) -m bench.hops --quick
+	$(PY) -m bench.positions --quick
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache reports

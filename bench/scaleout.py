@@ -58,7 +58,8 @@ def publish(url: str, design: str, count: int, size: int, rate: float) -> float:
         for _ in range(min(batch, count - sent)):
             data = struct.pack("!Q", time.monotonic_ns()) + pad
             if script is not None:
-                script(keys=["wsrace:stream:", "wsrace:seq:"], args=[1_000_000, "bench", sent, "b", data], client=pipe)
+                script(keys=["wsrace:stream:", "wsrace:seq:", "wsrace:epoch:"],
+                       args=[1_000_000, "bench", sent, "b", data, "be0c0001"], client=pipe)
             else:
                 pipe.publish(CHANNEL, data)
             sent += 1
