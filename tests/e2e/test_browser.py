@@ -227,8 +227,13 @@ def test_the_page_feed_resumes_after_closes_and_starts_over_after_a_restart(brow
         browser.get(f"http://127.0.0.1:{port}/?topic=page&producers=1&count=1")
         assert wait_for(lambda: feed()["position"] is not None, 20), feed()
         count = 300
-        publisher = threading.Thread(target=lambda: [(srv.publish(f"m{i}", "page"), time.sleep(0.005))
-                                                     for i in range(count)])
+
+        def publish() -> None:
+            for i in range(count):
+                srv.publish(f"m{i}", "page")
+                time.sleep(0.005)
+
+        publisher = threading.Thread(target=publish)
         publisher.start()
         for cut, code in enumerate((1012, 1001, 1013)):
             assert wait_for(lambda: len(srv.subscribers("page")) == 1 and feed()["reconnects"] == cut, 20), feed()  # noqa: B023

@@ -28,7 +28,7 @@ class Conn:
 
     def send(self, message: str | bytes, timeout: float | None = None, fanout: bool = False) -> bool:
         if self.closed:
-            raise ConnectionClosed("closed")
+            raise ConnectionClosed(self.closed[0], self.closed[1])
         self.got.append(message)
         return True
 
@@ -129,7 +129,7 @@ def test_a_subscriber_gone_before_its_join_runs_is_never_attached() -> None:
     broker.join = lambda topic, since, attach: joins.append((topic, since, attach))  # type: ignore[method-assign]
     topics.subscribe(conn, "t", Position(broker.epoch, 0), LINES)  # type: ignore[arg-type]
     topics.unsubscribe(conn, "t")  # type: ignore[arg-type]
-    topic, since, attach = joins[0]
+    _, _, attach = joins[0]
     attach([], Position(broker.epoch, 0))
     assert topics.subscribers("t") == frozenset() and conn.got == []
 
