@@ -471,6 +471,33 @@ MUTANTS = [
         1,
         tests=("tests/e2e/test_metrics.py::test_a_stuck_client_shows_in_the_scrape_before_it_is_closed",),
     ),
+    Mutant(
+        "resume-refuses-the-oldest-held",
+        "a resume from the position just before the oldest message the history holds is refused as too old",
+        "server/scaleout/broker.py",
+        "elif since.n + 1 < first:",
+        "elif since.n < first:",
+        1,
+        tests=("tests/unit/test_positions.py",),
+    ),
+    Mutant(
+        "resume-repeats-its-position",
+        "a resume replays the message at its own position again: the client gets it twice",
+        "server/scaleout/broker.py",
+        "islice(history.entries, since.n + 1 - first, None)",
+        "islice(history.entries, since.n - first, None)",
+        1,
+        tests=("tests/unit/test_positions.py",),
+    ),
+    Mutant(
+        "redis-resume-ignores-the-epoch",
+        "a Redis reader replays for a position of a lost history (another epoch) as if it were of the new one",
+        "server/scaleout/broker.py",
+        "if since.epoch != state.epoch or not since.entry_id:",
+        "if not since.entry_id:",
+        1,
+        tests=("tests/e2e/test_resume.py::test_a_redis_restart_keeps_positions_only_if_it_keeps_its_data",),
+    ),
 ]
 
 

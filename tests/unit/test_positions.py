@@ -106,7 +106,7 @@ def test_positions_without_since_start_with_a_bookmark_to_resume_from() -> None:
     ("trimmed", "position too old: the history starts at message 8; start over"),
     ("epoch", "position from a lost history (another epoch): start over"),
     ("ahead", "position ahead of the stream: start over"),
-])
+], ids=["trimmed", "epoch", "ahead"])
 def test_a_position_the_history_cannot_serve_is_refused_with_4410(since: str, reason: str) -> None:
     topics, broker, stats = memory(maxlen=5)
     for i in range(12):
