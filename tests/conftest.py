@@ -13,6 +13,8 @@ from hypothesis import settings
 from server.core import affinity
 
 from .helpers import running_server
+from .instance import Instance
+from .redis_server import RedisServer
 from .tls import TLSFiles, make_tls_files
 
 # Property tests draw the same examples every run unless asked (pytest --hypothesis-profile=explore).
@@ -62,3 +64,22 @@ def _no_unhandled_thread_errors(caplog) -> Iterator[None]:
     loop_errors = [r.getMessage() for r in caplog.records if r.name == "server.core.loop" and r.levelno >= logging.ERROR]
     assert not errors, f"unhandled exceptions in threads: {errors}"
     assert not loop_errors, f"IO-loop callbacks raised: {loop_errors}"
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """Debian's ``redis-server`` on a free port with its own temp dir, stopped by PID afterwards."""
+    srv = RedisServer().start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+def instances() -> Iterator[list[Instance]]:
+    """``python -m server`` instances a test starts (append them): killed afterwards if still running."""
+    started: list[Instance] = []
+    yield started
+    for inst in started:
+        inst.close()

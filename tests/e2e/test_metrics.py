@@ -13,7 +13,6 @@ import socket
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 
 import pytest
 from websockets.sync.client import connect
@@ -50,14 +49,6 @@ def value(samples: dict[str, list], name: str, **labels: str) -> float:
     return sum(v for got, v in samples.get(name, []) if labels.items() <= got.items())
 
 
-@pytest.fixture
-def cli_servers() -> Iterator[list[Instance]]:
-    started: list[Instance] = []
-    yield started
-    for server in started:
-        server.close()
-
-
 def stuck_client(url: str, path: str) -> socket.socket:
     """A client that completes the handshake and then never reads again (a tiny receive buffer)."""
     host, port = url.removeprefix("ws://").split(":")
@@ -73,9 +64,9 @@ def stuck_client(url: str, path: str) -> socket.socket:
     return sock
 
 
-def test_a_stuck_client_shows_in_the_scrape_before_it_is_closed(cli_servers) -> None:
+def test_a_stuck_client_shows_in_the_scrape_before_it_is_closed(instances) -> None:
     srv = Instance("--metrics-port", "0", "--slow-warn", "0.5")
-    cli_servers.append(srv)
+    instances.append(srv)
     with connect(f"{srv.url}/echo") as echo:  # ordinary traffic: fills the send-to-socket histogram
         for i in range(50):
             echo.send(f"m{i}")
@@ -105,11 +96,11 @@ def test_a_stuck_client_shows_in_the_scrape_before_it_is_closed(cli_servers) -> 
     assert srv.stop() == 0
 
 
-def test_with_two_processes_one_scrape_covers_both(cli_servers) -> None:
+def test_with_two_processes_one_scrape_covers_both(instances) -> None:
     redis = RedisServer().start()
     try:
         srv = Instance("--metrics-port", "0", "--processes", "2", "--broker", redis.url)
-        cli_servers.append(srv)
+        instances.append(srv)
         # SO_REUSEPORT spreads connections by hash: 24 of them reach both processes (all on one: p = 2**-23).
         for _ in range(24):
             with connect(f"{srv.url}/echo") as ws:

@@ -14,7 +14,6 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 from websockets.exceptions import ConnectionClosed
@@ -161,23 +160,6 @@ def test_binary_and_text_messages_keep_their_type_in_the_envelope() -> None:
 
 
 # -- the cluster: real redis-server, python -m server ------------------------------------
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    srv = RedisServer().start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
-
-
-@pytest.fixture
-def instances() -> Iterator[list[Instance]]:
-    started: list[Instance] = []
-    yield started
-    for inst in started:
-        inst.close()
 
 
 @pytest.mark.timing  # 180,000 deliveries parsed in this process: under coverage's tracing, minutes

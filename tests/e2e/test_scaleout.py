@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 from websockets.sync.client import ClientConnection, connect
@@ -63,23 +62,6 @@ class Subscriber:
     def close(self) -> None:
         self.ws.close()
         self._thread.join(10)
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    srv = RedisServer().start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
-
-
-@pytest.fixture
-def instances() -> Iterator[list[Instance]]:
-    started: list[Instance] = []
-    yield started
-    for inst in started:
-        inst.close()
 
 
 def _two_instances_with_subscribers(url: str, instances: list[Instance]) -> tuple[Instance, Instance, list[Subscriber]]:
