@@ -40,7 +40,7 @@ def serve() -> None:
     broker = MemoryBroker(maxlen=200_000)
     srv = Server(DemoApp, port=0, limits=Limits(ping_interval=None, deflate=False), broker=broker,
                  metrics=False).start()
-    print(json.dumps({"ready": srv.port, "epoch": broker.epoch}), flush=True)
+    print(json.dumps({"ready": srv.port}), flush=True)
     for line in sys.stdin:
         cmd = json.loads(line)
         if cmd["cmd"] == "run":
@@ -71,7 +71,7 @@ def serve() -> None:
             payload = bytes(cmd["size"])
             for _ in range(cmd["count"]):
                 srv.publish(payload, cmd["topic"])
-            print(json.dumps({"history": cmd["count"]}), flush=True)
+            print(json.dumps({"history": cmd["count"], "epoch": broker.epoch_of(cmd["topic"])}), flush=True)
         else:
             break
     srv.shutdown(2)
@@ -107,9 +107,9 @@ def fan_out(server: subprocess.Popen, port: int, mode: str, run: int, subscriber
             "cpu_us": cpu * 1e6 / deliveries, "complete": got["complete"] == subscribers}
 
 
-def replay(server: subprocess.Popen, port: int, epoch: str, run: int, count: int, size: int) -> dict:
+def replay(server: subprocess.Popen, port: int, run: int, count: int, size: int) -> dict:
     topic = f"history{run}"
-    _ask(server, 120, cmd="history", topic=topic, count=count, size=size)
+    epoch = _ask(server, 120, cmd="history", topic=topic, count=count, size=size)["epoch"]
     started = time.monotonic_ns()
     client = _client(port, 1, count, size, f"/broadcast?topic={topic}&since={epoch}.0")
     try:
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                               text=True, preexec_fn=_pinned(SERVER_CPU))
     try:
         ready = _line(server, 20)
-        port, epoch = ready["ready"], ready["epoch"]
+        port = ready["ready"]
         rows: dict[str, list[dict]] = {mode: [] for mode in MODES}
         for run in range(runs):
             for mode in MODES:
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{all(r['complete'] for r in rows[mode])}")
         print("(positions: the subscribers' client parses each enveloped frame on its own, frames of varying size,\n"
               " so its deliveries/s is the client's limit; the server's CPU per delivery is the figure to compare)")
-        replays = [replay(server, port, epoch, run, history, size) for run in range(runs)]
+        replays = [replay(server, port, run, history, size) for run in range(runs)]
         rate = statistics.median(r["messages_per_s"] or 0 for r in replays)
         print(f"replay: {history:,} messages of {size} B from the history to one resuming subscriber: {rate:,.0f} "
               f"messages/s (first to last byte), {statistics.median(r['connect_to_last_s'] for r in replays):.2f} s "

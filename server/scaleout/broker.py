@@ -29,7 +29,7 @@ import logging
 import threading
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -49,6 +49,7 @@ Missed = Callable[[str, str, int], None]  # (topic, reason, how many messages ar
 
 DEFAULT_MAXLEN = 10_000
 DEFAULT_PUBLISH_QUEUE = 10_000
+DEFAULT_HISTORY_TOPICS = 1000  # memory://: topics that keep a history (the most recently used)
 REPLAY_CHUNK = 1000  # entries per XRANGE of a resume
 REDIS_EXTRA = "pip install 'wsrace[redis]'"
 
@@ -94,10 +95,11 @@ class Broker(Protocol):
 class _History:
     """One topic's last messages in this process (``memory://``): guarded by its lock."""
 
-    __slots__ = ("entries", "lock", "n")
+    __slots__ = ("entries", "epoch", "lock", "n")
 
     def __init__(self, maxlen: int) -> None:
         self.lock = threading.Lock()
+        self.epoch = new_epoch()  # this history's: a topic whose history was dropped gets a new one
         self.n = 0  # messages published to the topic so far
         self.entries: deque[tuple[Position, Message]] = deque(maxlen=maxlen)
 
@@ -106,31 +108,49 @@ class MemoryBroker:
     """In-process: ``publish`` fans out at once on the caller's thread (the embedded default).
 
     Each topic keeps its last ``maxlen`` messages, so a subscriber can resume
-    from a position as with Redis. A topic's publishes are numbered and fanned
-    out under its lock: every subscriber sees them in the order of their
-    positions (a publisher may wait for another's fan-out, at most
-    ``Limits.fanout_wait`` per full subscriber). The epoch is new in each
-    process: positions do not survive a restart, and are refused after one.
+    from a position as with Redis; the ``max_topics`` most recently used
+    topics keep one (memory stays bounded however many topics clients make
+    up). A topic's publishes are numbered and fanned out under its lock: every
+    subscriber sees them in the order of their positions (a publisher may wait
+    for another's fan-out, at most ``Limits.fanout_wait`` per full
+    subscriber). Each history has an epoch of its own, new in each process and
+    for a topic whose history was dropped: such positions are refused, never
+    misread.
     """
 
     url = "memory://"
 
-    def __init__(self, maxlen: int = DEFAULT_MAXLEN) -> None:
+    def __init__(self, maxlen: int = DEFAULT_MAXLEN, max_topics: int = DEFAULT_HISTORY_TOPICS) -> None:
         self.maxlen = maxlen
-        self.epoch = new_epoch()
+        self.max_topics = max_topics
+        self.dropped_histories = 0  # histories of least recently used topics dropped past max_topics
         self._deliver: Deliver | None = None
-        self._topics: dict[str, _History] = {}
-        self._lock = threading.Lock()  # creates _History entries
+        self._topics: OrderedDict[str, _History] = OrderedDict()  # least recently used first
+        self._lock = threading.Lock()  # adds and drops _History entries
 
     def start(self, deliver: Deliver, missed: Missed, stats: Stats) -> None:
         self._deliver = deliver
 
     def _history(self, topic: str) -> _History:
         history = self._topics.get(topic)
-        if history is None:
-            with self._lock:
-                history = self._topics.setdefault(topic, _History(self.maxlen))
+        if history is not None:
+            try:
+                self._topics.move_to_end(topic)
+            except KeyError:
+                pass  # dropped meanwhile: this call still uses it, the next makes a new one
+            return history
+        with self._lock:
+            history = self._topics.get(topic)
+            if history is None:
+                history = self._topics[topic] = _History(self.maxlen)
+                while len(self._topics) > self.max_topics:
+                    self._topics.popitem(last=False)
+                    self.dropped_histories += 1
         return history
+
+    def epoch_of(self, topic: str) -> str:
+        """The epoch of ``topic``'s history (made now if it has none)."""
+        return self._history(topic).epoch
 
     def publish(self, topic: str, message: Message) -> Published[object]:
         deliver = self._deliver
@@ -139,19 +159,19 @@ class MemoryBroker:
         history = self._history(topic)
         with history.lock:
             history.n += 1
-            position = Position(self.epoch, history.n)
+            position = Position(history.epoch, history.n)
             history.entries.append((position, message))
             return Published(position, deliver(topic, position, message))
 
     def join(self, topic: str, since: Position | None, attach: Attach) -> None:
         history = self._history(topic)
         with history.lock:
-            tail = Position(self.epoch, history.n)
+            tail = Position(history.epoch, history.n)
             if since is None:
                 attach([], tail)
                 return
             first = history.entries[0][0].n if history.entries else history.n + 1
-            if since.epoch != self.epoch or since.entry_id:
+            if since.epoch != history.epoch or since.entry_id:
                 attach([], Lost.other_epoch())
             elif since.n > history.n:
                 attach([], Lost.ahead())

@@ -40,7 +40,7 @@ class Conn:
         return [tuple(m.split("\n", 1)) for m in self.got if isinstance(m, str) and "\n" in m]  # type: ignore[misc]
 
 
-def memory(maxlen: int = 1000) -> tuple[Topics, MemoryBroker, Stats]:
+def memory(maxlen: int = 1000, max_topics: int = 1000) -> tuple[Topics, MemoryBroker, Stats]:
     def broadcast(message: str | bytes, targets: Iterable) -> BroadcastResult:
         result = BroadcastResult()
         for conn in targets:
@@ -51,7 +51,7 @@ def memory(maxlen: int = 1000) -> tuple[Topics, MemoryBroker, Stats]:
                 result.closed += 1
         return result
 
-    broker, stats = MemoryBroker(maxlen), Stats()
+    broker, stats = MemoryBroker(maxlen, max_topics), Stats()
     topics = Topics(broker, broadcast, stats)
     topics.start()
     return topics, broker, stats
@@ -71,7 +71,7 @@ def test_publish_numbers_a_topics_messages_and_returns_the_position_and_the_fan_
     conn = Conn()
     topics.subscribe(conn, "t")  # type: ignore[arg-type]
     first, second, other = broker.publish("t", "a"), broker.publish("t", "b"), broker.publish("u", "c")
-    assert first.done() and first.position() == Position(broker.epoch, 1)
+    assert first.done() and first.position() == Position(broker.epoch_of("t"), 1)
     assert second.position().n == 2 and other.position().n == 1, "numbered per topic"
     assert isinstance(first.result, BroadcastResult) and first.result.queued == 1
     assert conn.got == ["a", "b"], "plain subscribers get the messages as they were published"
@@ -94,12 +94,12 @@ def test_positions_without_since_start_with_a_bookmark_to_resume_from() -> None:
     conn = Conn()
     topics.subscribe(conn, "t", None, LINES)  # type: ignore[arg-type]
     broker.publish("t", "after")
-    assert conn.got[0] == f"{broker.epoch}.1", "the bookmark: a position with no newline"
-    assert conn.lines() == [(f"{broker.epoch}.2", "after")]
+    assert conn.got[0] == f"{broker.epoch_of('t')}.1", "the bookmark: a position with no newline"
+    assert conn.lines() == [(f"{broker.epoch_of('t')}.2", "after")]
     binary = Conn()
     topics.subscribe(binary, "b", None, LINES)  # type: ignore[arg-type]
     broker.publish("b", b"\x00\n\xff")
-    assert binary.got[1] == f"{broker.epoch}.1".encode() + b"\n\x00\n\xff", "binary stays binary"
+    assert binary.got[1] == f"{broker.epoch_of('b')}.1".encode() + b"\n\x00\n\xff", "binary stays binary"
 
 
 @pytest.mark.parametrize(("since", "reason"), [
@@ -111,15 +111,31 @@ def test_a_position_the_history_cannot_serve_is_refused_with_4410(since: str, re
     topics, broker, stats = memory(maxlen=5)
     for i in range(12):
         broker.publish("t", f"m{i}")
-    position = {"trimmed": Position(broker.epoch, 2), "epoch": Position("0badcafe", 2),
-                "ahead": Position(broker.epoch, 13)}[since]
+    position = {"trimmed": Position(broker.epoch_of("t"), 2), "epoch": Position("0badcafe", 2),
+                "ahead": Position(broker.epoch_of("t"), 13)}[since]
     conn = Conn()
     topics.subscribe(conn, "t", position, LINES)  # type: ignore[arg-type]
     assert conn.closed == (HISTORY_LOST, reason) and conn.got == []
     assert stats.resumes_refused == 1 and topics.subscribers("t") == frozenset()
     edge = Conn()
-    topics.subscribe(edge, "t", Position(broker.epoch, 7), LINES)  # type: ignore[arg-type]  # the oldest held is 8
+    topics.subscribe(edge, "t", Position(broker.epoch_of("t"), 7), LINES)  # type: ignore[arg-type]  # the oldest held is 8
     assert edge.closed is None and [m for _, m in edge.lines()] == ["m7", "m8", "m9", "m10", "m11"]
+
+
+def test_only_the_most_recently_used_topics_keep_a_history_and_a_dropped_one_refuses_old_positions() -> None:
+    topics, broker, _ = memory(max_topics=2)
+    old_a = broker.publish("a", "a1").position()
+    old_b = broker.publish("b", "b1").position()
+    broker.publish("a", "a2")  # a is used again: b is now the least recently used
+    broker.publish("c", "c1")  # a third topic: b's history goes
+    assert broker.dropped_histories == 1
+    a = Conn()
+    topics.subscribe(a, "a", old_a, LINES)  # type: ignore[arg-type]
+    assert a.closed is None and [m for _, m in a.lines()] == ["a2"], "a kept its history"
+    b = Conn()
+    topics.subscribe(b, "b", old_b, LINES)  # type: ignore[arg-type]
+    assert b.closed == (HISTORY_LOST, "position from a lost history (another epoch): start over"), \
+        "b's positions are refused, never misread as its new history's"
 
 
 def test_a_subscriber_gone_before_its_join_runs_is_never_attached() -> None:
@@ -127,10 +143,10 @@ def test_a_subscriber_gone_before_its_join_runs_is_never_attached() -> None:
     conn = Conn()
     joins: list = []
     broker.join = lambda topic, since, attach: joins.append((topic, since, attach))  # type: ignore[method-assign]
-    topics.subscribe(conn, "t", Position(broker.epoch, 0), LINES)  # type: ignore[arg-type]
+    topics.subscribe(conn, "t", Position(broker.epoch_of("t"), 0), LINES)  # type: ignore[arg-type]
     topics.unsubscribe(conn, "t")  # type: ignore[arg-type]
     _, _, attach = joins[0]
-    attach([], Position(broker.epoch, 0))
+    attach([], Position(broker.epoch_of("t"), 0))
     assert topics.subscribers("t") == frozenset() and conn.got == []
 
 
@@ -153,7 +169,7 @@ def test_joins_racing_publishers_see_every_message_once_in_order() -> None:
     while (not done.is_set() and len(conns) < 40) or len(conns) < 5:
         time.sleep(0.002)
         conn = Conn()
-        topics.subscribe(conn, "t", Position(broker.epoch, rng.randrange(0, 50)), LINES)  # type: ignore[arg-type]
+        topics.subscribe(conn, "t", Position(broker.epoch_of("t"), rng.randrange(0, 50)), LINES)  # type: ignore[arg-type]
         conns.append((conn, len(conns)))
     for thread in threads:
         thread.join()
