@@ -351,6 +351,10 @@ class RedisBroker:
         if left:
             self._stats.broker_publishes_failed += left
             logger.error("broker %s: %d publishes could not be sent before shutdown", self.url, left)
+            with self._acked:  # whoever waits for their positions learns they will never come
+                for *_, published in self._queue:
+                    published._fail(BrokerError(f"not published: broker {self.url} closed before Redis took it"))
+                self._acked.notify_all()
 
     # -- publisher thread ------------------------------------------------
 

@@ -93,26 +93,33 @@ class Published(Generic[T]):
     process fans out what it reads).
     """
 
-    __slots__ = ("_acked", "_position", "result")
+    __slots__ = ("_acked", "_error", "_position", "result")
 
     def __init__(self, position: Position | None = None, result: T | None = None,
                  acked: threading.Condition | None = None) -> None:
         self._position = position
+        self._error: Exception | None = None
         self.result = result
         self._acked = acked  # notified by whoever sets the position later (the Redis publisher thread)
 
     def done(self) -> bool:
-        """True once the position is known."""
-        return self._position is not None
+        """True once the position is known, or the publish is known to have failed."""
+        return self._position is not None or self._error is not None
 
     def position(self, timeout: float | None = None) -> Position:
-        """The message's position; waits for the broker's acknowledgement. TimeoutError if it did not come."""
-        if self._position is None and self._acked is not None:
+        """The message's position; waits for the broker's acknowledgement. TimeoutError if it did not come in
+        time; the broker's error (a ``BrokerError``) if the message will never be published (the broker closed first)."""
+        if not self.done() and self._acked is not None:
             with self._acked:
                 self._acked.wait_for(self.done, timeout)
+        if self._error is not None:
+            raise self._error
         if self._position is None:
             raise TimeoutError(f"the broker did not acknowledge the publish within {timeout} s")
         return self._position
 
     def _set(self, position: Position) -> None:
         self._position = position  # the caller notifies _acked (once for a batch)
+
+    def _fail(self, error: Exception) -> None:
+        self._error = error  # the caller notifies _acked

@@ -20,7 +20,7 @@ import pytest
 from websockets.sync.client import ClientConnection, connect
 
 from server import DemoApp, Server
-from server.scaleout.broker import PublishQueueFull, RedisBroker
+from server.scaleout.broker import BrokerError, PublishQueueFull, RedisBroker
 
 from ..helpers import ROOT, wait_until
 from ..instance import Instance
@@ -247,15 +247,20 @@ def test_full_publish_queue_is_an_error_not_a_silent_drop(instances) -> None:
     dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     srv = Server(DemoApp, port=0, broker=RedisBroker(dead, max_queue=5, ready_timeout=0.1)).start()
     try:
-        for n in range(5):
-            srv.publish(f"m{n}")
+        queued = [srv.publish(f"m{n}") for n in range(5)]
         with pytest.raises(PublishQueueFull):
             srv.publish("one too many")
         assert srv.stats.broker_publishes_failed == 1
         assert srv.stats.broker_publishes_queued == 5
+        assert not queued[0].done()
+        with pytest.raises(TimeoutError):
+            queued[0].position(timeout=0.2)
     finally:
         srv.shutdown()
     assert srv.stats.broker_publishes_failed == 6  # the 5 queued ones could not be sent before shutdown either
+    for published in queued:  # their positions will never come: waiting for one says so instead of hanging
+        with pytest.raises(BrokerError, match="not published"):
+            published.position()
 
     inst = Instance("--broker", dead, "--publish-queue", "5")
     instances.append(inst)
