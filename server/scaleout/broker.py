@@ -31,6 +31,7 @@ import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Protocol
 
 from ..errors import WsraceError
@@ -93,29 +94,38 @@ class Broker(Protocol):
 
 
 class _History:
-    """One topic's last messages in this process (``memory://``): guarded by its lock."""
+    """One topic's last messages in this process (``memory://``), and its deliveries and joins in order.
 
-    __slots__ = ("entries", "epoch", "lock", "n")
+    ``lock`` guards every field and is held only to change them, never while
+    fanning out: a fan-out may wait for the IO thread (a full subscriber), and
+    the IO thread may publish or join (inline handlers, ``on_open``).
+    """
+
+    __slots__ = ("dead", "delivering", "entries", "epoch", "lock", "n", "queue")
 
     def __init__(self, maxlen: int) -> None:
         self.lock = threading.Lock()
         self.epoch = new_epoch()  # this history's: a topic whose history was dropped gets a new one
         self.n = 0  # messages published to the topic so far
         self.entries: deque[tuple[Position, Message]] = deque(maxlen=maxlen)
+        # What is to be done for the topic, in order: (position, message) to fan out, or a join's attach().
+        self.queue: deque[tuple[Position, Message] | Callable[[], None]] = deque()
+        self.delivering = False  # a thread is working through queue (it takes what is added meanwhile)
+        self.dead = False  # dropped (least recently used): callers fetch the topic's new history
 
 
 class MemoryBroker:
-    """In-process: ``publish`` fans out at once on the caller's thread (the embedded default).
+    """In-process: ``publish`` fans out on the caller's thread (the embedded default).
 
     Each topic keeps its last ``maxlen`` messages, so a subscriber can resume
     from a position as with Redis; the ``max_topics`` most recently used
-    topics keep one (memory stays bounded however many topics clients make
-    up). A topic's publishes are numbered and fanned out under its lock: every
-    subscriber sees them in the order of their positions (a publisher may wait
-    for another's fan-out, at most ``Limits.fanout_wait`` per full
-    subscriber). Each history has an epoch of its own, new in each process and
-    for a topic whose history was dropped: such positions are refused, never
-    misread.
+    topics without subscribers keep one (memory stays bounded however many
+    topics clients make up). A topic's publishes are numbered, and fanned out
+    in that order by one thread at a time: the publisher, or — while another
+    publisher is fanning out — that one, which takes the rest of the queue
+    (then ``Published.result`` is None). No lock is held during a fan-out.
+    Each history has an epoch of its own, new in each process and for a topic
+    whose history was dropped: such positions are refused, never misread.
     """
 
     url = "memory://"
@@ -126,7 +136,8 @@ class MemoryBroker:
         self.dropped_histories = 0  # histories of least recently used topics dropped past max_topics
         self._deliver: Deliver | None = None
         self._topics: OrderedDict[str, _History] = OrderedDict()  # least recently used first
-        self._lock = threading.Lock()  # adds and drops _History entries
+        self._subscribed: dict[str, int] = {}  # topics with local subscribers: their histories are kept
+        self._lock = threading.Lock()  # adds and drops _History entries; taken before a history's lock
 
     def start(self, deliver: Deliver, missed: Missed, stats: Stats) -> None:
         self._deliver = deliver
@@ -137,54 +148,104 @@ class MemoryBroker:
             try:
                 self._topics.move_to_end(topic)
             except KeyError:
-                pass  # dropped meanwhile: this call still uses it, the next makes a new one
+                pass  # dropped meanwhile: the caller finds it dead and asks again
             return history
         with self._lock:
             history = self._topics.get(topic)
             if history is None:
                 history = self._topics[topic] = _History(self.maxlen)
-                while len(self._topics) > self.max_topics:
-                    self._topics.popitem(last=False)
-                    self.dropped_histories += 1
+                self._drop_least_used()
         return history
+
+    def _drop_least_used(self) -> None:
+        """Past max_topics: drop the least recently used histories of topics nobody here subscribes to (under _lock)."""
+        excess = len(self._topics) - self.max_topics
+        for name in [name for name in self._topics if name not in self._subscribed][:max(excess, 0)]:
+            victim = self._topics.pop(name)
+            with victim.lock:
+                victim.dead = True
+            self.dropped_histories += 1
 
     def epoch_of(self, topic: str) -> str:
         """The epoch of ``topic``'s history (made now if it has none)."""
         return self._history(topic).epoch
 
     def publish(self, topic: str, message: Message) -> Published[object]:
-        deliver = self._deliver
-        if deliver is None:
+        if self._deliver is None:
             raise BrokerError("broker not started (Server.start() starts it)")
-        history = self._history(topic)
-        with history.lock:
-            history.n += 1
-            position = Position(history.epoch, history.n)
-            history.entries.append((position, message))
-            return Published(position, deliver(topic, position, message))
+        while True:
+            history = self._history(topic)
+            with history.lock:
+                if history.dead:
+                    continue
+                history.n += 1
+                position = Position(history.epoch, history.n)
+                history.entries.append((position, message))
+                history.queue.append((position, message))
+                if history.delivering:
+                    return Published(position)  # the thread fanning out now takes it, in order
+                history.delivering = True
+                break
+        return Published(position, self._work(topic, history, position))
 
     def join(self, topic: str, since: Position | None, attach: Attach) -> None:
-        history = self._history(topic)
-        with history.lock:
-            tail = Position(history.epoch, history.n)
-            if since is None:
-                attach([], tail)
-                return
-            first = history.entries[0][0].n if history.entries else history.n + 1
-            if since.epoch != history.epoch or since.entry_id:
-                attach([], Lost.other_epoch())
-            elif since.n > history.n:
-                attach([], Lost.ahead())
-            elif since.n + 1 < first:
-                attach([], Lost.trimmed(first))
-            else:
-                attach(list(itertools.islice(history.entries, since.n + 1 - first, None)), tail)
+        while True:
+            history = self._history(topic)
+            with history.lock:
+                if history.dead:
+                    continue
+                # The history up to here now; the live messages after it are queued behind this join.
+                history.queue.append(partial(attach, *self._answer(history, since)))
+                if history.delivering:
+                    return
+                history.delivering = True
+                break
+        self._work(topic, history, None)
+
+    def _answer(self, history: _History, since: Position | None) -> tuple[list[tuple[Position, Message]], Position | Lost]:
+        tail = Position(history.epoch, history.n)
+        if since is None:
+            return [], tail
+        first = history.entries[0][0].n if history.entries else history.n + 1
+        if since.epoch != history.epoch or since.entry_id:
+            return [], Lost.other_epoch()
+        if since.n > history.n:
+            return [], Lost.ahead()
+        if since.n + 1 < first:
+            return [], Lost.trimmed(first)
+        return list(itertools.islice(history.entries, since.n + 1 - first, None)), tail
+
+    def _work(self, topic: str, history: _History, mine: Position | None) -> object:
+        """Fan out and attach what is queued for the topic, in order, until nothing is; the result of ``mine``'s fan-out."""
+        assert self._deliver is not None
+        result = None
+        while True:
+            with history.lock:
+                if not history.queue:
+                    history.delivering = False
+                    return result
+                job = history.queue.popleft()
+            try:
+                if isinstance(job, tuple):
+                    fanned = self._deliver(topic, *job)
+                    if job[0] is mine:
+                        result = fanned
+                else:
+                    job()
+            except Exception:
+                logger.exception("memory broker: delivery on topic %r failed", topic)
 
     def subscribe(self, topic: str) -> None:
-        pass
+        with self._lock:
+            self._subscribed[topic] = self._subscribed.get(topic, 0) + 1
 
     def unsubscribe(self, topic: str) -> None:
-        pass
+        with self._lock:
+            left = self._subscribed.get(topic, 0) - 1
+            if left > 0:
+                self._subscribed[topic] = left
+            else:
+                self._subscribed.pop(topic, None)
 
     def close(self, timeout: float = 2.0) -> None:
         pass

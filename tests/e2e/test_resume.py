@@ -19,11 +19,20 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from server import HISTORY_LOST, Position
+from server import HISTORY_LOST, Limits, Position
 from server.client import HistoryLost, Subscription
 from server.scaleout.broker import MemoryBroker
 
-from ..helpers import drain_in_background, http_exchange, running_server, upgrade_request, wait_until
+from ..helpers import (
+    drain_in_background,
+    echo_works,
+    http_exchange,
+    running_server,
+    stalled_client,
+    upgrade_request,
+    wait_until,
+    ws_handshake,
+)
 from ..instance import Instance
 from ..redis_server import RedisServer
 
@@ -146,6 +155,29 @@ def test_a_position_from_another_process_lifetime_is_refused_and_a_bad_one_is_40
         for query, why in (("since=yesterday", b"not a position"), ("positions=yes", b"positions must be 0 or 1")):
             reply = http_exchange(srv.port, upgrade_request(f"/broadcast?topic=t&{query}"))
             assert reply.startswith(b"HTTP/1.1 400") and why in reply, reply[:300]
+
+
+def test_joins_on_the_io_thread_never_wait_for_a_publisher_that_waits_for_the_io_thread() -> None:
+    """A publisher fanning out to subscribers that never read waits for the IO thread (to judge them too slow);
+    positions=1 subscribers joining meanwhile (on_open: the IO thread) must not wait for that publisher. (With
+    the fan-out under the topic's lock, the IO thread blocked on the lock and the server hung for good.)"""
+    with running_server(limits=Limits(ping_interval=None, max_queue_bytes=64 * 1024), workers=4) as srv:
+        stalled = [stalled_client(srv.port, "/broadcast?topic=t") for _ in range(20)]
+        stop = threading.Event()
+
+        def publish() -> None:
+            while not stop.is_set():
+                srv.publish("x" * 8192, "t")
+
+        publisher = threading.Thread(target=publish, daemon=True)
+        publisher.start()
+        joiners = [ws_handshake(srv.port, "/broadcast?topic=t&positions=1")[0] for _ in range(20)]  # on_open joins
+        assert echo_works(srv.port), "the IO thread still serves"
+        stop.set()
+        publisher.join(10)
+        assert not publisher.is_alive()
+        for sock in [*joiners, *stalled]:
+            sock.close()
 
 
 def test_binary_and_text_messages_keep_their_type_in_the_envelope() -> None:
