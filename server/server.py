@@ -235,6 +235,11 @@ class Server:
         """
         if isinstance(since, str):
             since = Position.parse(since)
+        if (since is not None or envelope is not None) and self.loop.in_io_thread():
+            # A join may replay thousands of messages: on a worker its sends wait for room like any
+            # producer's; on the IO thread (on_open) they would queue past every limit.
+            self.executor.submit(self.topics.subscribe, conn, topic, since, envelope)
+            return
         self.topics.subscribe(conn, topic, since, envelope)
 
     def unsubscribe(self, conn: ConnectionHandle, topic: str = "") -> None:

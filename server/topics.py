@@ -83,7 +83,9 @@ class Topics:
         self._broadcast = broadcast
         self._stats = stats
         self._members: dict[str, Groups] = {}  # replaced, never mutated, under _lock
-        self._pending: set[tuple[str, ConnectionHandle]] = set()  # joins the broker has not attached yet
+        # Joins the broker has not attached yet, each with a token of its own: a subscription given up and
+        # made again before the first join ran is the second one's.
+        self._pending: dict[tuple[str, ConnectionHandle], object] = {}
         self._refs: dict[str, int] = {}  # members + pending, per topic
         self._lock = threading.Lock()
 
@@ -99,19 +101,20 @@ class Topics:
                 return
             refs = self._refs.get(topic, 0)
             self._refs[topic] = refs + 1
+            token = object()
             if direct:
                 self._add(topic, conn, None)
             else:
-                self._pending.add((topic, conn))
+                self._pending[(topic, conn)] = token
             if refs == 0:  # under the lock: a last unsubscribe racing this cannot undo it at the broker
                 self.broker.subscribe(topic)
         if not direct:
-            self.broker.join(topic, since, partial(self._attach, conn, topic, since, envelope))
+            self.broker.join(topic, since, partial(self._attach, conn, topic, since, envelope, token))
 
     def unsubscribe(self, conn: ConnectionHandle, topic: str) -> None:
         with self._lock:
             if (topic, conn) in self._pending:
-                self._pending.discard((topic, conn))  # the join, when it runs, attaches nothing
+                del self._pending[(topic, conn)]  # the join, when it runs, attaches nothing
             else:
                 groups = self._members.get(topic, {})
                 held = [envelope for envelope, group in groups.items() if conn in group]
@@ -156,11 +159,11 @@ class Topics:
     # -- the broker's context: no delivery of the topic comes between ----------
 
     def _attach(self, conn: ConnectionHandle, topic: str, since: Position | None, envelope: Envelope | None,
-                entries: list[tuple[Position, Message]], tail: Position | Lost) -> None:
+                token: object, entries: list[tuple[Position, Message]], tail: Position | Lost) -> None:
         with self._lock:
-            if (topic, conn) not in self._pending:
+            if self._pending.get((topic, conn)) is not token:
                 return  # unsubscribed (closed) before the broker got to it
-            self._pending.discard((topic, conn))
+            del self._pending[(topic, conn)]
             if isinstance(tail, Lost):
                 self._release(topic)
             else:
@@ -183,6 +186,9 @@ class Topics:
                 self._stats.replayed += since is not None
         except ConnectionClosed:
             pass
+        except Exception:  # e.g. an application's envelope: a hole in the history must not pass silently
+            logger.exception("topic %r: replaying to %s failed; closing it", topic, conn)
+            conn.close(CloseCode.INTERNAL_ERROR, "replay failed")
 
     def _deliver(self, topic: str, position: Position, message: Message) -> BroadcastResult:
         # The broker's delivery: local fan-out, encoded once per envelope (the delivering thread waits for

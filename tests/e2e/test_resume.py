@@ -19,7 +19,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from server import HISTORY_LOST, Limits, Position
+from server import HISTORY_LOST, ConnectionHandle, HttpRequest, Limits, LineEnvelope, Position, Server
 from server.client import HistoryLost, Subscription
 from server.scaleout.broker import MemoryBroker
 
@@ -178,6 +178,40 @@ def test_joins_on_the_io_thread_never_wait_for_a_publisher_that_waits_for_the_io
         assert not publisher.is_alive()
         for sock in [*joiners, *stalled]:
             sock.close()
+
+
+def test_a_join_in_on_open_replays_from_a_worker_not_the_io_thread() -> None:
+    """on_open runs on the IO thread, where a send never waits for room: a replay there would queue thousands of
+    messages past every limit. Server.subscribe hands such a join to the pool."""
+    threads: list[str] = []
+
+    class Recording(LineEnvelope):
+        def wrap(self, position: str, message: str | bytes) -> str | bytes:
+            threads.append(threading.current_thread().name)
+            return super().wrap(position, message)
+
+    class Resume:
+        def __init__(self, server: Server) -> None:
+            self.server = server
+
+        def route(self, request: HttpRequest) -> Resume:
+            return self
+
+        def on_open(self, conn: ConnectionHandle) -> None:
+            self.server.subscribe(conn, "t", f"{self.server.broker.epoch_of('t')}.1", Recording())  # type: ignore[attr-defined]
+
+        def on_message(self, conn: ConnectionHandle, message: str | bytes) -> None:
+            pass
+
+        def on_close(self, conn: ConnectionHandle) -> None:
+            self.server.unsubscribe(conn, "t")
+
+    with running_server(router=Resume) as srv:
+        srv.publish("m1", "t")
+        srv.publish("m2", "t")
+        with connect(f"{srv.url}/", open_timeout=10) as ws:
+            assert ws.recv(timeout=10) == f"{srv.broker.epoch_of('t')}.2\nm2"  # type: ignore[attr-defined]
+    assert threads and all(name.startswith("wsrace-worker") for name in threads), threads
 
 
 def test_binary_and_text_messages_keep_their_type_in_the_envelope() -> None:

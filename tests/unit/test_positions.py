@@ -150,6 +150,37 @@ def test_a_subscriber_gone_before_its_join_runs_is_never_attached() -> None:
     assert topics.subscribers("t") == frozenset() and conn.got == []
 
 
+def test_a_subscription_made_again_before_the_first_join_ran_is_the_second_ones() -> None:
+    topics, broker, _ = memory()
+    for i in range(5):
+        broker.publish("t", f"m{i + 1}")
+    joins: list = []
+    broker.join = lambda topic, since, attach: joins.append(attach)  # type: ignore[method-assign]
+    conn = Conn()
+    topics.subscribe(conn, "t", Position(broker.epoch_of("t"), 1), LINES)  # type: ignore[arg-type]
+    topics.unsubscribe(conn, "t")  # type: ignore[arg-type]
+    topics.subscribe(conn, "t", Position(broker.epoch_of("t"), 4), LINES)  # type: ignore[arg-type]
+    tail = Position(broker.epoch_of("t"), 5)
+    joins[0]([(Position(tail.epoch, n), f"m{n}") for n in (2, 3, 4, 5)], tail)  # the first join: given up
+    joins[1]([(tail, "m5")], tail)
+    assert [m for _, m in conn.lines()] == ["m5"] and topics.subscribers("t") == {conn}
+
+
+def test_an_envelope_that_fails_during_the_replay_closes_the_subscriber_1011() -> None:
+    class Broken:
+        def wrap(self, position: str, message: str | bytes) -> str | bytes:
+            raise RuntimeError("the application's envelope")
+
+        def bookmark(self, position: str) -> None:
+            return None
+
+    topics, broker, _ = memory()
+    broker.publish("t", "m1")
+    conn = Conn()
+    topics.subscribe(conn, "t", Position(broker.epoch_of("t"), 0), Broken())  # type: ignore[arg-type]
+    assert conn.closed == (1011, "replay failed") and conn.got == []
+
+
 def test_joins_racing_publishers_see_every_message_once_in_order() -> None:
     """The join's history and the live feed meet with no gap and no duplicate, whatever the timing."""
     topics, broker, _ = memory(maxlen=100_000)
