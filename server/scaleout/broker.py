@@ -52,6 +52,7 @@ DEFAULT_MAXLEN = 10_000
 DEFAULT_PUBLISH_QUEUE = 10_000
 DEFAULT_HISTORY_TOPICS = 1000  # memory://: topics that keep a history (the most recently used)
 REPLAY_CHUNK = 1000  # entries per XRANGE of a resume
+DEDUPE_LOOKBACK = 1024  # entries up to a resume's position whose publisher sequences the replay knows
 REDIS_EXTRA = "pip install 'wsrace[redis]'"
 
 
@@ -542,6 +543,8 @@ class RedisBroker:
                 state = topics.get(topic)
                 if state is None:  # its subscriber may have left already; attach() finds out
                     state = topics[topic] = self._newest(client, topic)
+                if since is not None and since.epoch == state.epoch and since.n > state.last_n:
+                    self._catch_up(client, topic, state, since.n)  # a faster sibling handed out that position
                 entries, tail = self._replay(client, topic, state, since)
             except self._redis.RedisError:
                 with self._cond:
@@ -551,6 +554,14 @@ class RedisBroker:
                 attach(entries, tail)
             except Exception:
                 logger.exception("broker %s: attaching a subscriber of topic %r failed", self.url, topic)
+
+    def _catch_up(self, client: Any, topic: str, state: _Topic, n: int) -> None:
+        """Read and deliver the topic up to entry ``n`` now (this reader is behind the position a client brings)."""
+        while state.last_n < n:
+            rows = client.xrange(self.stream_key(topic), "(" + state.last_id, "+", count=REPLAY_CHUNK)
+            if not rows:
+                return
+            self._handle(topic, state, rows)
 
     def _replay(self, client: Any, topic: str, state: _Topic,
                 since: Position | None) -> tuple[list[tuple[Position, Message]], Position | Lost]:
@@ -563,7 +574,12 @@ class RedisBroker:
         if since.n > state.last_n:
             return [], Lost.ahead()
         entries: list[tuple[Position, Message]] = []
+        # A retried publish may leave a second copy after the first (at most a batch, 256, apart): what the
+        # client saw up to since includes the first copies of those just before it.
         publishers: dict[str, int] = {}
+        for _, fields in client.xrevrange(self.stream_key(topic), since.entry_id, "-", count=DEDUPE_LOOKBACK):
+            publisher, q = _s(fields[b"p"]), int(fields[b"q"])
+            publishers[publisher] = max(q, publishers.get(publisher, -1))
         expect, start = since.n + 1, "(" + since.entry_id
         while expect <= state.last_n:
             rows = client.xrange(self.stream_key(topic), start, state.last_id, count=REPLAY_CHUNK)

@@ -21,7 +21,9 @@ from websockets.sync.client import connect
 
 from server import HISTORY_LOST, ConnectionHandle, HttpRequest, Limits, LineEnvelope, Position, Server
 from server.client import HistoryLost, Subscription
-from server.scaleout.broker import MemoryBroker
+from server.scaleout.broker import _XADD_LUA, MemoryBroker, Message, RedisBroker
+from server.scaleout.positions import Lost
+from server.stats import Stats
 
 from ..helpers import (
     drain_in_background,
@@ -390,3 +392,73 @@ def test_a_redis_restart_keeps_positions_only_if_it_keeps_its_data(persistent: b
             assert_exactly_once_in_order(follower, 1, 200)
     finally:
         redis_server.stop()
+
+
+def test_a_resume_replays_no_second_copy_of_a_retried_publish(redis_server: RedisServer) -> None:
+    """A batch Redis applied but whose reply was lost is sent again: the stream holds q1000, q1001, then their
+    copies. Live subscribers get each once; a resume from between them must not replay the first copies again."""
+    import redis
+
+    broker = RedisBroker(redis_server.url)
+    live: list[tuple[int, Message]] = []
+    broker.start(lambda topic, position, message: live.append((position.n, message)), lambda *a: None, Stats())
+    try:
+        broker.subscribe("t")
+        assert wait_until(lambda: broker._ready.is_set(), 10)
+        time.sleep(0.3)  # the reader holds the topic
+        script = redis.Redis.from_url(redis_server.url).register_script(_XADD_LUA)
+
+        def xadd(q: int, data: str) -> list:
+            return script(keys=[broker.stream_key("t"), broker.counter_key("t"), broker.epoch_key("t")],
+                          args=[broker.maxlen, "retried", q, "t", data, "e0"])
+
+        replies = [xadd(1000, "A"), xadd(1001, "B"), xadd(1000, "A"), xadd(1001, "B"), xadd(1002, "C")]
+        assert wait_until(lambda: len(live) == 3, 10), live
+        assert [m for _, m in live] == ["A", "B", "C"]
+        entry_id, n, epoch = replies[1]
+        answers: list = []
+        done = threading.Event()
+
+        def attach(entries: list, tail: Position | Lost) -> None:
+            answers.append(entries)
+            done.set()
+
+        broker.join("t", Position(epoch.decode(), int(n), entry_id.decode()), attach)
+        assert done.wait(10)
+        assert [m for _, m in answers[0]] == ["C"], answers
+    finally:
+        broker.close()
+
+
+def test_a_reader_behind_a_sibling_catches_up_instead_of_refusing_its_position(redis_server: RedisServer) -> None:
+    """A client of a fast process moves to a slow one (its reader behind) with its last position: the slow
+    reader reads up to that position first, then serves the resume; no 'ahead of the stream' refusal."""
+    slow, fast = RedisBroker(redis_server.url), RedisBroker(redis_server.url)
+    delivered: list[int] = []
+
+    def slow_fan_out(topic: str, position: Position, message: Message) -> None:
+        time.sleep(0.002)
+        delivered.append(position.n)
+
+    slow.start(slow_fan_out, lambda *a: None, Stats())
+    fast.start(lambda *a: None, lambda *a: None, Stats())
+    try:
+        slow.subscribe("t")
+        fast.subscribe("t")
+        time.sleep(0.3)
+        last = [fast.publish("t", f"m{i}") for i in range(300)][-1].position(10)
+        answer: list = []
+        done = threading.Event()
+
+        def attach(entries: list, tail: Position | Lost) -> None:
+            answer.append((entries, tail))
+            done.set()
+
+        slow.join("t", last, attach)
+        assert done.wait(20)
+        entries, tail = answer[0]
+        assert entries == [] and isinstance(tail, Position) and tail.n == last.n, tail
+        assert delivered == list(range(1, 301)), "the live subscribers got everything first, in order"
+    finally:
+        slow.close()
+        fast.close()
