@@ -242,9 +242,11 @@ def test_the_page_feed_resumes_after_closes_and_starts_over_after_a_restart(brow
             for conn in srv.subscribers("page"):
                 conn.close(code, "cut by the test")
         publisher.join(30)
-        assert wait_for(lambda: len(feed()["messages"]) >= count, 30), len(feed()["messages"])
+        srv.publish(b"\x00\xff binary", "page")  # its position counts like any other
+        assert wait_for(lambda: len(feed()["messages"]) >= count + 1, 30), len(feed()["messages"])
         state = feed()
-        assert state["messages"] == [f"m{i}" for i in range(count)], "every message once, in order"
+        assert state["messages"] == [*(f"m{i}" for i in range(count)), "(9 bytes)"], "every message once, in order"
+        assert state["position"].endswith(f".{count + 1}"), state["position"]
         assert state["closes"][:3] == [1012, 1001, 1013] and state["startOvers"] == 0, state["closes"]
     finally:
         assert srv.shutdown(timeout=10)
