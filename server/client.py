@@ -74,14 +74,16 @@ class Subscription:
     from (as a previous run saw it). Iterating reconnects on its own (backoff
     ``min_backoff`` doubling to ``max_backoff``, with jitter); it stops with
     :class:`HistoryLost` or :class:`SubscriptionEnded`, or when
-    :meth:`close` is called. :attr:`position` is the last position seen,
+    :meth:`close` is called. :attr:`position` is the last position seen (None
+    again after :class:`HistoryLost`: iterating once more starts over),
     :attr:`reconnects` how many times it reconnected, :attr:`close_codes`
-    how each connection ended (1006: no close frame).
+    how each connection ended (1006: no close frame, or nothing read for
+    ``idle_timeout`` s — the server pings idle connections well within that).
     """
 
     def __init__(self, url: str, topic: str = "", since: str | None = None, *, min_backoff: float = 0.05,
                  max_backoff: float = 2.0, ssl_context: ssl.SSLContext | None = None,
-                 connect_timeout: float = 10.0) -> None:
+                 connect_timeout: float = 10.0, idle_timeout: float | None = 60.0) -> None:
         base = url.rstrip("/")
         self._base = base if base.endswith("/broadcast") else base + "/broadcast"
         self.topic = topic
@@ -92,6 +94,7 @@ class Subscription:
         self.max_backoff = max_backoff
         self._ssl_context = ssl_context
         self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
         self._sock: socket.socket | None = None
         self._ws = WSConnection(ConnectionType.CLIENT)
         self._closed = False
@@ -107,8 +110,10 @@ class Subscription:
         backoff = self.min_backoff
         while not self._closed:
             try:
-                self._sock = self._connect()
+                sock = self._connect()
             except (OSError, _Refused) as exc:
+                if self._closed:
+                    return
                 if isinstance(exc, _Refused) and exc.status < 500 and exc.status not in (408, 429):
                     raise SubscriptionEnded(None, f"refused: HTTP {exc.status} {exc.body}") from None
                 logger.info("subscription %s: cannot connect (%s); retrying in %.2f s", self._base, exc, backoff)
@@ -116,7 +121,7 @@ class Subscription:
                 continue
             code, reason = 1006, ""
             try:
-                for data in self._messages(self._sock):
+                for data in self._messages(sock):
                     if isinstance(data, tuple):
                         code, reason = data
                         break
@@ -126,11 +131,12 @@ class Subscription:
                     if message is not None:
                         yield position, message
             finally:
-                self._sock.close()
+                sock.close()
             self.close_codes[code] += 1
             if self._closed:
                 return
             if code == HISTORY_LOST:
+                self.position = None  # the next iteration is a fresh subscription
                 raise HistoryLost(code, reason)
             if code in FATAL:
                 raise SubscriptionEnded(code, reason)
@@ -161,10 +167,11 @@ class Subscription:
         secure = url.scheme == "wss"
         sock = socket.create_connection((url.hostname or "", url.port or (443 if secure else 80)),
                                         timeout=self.connect_timeout)
+        self._sock = sock  # close() and reconnect() reach it from here on
         try:
             if secure:
                 context = self._ssl_context or ssl.create_default_context()
-                sock = context.wrap_socket(sock, server_hostname=url.hostname)
+                sock = self._sock = context.wrap_socket(sock, server_hostname=url.hostname)
             self._ws = WSConnection(ConnectionType.CLIENT)
             sock.sendall(self._ws.send(Request(host=url.netloc, target=f"{url.path}?{url.query}")))
             while True:  # the reply; frames after it stay in wsproto for _messages
@@ -174,7 +181,9 @@ class Subscription:
                 self._ws.receive_data(data)
                 for event in self._ws.events():
                     if isinstance(event, AcceptConnection):
-                        sock.settimeout(None)
+                        if self._closed:
+                            raise ConnectionAbortedError("closed by Subscription.close()")
+                        sock.settimeout(self.idle_timeout)
                         return sock
                     if isinstance(event, RejectConnection):
                         raise _Refused(event.status_code, self._rejected_body(sock, event.has_body))
@@ -207,7 +216,11 @@ class Subscription:
                         yield "".join(parts) if isinstance(event, TextMessage) else b"".join(parts)
                         parts.clear()
                 elif isinstance(event, Ping):
-                    sock.sendall(self._ws.send(event.response()))
+                    try:
+                        sock.sendall(self._ws.send(event.response()))
+                    except OSError:
+                        yield (1006, "")
+                        return
                 elif isinstance(event, CloseConnection):
                     try:
                         sock.sendall(self._ws.send(event.response()))
@@ -217,6 +230,9 @@ class Subscription:
                     return
             try:
                 data = sock.recv(65536)
+            except TimeoutError:
+                yield (1006, f"nothing for {self.idle_timeout:g} s")
+                return
             except OSError:
                 data = b""
             if not data:

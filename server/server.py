@@ -231,7 +231,9 @@ class Server:
         ``envelope`` (e.g. :data:`~server.topics.LINES`): each message reaches
         ``conn`` wrapped with its position, after a bookmark of where the
         subscription starts. Either makes the join go through the broker
-        (with Redis, its reader thread: a tenth of a second or so).
+        (with Redis, its reader thread: a tenth of a second or so when it is
+        idle; joins wait for the replays queued before them), and on the IO
+        thread (``on_open``) through the worker pool first.
         """
         if isinstance(since, str):
             since = Position.parse(since)

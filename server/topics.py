@@ -75,7 +75,8 @@ class Topics:
     """This process's subscriptions, over ``broker``; every method is safe from any thread.
 
     Lock order: the broker's :meth:`~server.scaleout.broker.Broker.subscribe` and ``unsubscribe`` are called
-    under ``_lock`` (they never call back); ``join`` outside it (its ``attach`` takes ``_lock``).
+    under ``_lock`` (they never call back); ``join`` outside it (its ``attach`` takes ``_lock``). The brokers
+    call ``_deliver`` and ``attach`` holding none of their locks: a fan-out may wait for the IO thread.
     """
 
     def __init__(self, broker: Broker, broadcast: Broadcast, stats: Stats) -> None:

@@ -68,7 +68,7 @@ class Broker(Protocol):
     """What :class:`~server.server.Server` needs from a broker."""
 
     def start(self, deliver: Deliver, missed: Missed, stats: Stats) -> None:
-        """Begin delivering: ``deliver(topic, message)`` for each message of a subscribed topic."""
+        """Begin delivering: ``deliver(topic, position, message)`` for each message of a subscribed topic."""
 
     def publish(self, topic: str, message: Message) -> Published[object]:
         """Publish to every process's subscribers of ``topic``. Any thread; never blocks on the network.
@@ -78,8 +78,9 @@ class Broker(Protocol):
 
     def join(self, topic: str, since: Position | None, attach: Attach) -> None:
         """Call ``attach(history after since, tail or Lost)`` where no delivery of ``topic`` can come between:
-        a subscriber attached there gets the history, then every live message, each once. Any thread;
-        ``attach`` runs on the caller's thread or the broker's (it must not block)."""
+        a subscriber attached there gets the history, then every live message, each once. Any thread but
+        the IO thread (``Server.subscribe`` hands such joins to the pool). ``attach`` runs on the caller's
+        thread or the broker's, holding no lock; its sends may wait for room like any fan-out's."""
 
     def subscribe(self, topic: str) -> None:
         """This process has subscribers of ``topic`` (any thread, never blocks)."""
@@ -413,9 +414,10 @@ class RedisBroker:
         if left:
             self._stats.broker_publishes_failed += left
             logger.error("broker %s: %d publishes could not be sent before shutdown", self.url, left)
-            with self._acked:  # whoever waits for their positions learns they will never come
+            with self._cond, self._acked:  # whoever waits for a position learns it may never come
                 for *_, published in self._queue:
-                    published._fail(BrokerError(f"not published: broker {self.url} closed before Redis took it"))
+                    published._fail(BrokerError(f"not published: broker {self.url} closed before Redis "
+                                                "acknowledged it (a batch in flight may still have reached it)"))
                 self._acked.notify_all()
 
     # -- publisher thread ------------------------------------------------

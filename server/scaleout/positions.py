@@ -108,7 +108,7 @@ class Published(Generic[T]):
 
     def position(self, timeout: float | None = None) -> Position:
         """The message's position; waits for the broker's acknowledgement. TimeoutError if it did not come in
-        time; the broker's error (a ``BrokerError``) if the message will never be published (the broker closed first)."""
+        time; the broker's error (a ``BrokerError``) if the broker closed before Redis acknowledged it."""
         if not self.done() and self._acked is not None:
             with self._acked:
                 self._acked.wait_for(self.done, timeout)

@@ -195,6 +195,9 @@ def _rolling_restart(children: list[Child], stop: threading.Event) -> None:
     """Replace each child by a fresh one, one at a time: the new one ready before the old one leaves."""
     logger.info("SIGHUP: rolling restart of %d processes", len(children))
     for i, old in enumerate(children):
+        if stop.is_set():
+            logger.info("rolling restart interrupted by a stop signal after %d of %d processes", i, len(children))
+            return
         new = Child(old.index, old.argv)
         new.start()
         deadline = time.monotonic() + READY_TIMEOUT
