@@ -28,7 +28,7 @@ pytestmark = pytest.mark.timeout(60)
 class Scripted:
     """A router whose /broadcast connections do what the test says in on_open; other paths are 404."""
 
-    def __init__(self, on_open: Callable[[ConnectionHandle, int], None]) -> None:
+    def __init__(self, on_open: Callable[[ConnectionHandle, int], object]) -> None:
         self.on_open_script = on_open
         self.requests: list[str] = []
 
