@@ -7,6 +7,7 @@ processes) is tests/e2e/test_resume.py; here: refusals, protocol errors,
 
 from __future__ import annotations
 
+import itertools
 import socket
 import threading
 import time
@@ -115,12 +116,13 @@ def test_after_4410_the_position_is_dropped_and_iterating_again_starts_over() ->
         _, error = iterate(sub)
         assert isinstance(error, HistoryLost) and sub.position is None, (error, sub.position)
         fresh: list = []
-        thread = threading.Thread(target=lambda: fresh.extend(item for item, _ in zip(sub, range(1), strict=False)))
+        thread = threading.Thread(target=lambda: fresh.extend(itertools.islice(sub, 1)), daemon=True)
         thread.start()
         assert wait_until(lambda: sub.position is not None, 10), "the fresh subscription's bookmark"
         srv.publish("m6", "t")
         thread.join(10)
-    assert [m for _, m in fresh] == ["m6"]
+        sub.close()
+    assert not thread.is_alive() and [m for _, m in fresh] == ["m6"]
 
 
 def test_a_silent_connection_is_given_up_after_idle_timeout_and_resumed() -> None:
@@ -134,12 +136,13 @@ def test_a_silent_connection_is_given_up_after_idle_timeout_and_resumed() -> Non
     try:
         sub = Subscription(srv.url, "t", min_backoff=0.01, idle_timeout=0.3)
         items: list = []
-        thread = threading.Thread(target=lambda: items.extend(item for item, _ in zip(sub, range(1), strict=False)),
-                                  daemon=True)
+        thread = threading.Thread(target=lambda: items.extend(itertools.islice(sub, 1)), daemon=True)
         thread.start()
         thread.join(10)
+        sub.close()
     finally:
         srv.shutdown()
+    assert not thread.is_alive(), "islice stops after one"
     assert items == [("e2.1", "after the silence")] and sub.close_codes[1006] >= 1, sub.close_codes
 
 
