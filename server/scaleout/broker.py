@@ -183,12 +183,18 @@ class MemoryBroker:
                 history.n += 1
                 position = Position(history.epoch, history.n)
                 history.entries.append((position, message))
-                history.queue.append((position, message))
                 if history.delivering:
+                    history.queue.append((position, message))
                     return Published(position)  # the thread fanning out now takes it, in order
                 history.delivering = True
                 break
-        return Published(position, self._work(topic, history, position))
+        try:  # the queue was empty: ours is next, and whatever is queued meanwhile comes after it
+            result = self._deliver(topic, position, message)
+        except Exception:
+            logger.exception("memory broker: delivery on topic %r failed", topic)
+            result = None
+        self._work(topic, history)
+        return Published(position, result)
 
     def join(self, topic: str, since: Position | None, attach: Attach) -> None:
         while True:
@@ -202,7 +208,7 @@ class MemoryBroker:
                     return
                 history.delivering = True
                 break
-        self._work(topic, history, None)
+        self._work(topic, history)
 
     def _answer(self, history: _History, since: Position | None) -> tuple[list[tuple[Position, Message]], Position | Lost]:
         tail = Position(history.epoch, history.n)
@@ -217,21 +223,18 @@ class MemoryBroker:
             return [], Lost.trimmed(first)
         return list(itertools.islice(history.entries, since.n + 1 - first, None)), tail
 
-    def _work(self, topic: str, history: _History, mine: Position | None) -> object:
-        """Fan out and attach what is queued for the topic, in order, until nothing is; the result of ``mine``'s fan-out."""
+    def _work(self, topic: str, history: _History) -> None:
+        """Fan out and attach what is queued for the topic, in order, until nothing is (the delivering thread)."""
         assert self._deliver is not None
-        result = None
         while True:
             with history.lock:
                 if not history.queue:
                     history.delivering = False
-                    return result
+                    return
                 job = history.queue.popleft()
             try:
                 if isinstance(job, tuple):
-                    fanned = self._deliver(topic, *job)
-                    if job[0] is mine:
-                        result = fanned
+                    self._deliver(topic, *job)
                 else:
                     job()
             except Exception:
