@@ -583,7 +583,7 @@ class RedisBroker:
         # client saw up to since includes the first copies of those just before it.
         publishers: dict[str, int] = {}
         for _, fields in client.xrevrange(self.stream_key(topic), since.entry_id, "-", count=DEDUPE_LOOKBACK):
-            publisher, q = _s(fields[b"p"]), int(fields[b"q"])
+            publisher, q = _sequence(fields)
             publishers[publisher] = max(q, publishers.get(publisher, -1))
         expect, start = since.n + 1, "(" + since.entry_id
         while expect <= state.last_n:
@@ -595,7 +595,7 @@ class RedisBroker:
                 if n != expect:
                     return [], Lost.trimmed(n)
                 expect += 1
-                publisher, q = _s(fields[b"p"]), int(fields[b"q"])
+                publisher, q = _sequence(fields)
                 if q > publishers.get(publisher, -1):  # else a retried pipeline's second copy
                     publishers[publisher] = q
                     entries.append((Position(state.epoch, n, _s(entry_id)), _message(fields)))
@@ -629,7 +629,7 @@ class RedisBroker:
             lag = max(0.0, time.time() - int(state.last_id.split("-", 1)[0]) / 1000)  # IDs start with Redis's ms clock
             self.read_lag.observe(lag)
             self.topic_lag[topic] = lag
-            publisher, q = _s(fields[b"p"]), int(fields[b"q"])
+            publisher, q = _sequence(fields)
             if q <= state.publishers.get(publisher, -1):
                 self._stats.broker_duplicates += 1  # a retried pipeline's second copy
                 continue
@@ -653,6 +653,11 @@ class RedisBroker:
 
 def _s(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _sequence(fields: dict[bytes, bytes]) -> tuple[str, int]:
+    """An entry's (publisher id, publisher sequence): what tells a retried publish's second copy."""
+    return _s(fields[b"p"]), int(fields[b"q"])
 
 
 def _message(fields: dict[bytes, bytes]) -> Message:
