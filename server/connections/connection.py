@@ -242,17 +242,12 @@ class Connection:
         """
         session = self.session
         assert session is not None
-        for deadline, delay in session.deadlines().items():
-            if delay is None:
-                self._timers.cancel(deadline)
-            elif deadline is Deadline.CLOSE:
-                self._timers.arm(deadline, delay, self._on_close_timeout)
-            else:
-                self._timers.arm(deadline, delay, partial(self._deadline_passed, deadline))
+        deadlines = session.deadlines()
+        if deadlines:
+            self._arm_deadlines(deadlines)
         for event in session.events():
-            if isinstance(event, MessageReceived):
-                assert self._dispatcher is not None
-                self._dispatcher.dispatch(event.message)
+            if type(event) is MessageReceived:
+                self._dispatcher.dispatch(event.message)  # type: ignore[union-attr]  # set before the session
             elif isinstance(event, Closing):
                 self.handle.record_close(event.code, event.reason)
             elif isinstance(event, ProtocolError):
@@ -269,8 +264,19 @@ class Connection:
                 self._stats.ping_timeouts += 1
                 logger.info("%s: no pong within %.1fs", self.peer, self.limits.ping_timeout)
                 self._fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
-        self.writer.append_raw(session.data_to_send())
+        data = session.data_to_send()
+        if data:
+            self.writer.append_raw(data)
         self._update_reading()
+
+    def _arm_deadlines(self, deadlines: dict[Deadline, float | None]) -> None:
+        for deadline, delay in deadlines.items():
+            if delay is None:
+                self._timers.cancel(deadline)
+            elif deadline is Deadline.CLOSE:
+                self._timers.arm(deadline, delay, self._on_close_timeout)
+            else:
+                self._timers.arm(deadline, delay, partial(self._deadline_passed, deadline))
 
     def _deadline_passed(self, deadline: Deadline) -> None:
         if self.session is not None and not self.transport.closed:
@@ -312,12 +318,14 @@ class Connection:
     # -- handling messages ----------------------------------------------
 
     def _message_done(self, message: str | bytes) -> None:
-        if self.session is None or self.transport.closed:
+        session = self.session
+        if session is None or self.transport.closed:
             return
-        # The replies were queued before this ran: a failing session's close goes out after them.
-        if self.session.message_handled(len(message)):
+        if session.state is SessionState.FAILING:
+            self.writer.drain()  # the handler's replies are framed before the close it may now decide on
+        if session.message_handled(len(message)):
             self._apply_session()
-        else:  # the common case: only the input flow control may change
+        elif not self.transport.reading:  # the common case: reading may resume (the next read re-judges a pause)
             self._update_reading()
 
     def _update_reading(self) -> None:
@@ -329,16 +337,15 @@ class Connection:
         reads, instead of the outbox overflowing.
         """
         session = self.session
-        if session is None or self.state is State.DRAINING:
+        if session is None or self.handle.state is State.DRAINING:
             return
-        if session.state is SessionState.CLOSING:  # our close frame is out: its answer is all we read for now
+        state = session.state
+        if state is SessionState.OPEN:
+            limits = self.limits
+            self.transport.set_reading(session.inflight < limits.max_inflight_messages and  # not busy, not full
+                                       self.writer.outbox.queued + session.inflight_bytes <= limits.max_queue_bytes // 2)
+        elif state is SessionState.CLOSING:  # our close frame is out: its answer is all we read for now
             self.transport.set_reading(True)
-            return
-        if session.state is not SessionState.OPEN:
-            return
-        busy = session.inflight >= self.limits.max_inflight_messages
-        full = self.writer.outbox.queued + session.inflight_bytes > self.limits.max_queue_bytes // 2
-        self.transport.set_reading(not (busy or full))
 
     # -- closing --------------------------------------------------------
 

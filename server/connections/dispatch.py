@@ -113,7 +113,7 @@ class Dispatcher:
         self._on_done(message)
 
     def _handle_inline(self, message: str | bytes) -> None:
-        """On the IO thread: the handler now, timed; ``on_done`` after this turn's batch (its replies go out first)."""
+        """On the IO thread: the handler now, timed, then ``on_done`` (its replies are queued by then)."""
         started = time.perf_counter()
         try:
             self.handler.on_message(self._conn, message)
@@ -133,7 +133,7 @@ class Dispatcher:
                 logger.warning("%s: an inline on_message held the IO thread for %.1f ms (every connection waited; "
                                "inline handlers must not block: use the worker pool for slow work)",
                                self._conn.peer, took * 1000)
-        self._loop.call_after_batch(partial(self._on_done, message))
+        self._on_done(message)
 
     def _count_error(self) -> None:
         self._stats.handler_errors += 1

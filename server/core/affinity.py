@@ -14,31 +14,32 @@ import threading
 
 from ..errors import WsraceError
 
-_enabled = os.environ.get("WSRACE_CHECK_AFFINITY", "").lower() in {"1", "true", "yes", "on"}
+# Read by hot paths before they call check_io_thread (a global read, no call, while off); set it with set_enabled().
+enabled = os.environ.get("WSRACE_CHECK_AFFINITY", "").lower() in {"1", "true", "yes", "on"}
 
 
 class WriteAffinityError(WsraceError, RuntimeError):
     """Socket IO (or an IO-thread-only loop call) ran on a thread other than the IO thread."""
 
 
-def set_enabled(enabled: bool) -> None:
+def set_enabled(on: bool) -> None:
     """Turn the check on or off for the whole process."""
-    global _enabled
-    _enabled = enabled
+    global enabled
+    enabled = on
 
 
-def check_io_thread(io_thread_id: int | None, action: str) -> None:
+def check_io_thread(io_thread_id: int | None, action: str, subject: str = "") -> None:
     """Raise :class:`WriteAffinityError` if the caller is not the IO thread (no check before the loop runs).
 
-    ``action`` says what was attempted and on what ("socket write to 127.0.0.1:5000"),
+    ``action`` and ``subject`` say what was attempted and on what ("socket write to", "127.0.0.1:5000"),
     so the error names the operation, the offending thread and the owner.
     """
-    if not _enabled or io_thread_id is None:
+    if not enabled or io_thread_id is None:
         return
     me = threading.current_thread()
     if me.ident != io_thread_id:
         owner = next((t.name for t in threading.enumerate() if t.ident == io_thread_id), "<not running>")
         raise WriteAffinityError(
-            f"{action} from thread {me.name!r} (id {me.ident}); "
+            f"{action}{' ' + subject if subject else ''} from thread {me.name!r} (id {me.ident}); "
             f"only the IO thread {owner!r} (id {io_thread_id}) may do this"
         )

@@ -94,7 +94,7 @@ class TlsTransport(SocketTransport):
 
     def read(self) -> bytes | None:
         """Decrypted bytes, ``b""`` at EOF, ``None`` if nothing now; raises OSError (the handshake's failure too)."""
-        affinity.check_io_thread(self._loop.thread_id, f"TLS read from {self.peer}")
+        affinity.check_io_thread(self._loop.thread_id, "TLS read from", self.peer)
         if self._handshake_error is not None:
             raise self._handshake_error
         if not self.established:
@@ -126,7 +126,7 @@ class TlsTransport(SocketTransport):
 
     def write(self, buffer: SendBuffer) -> None:
         """Write as much of ``buffer`` as TLS takes; after a want-write, the same bytes again. Raises OSError."""
-        affinity.check_io_thread(self._loop.thread_id, f"TLS write to {self.peer}")  # before anything changes
+        affinity.check_io_thread(self._loop.thread_id, "TLS write to", self.peer)  # before anything changes
         self._buffer = buffer
         if not self.established:
             return  # queued bytes wait for the handshake; it flushes when done
@@ -188,7 +188,7 @@ class TlsTransport(SocketTransport):
                 self._on_readable()
 
     def _handshake(self) -> None:
-        affinity.check_io_thread(self._loop.thread_id, f"TLS handshake with {self.peer}")
+        affinity.check_io_thread(self._loop.thread_id, "TLS handshake with", self.peer)
         try:
             self._tls.do_handshake()
         except ssl.SSLWantReadError:

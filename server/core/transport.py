@@ -89,7 +89,8 @@ class SocketTransport:
 
     def read(self) -> bytes | None:
         """What the socket has: bytes, ``b""`` at EOF, ``None`` if nothing now. Raises OSError on failure."""
-        affinity.check_io_thread(self._loop.thread_id, f"socket read from {self.peer}")
+        if affinity.enabled:
+            affinity.check_io_thread(self._loop.thread_id, "socket read from", self.peer)
         try:
             return self._sock.recv(RECV_SIZE)
         except (BlockingIOError, InterruptedError):
@@ -100,7 +101,8 @@ class SocketTransport:
 
         Raises OSError when the socket fails (the peer reset, ...).
         """
-        affinity.check_io_thread(self._loop.thread_id, f"socket write to {self.peer}")
+        if affinity.enabled:
+            affinity.check_io_thread(self._loop.thread_id, "socket write to", self.peer)
         while buffer.frames:
             buffers, frames, offered, reserved = buffer.gather()
             try:

@@ -51,7 +51,7 @@ class Deadline(enum.Enum):
     CLOSE = "close"  # the closing handshake must be over (judged by the connection, which sees the socket)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # one per message: not frozen, whose __init__ costs an object.__setattr__ per field
 class MessageReceived:
     """A complete message for the handler; call :meth:`Session.message_handled` once it is handled."""
 
@@ -126,19 +126,27 @@ class Session:
 
     # -- what the session decided ------------------------------------------
 
+    # Called after every read: nothing new is the common case, answered without allocating.
+
     def data_to_send(self) -> bytes:
         """Control frames (pongs, pings, close) to write, in order, since the last call."""
+        if not self._out:
+            return b""
         data, self._out = b"".join(self._out), []
         return data
 
     def events(self) -> list[SessionEvent]:
         """What happened since the last call, in order."""
-        events, self._events = self._events, []
+        events = self._events
+        if events:
+            self._events = []
         return events
 
     def deadlines(self) -> dict[Deadline, float | None]:
         """Deadlines changed since the last call: seconds from now, or None to cancel."""
-        changes, self._deadlines = self._deadlines, {}
+        changes = self._deadlines
+        if changes:
+            self._deadlines = {}
         return changes
 
     @property
