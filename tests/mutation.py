@@ -241,6 +241,16 @@ MUTANTS = [
         tests=("tests/e2e/test_inline.py",),
     ),
     Mutant(
+        "pool-no-second-worker",
+        "a worker that takes a job with more queued behind it does not call another: a burst waits behind a "
+        "handler that blocks",
+        "server/connections/pool.py",
+        "wake = self._call_one_locked() if jobs and not self._looking else None",
+        "wake = None",
+        1,
+        tests=("tests/unit/test_pool.py",),
+    ),
+    Mutant(
         "unbounded-backlog",
         "the server-wide backlog never makes producers wait",
         "server/connections/outbox.py",

@@ -104,3 +104,46 @@ def test_shutdown_runs_what_is_queued_or_cancels_it_and_refuses_new_work() -> No
     assert all(f.cancelled() for f in queued)
     release.set()
     pool.shutdown(wait=True)
+
+
+def test_jobs_queued_in_a_burst_behind_one_that_blocks_are_taken_by_other_workers() -> None:
+    # One put wakes one worker; the rest of a burst rides on it. If the job it takes blocks, the worker must call
+    # another before running it (the burst is queued while this thread holds the GIL: no worker has taken anything).
+    pool = WorkerPool(3)
+    release = threading.Event()
+    started = threading.Semaphore(0)
+
+    def block() -> None:
+        started.release()
+        release.wait(10)
+
+    for _ in range(3):  # three workers started, then idle
+        pool.run(block)
+    for _ in range(3):
+        assert started.acquire(timeout=5)
+    release.set()
+    while len(pool._sleeping) < 3:  # all three asleep again
+        threading.Event().wait(0.01)
+    release.clear()
+    pool.run(block)
+    after = [pool.submit(lambda i=i: i) for i in range(5)]
+    assert [f.result(5) for f in after] == list(range(5)), "the burst waited behind the blocked job"
+    release.set()
+    pool.shutdown()
+
+
+def test_idle_workers_sleep_and_none_is_left_counted_as_looking() -> None:
+    pool = WorkerPool(4)
+    for round_ in range(50):
+        futures = [pool.submit(lambda i=i: i) for i in range(round_ % 7 + 1)]
+        assert [f.result(5) for f in futures] == list(range(round_ % 7 + 1))
+    deadline = threading.Event()
+    for _ in range(500):
+        with pool._lock:
+            if len(pool._sleeping) == pool.thread_count:
+                break
+        deadline.wait(0.01)
+    with pool._lock:  # every started worker asleep, none counted as on its way: the next put wakes one
+        assert len(pool._sleeping) == pool.thread_count and pool._looking == 0
+    assert pool.submit(lambda: "woken").result(5) == "woken"
+    pool.shutdown()
