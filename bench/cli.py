@@ -319,15 +319,16 @@ def _main(ns: argparse.Namespace, tls: TLSFiles | None) -> int:
             print(f"[{w.name}] no server to run", file=sys.stderr, flush=True)
             continue
         per_kind: dict[str, list[dict]] = {k: [] for k in w.servers}
-        for i in range(runs):
+        w_runs = ns.runs or w.runs or runs
+        for i in range(w_runs):
             for kind in w.servers:  # alternate servers run by run: A B C A B C ...
-                print(f"[{w.name} run {i + 1}/{runs}] {LABEL[kind]} ...", file=sys.stderr, flush=True)
+                print(f"[{w.name} run {i + 1}/{w_runs}] {LABEL[kind]} ...", file=sys.stderr, flush=True)
                 t0 = time.monotonic()
                 r = run_once(kind, w, tls)
                 per_kind[kind].append(r)
                 print(f"    {time.monotonic() - t0:.1f} s {r.get('error', '')}", file=sys.stderr, flush=True)
         summary = summarize(w.name, per_kind)
-        results["workloads"][w.name] = {"title": w.title, "servers": summary}  # type: ignore[index]
+        results["workloads"][w.name] = {"title": w.title, "runs": w_runs, "servers": summary}  # type: ignore[index]
         if rate_source:
             results["workloads"][w.name].update(rate=w.rate, rate_source=rate_source)  # type: ignore[index]
         print_workload(w, summary, a_summary)

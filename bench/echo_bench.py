@@ -36,13 +36,14 @@ R_WARMUP = 0.15  # seconds of round trips the client does not count, per run (th
 
 
 def r_workloads(quick: bool) -> dict[str, Workload]:
-    """Full size: 0.75 s measured per run (3 runs, alternated: 2.25 s per server and point, about 90 s for the
-    four points and six servers with start-up); quick: 0.4 s, once (about 20 s)."""
+    """Full size: 0.75 s measured per run, 5 runs alternated (3.75 s per server and point, about 2.5 min for the
+    four points and six servers with start-up: a round trip's rate moves by 10-15 % between runs on a shared
+    2-core machine, and the targets are ratios); quick: 0.4 s, once (about 20 s)."""
     seconds = 0.4 if quick else 0.75
     return {name: Workload(name, f"echo round trips, {n} connection{'s' if n > 1 else ''} x "
                                  f"{'256 B' if size == 256 else '64 KiB'}, one message in flight each, "
                                  f"{seconds:g} s per run", 0, n, size, 0, echo=True, seconds=seconds,
-                             servers=list(R_KINDS))
+                             servers=list(R_KINDS), runs=0 if quick else 5)
             for name, n, size in R_POINTS}
 
 

@@ -38,6 +38,7 @@ class Workload:
     servers: list[str] = field(default_factory=lambda: list(KINDS))
     echo: bool = False  # R: echo round trips (bench/echo_bench.py), ``clients`` connections of ``size`` bytes
     seconds: float = 0.0  # R: measured seconds per run (after a warm-up)
+    runs: int = 0  # runs per server; 0: the command's (--runs, else 3; --quick: 1)
 
 
 # The slow-reader variants of C: (workload, label, bytes/s the slow client reads).
