@@ -101,8 +101,8 @@ MUTANTS = [
         "unordered-queue",
         "the IO loop runs posted callables newest first (LIFO) instead of in the order posted",
         "server/core/loop.py",
-        "callback = self._posted.popleft()",
-        "callback = self._posted.pop()",
+        "callback = posted.popleft()",
+        "callback = posted.pop()",
         1,
     ),
     Mutant(

@@ -75,3 +75,46 @@ def test_check_can_be_switched_off() -> None:
         affinity.set_enabled(True)
     with pytest.raises(WriteAffinityError):
         affinity.check_io_thread(-1, "anything")
+
+
+def test_switched_off_the_hot_paths_skip_the_check_and_the_loop_still_serves() -> None:
+    # Production runs with the check off: the loop's IO-thread-only calls and the transport's reads and writes
+    # then skip it with one global read. Off-thread calls pass unchecked (what the check exists to catch), and
+    # a loop serving a socket pair still reads and writes.
+    loop = IOLoop()
+    affinity.set_enabled(False)
+    a, b = socket.socketpair()
+    try:
+        loop.start()
+        loop.call_after_batch(_nothing)  # from this thread: not refused while off
+        got = threading.Event()
+
+        def watch() -> None:
+            loop.set_interest(a, lambda mask: (a.recv(16) == b"ping" and got.set(), None)[1], read=True, write=False)
+
+        loop.post(watch)
+        b.send(b"ping")
+        assert got.wait(5), "the loop did not read"
+        loop.post(lambda: loop.remove(a))
+        timer_ran = threading.Event()
+        loop.post(lambda: (loop.call_later(0, timer_ran.set), None)[1])
+        assert timer_ran.wait(5)
+    finally:
+        affinity.set_enabled(True)
+        loop.stop()
+        if loop.thread is not None:
+            loop.thread.join(5)
+        loop.close()
+        a.close()
+        b.close()
+
+
+def test_switched_off_an_echo_round_trip_works(server) -> None:
+    affinity.set_enabled(False)
+    try:
+        sock, _ = ws_handshake(server.port, "/echo")
+        with sock:
+            sock.sendall(b"\x82\x84abcd" + bytes(x ^ y for x, y in zip(b"ping", b"abcd", strict=True)))
+            assert sock.recv(16) == b"\x82\x04ping"
+    finally:
+        affinity.set_enabled(True)
