@@ -89,8 +89,12 @@ def test_switched_off_the_hot_paths_skip_the_check_and_the_loop_still_serves() -
         loop.call_after_batch(_nothing)  # from this thread: not refused while off
         got = threading.Event()
 
+        def on_readable(mask: int) -> None:
+            if a.recv(16) == b"ping":
+                got.set()
+
         def watch() -> None:
-            loop.set_interest(a, lambda mask: (a.recv(16) == b"ping" and got.set(), None)[1], read=True, write=False)
+            loop.set_interest(a, on_readable, read=True, write=False)
 
         loop.post(watch)
         b.send(b"ping")
