@@ -251,6 +251,16 @@ MUTANTS = [
         tests=("tests/unit/test_pool.py",),
     ),
     Mutant(
+        "write-now-overtakes-the-outbox",
+        "an IO-thread send is written at once even while a producer's message waits in the outbox: the inline "
+        "reply overtakes a message sent before it",
+        "server/connections/outbox.py",
+        "if self._closed is not None or self._pending:",
+        "if self._closed is not None:",
+        1,
+        tests=("tests/unit/test_writer.py",),
+    ),
+    Mutant(
         "unbounded-backlog",
         "the server-wide backlog never makes producers wait",
         "server/connections/outbox.py",

@@ -106,7 +106,7 @@ class Connection:
         A subclass may return its own (the repro's unsafe write disciplines do).
         """
         return ConnectionHandle(self.loop, self.writer.outbox, self.peer, self.close_session,
-                                self.after_messages, self.limits.fanout_wait)
+                                self.after_messages, self.limits.fanout_wait, self.writer.write_now)
 
     @property
     def handler(self) -> Handler | None:

@@ -50,10 +50,13 @@ class ConnectionHandle:
         close_session: Callable[[int, str], None],
         after_messages: Callable[[Callable[[], object]], None],
         fanout_wait: float = Limits.fanout_wait,
+        write_now: Callable[[OutMessage], bool] | None = None,
     ) -> None:
         """Made by the connection (IO thread): ``close_session`` starts its closing handshake,
-        ``after_messages`` queues a job behind its handler's messages; both run on the IO thread."""
+        ``after_messages`` queues a job behind its handler's messages; both run on the IO thread.
+        ``write_now``: what a send on the IO thread tries first (the writer's; False: queue it)."""
         self._loop = loop
+        self._write_now = write_now
         self.outbox = outbox  # the producers' queue: what send() and a broadcast fill (thread-safe)
         self._close_session = close_session
         self._after_messages = after_messages
@@ -94,7 +97,10 @@ class ConnectionHandle:
         connection is closing or closed, :class:`TimeoutError` after ``timeout``
         seconds.
         """
-        return self.outbox.put(OutMessage.of(message), timeout, fanout_wait=self._fanout_wait if fanout else None)
+        out = OutMessage.of(message)
+        if self._write_now is not None and self._loop.in_io_thread() and self._write_now(out):
+            return True  # an inline handler's (or on_open's) first message this turn: written at once
+        return self.outbox.put(out, timeout, fanout_wait=self._fanout_wait if fanout else None)
 
     def send_paced(self, message: str | bytes | OutMessage, timeout: float | None = None) -> None:
         """Like :meth:`send`, but wait for room under either policy, and never ask for the client to be closed.

@@ -159,6 +159,16 @@ class Outbox:
         self._schedule()
         return True
 
+    def reserve_now(self, size: int) -> bool:
+        """IO thread: count ``size`` bytes the writer frames at once, past the queue (:meth:`Writer.write_now
+        <server.connections.writer.Writer.write_now>`). False if the connection is closing or messages wait
+        here (they go first)."""
+        with self.lock:
+            if self._closed is not None or self._pending:
+                return False
+            self._queued += size
+            return True
+
     def _wait_for_room(self, size: int, timeout: float | None, report: bool) -> None:
         if report and not self._full_reported:
             self._full_reported = True

@@ -21,6 +21,7 @@ from ..core.loop import IOLoop, Timer
 from ..core.sendbuffer import SendBuffer
 from ..core.transport import SocketTransport
 from ..limits import Limits
+from ..protocol.frames import OutMessage
 from ..protocol.session import Session
 from ..stats import Stats
 from .backlog import Backlog
@@ -69,6 +70,7 @@ class Writer:
         self.buffer = SendBuffer(self.outbox.release, stats if stats.detailed else None)
         self.session: Session | None = None  # set once open: it frames data messages when deflate is on
         self._flush_posted = False
+        self._written_now_turn = -1  # the loop turn of the last write_now()
         self._stall_timer: Timer | None = None
         self._shut_when_flushed = False
         self.write_shut = False  # our side is half-closed: nothing more is written
@@ -81,6 +83,24 @@ class Writer:
         if data:
             self.buffer.append((bytes(data),), 0, len(data))
             self.post_flush()
+
+    def write_now(self, out: OutMessage) -> bool:
+        """IO thread: frame ``out`` and write it now, as asyncio's ``transport.write()`` does — when nothing is
+        ahead of it (no frame here, no message in the outbox) and nothing was written this way in this loop turn.
+
+        An inline handler's reply then leaves before the rest of the turn; more sends in the same turn are
+        queued as usual and go out in the turn's one flush. False: not now (send it through the outbox).
+        """
+        session = self.session
+        if (self._written_now_turn == self._loop.turns or self.buffer.frames or session is None
+                or not session.accepts_data or session.deflate or self._transport.closed or self.write_shut
+                or self._shut_when_flushed or not self.outbox.reserve_now(out.size)):
+            return False
+        self._written_now_turn = self._loop.turns
+        self.buffer.extend((out,))
+        self.buffer.mark(time.monotonic())
+        self.flush()
+        return True
 
     def post_flush(self) -> None:
         # One flush per batch: everything queued in this loop turn goes out together.

@@ -148,6 +148,7 @@ class IOLoop:
         self._thread_id: int | None = None
         self._running = False
         self._closed = False
+        self.turns = 0  # loop turns so far (IO thread): "once per turn" without a callback to reset it
 
     # -- any thread ------------------------------------------------------
 
@@ -262,6 +263,7 @@ class IOLoop:
             self._running = False
 
     def _run_once(self) -> None:
+        self.turns += 1
         timeout: float | None = None
         if self._posted or self._after_batch:
             timeout = 0

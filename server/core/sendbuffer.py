@@ -76,7 +76,7 @@ class SendBuffer:
         self.frames.append(Frame(buffers, reserved, length))
         self._appended += 1
 
-    def extend(self, messages: deque[OutMessage]) -> None:
+    def extend(self, messages: deque[OutMessage] | tuple[OutMessage, ...]) -> None:
         """Queue plain data frames, each its message's ready-made frame (reserved = length = ``size``)."""
         self.frames.extend(messages)
         self._appended += len(messages)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from wsproto.extensions import PerMessageDeflate
 
 from server.connections.backlog import Backlog
 from server.connections.writer import Writer
@@ -24,6 +25,7 @@ pytestmark = pytest.mark.timeout(30)
 
 class FakeLoop:
     def __init__(self) -> None:
+        self.turns = 0
         self.posted: list[Callable[[], object]] = []
         self.after_batch: list[Callable[[], object]] = []
         self.timers: list[tuple[float, Callable[[], object]]] = []
@@ -46,6 +48,7 @@ class FakeLoop:
 
     def turn(self) -> None:
         """One loop turn: the posted callables, then the after-batch callbacks."""
+        self.turns += 1
         posted, self.posted = self.posted, []
         for callback in posted:
             callback()
@@ -148,3 +151,49 @@ def test_unsent_data_frames_are_dropped_and_their_room_given_back_but_protocol_f
     h.writer.drop_unsent()
     assert h.writer.outbox.queued == 0
     assert [bytes(b"".join(f.buffers)) for f in h.writer.buffer.frames] == [b"\x8a\x00"]
+
+
+def _frame(out: OutMessage) -> bytes:
+    return out.header + out.payload
+
+
+def test_write_now_writes_the_first_message_of_a_turn_at_once_and_queues_the_rest() -> None:
+    # An inline handler's reply (a send on the IO thread) leaves at once, as asyncio's transport.write() does;
+    # more sends in the same turn wait for the turn's one flush, so a pipelined burst is not a write per message.
+    h = Harness(FakeTransport())
+    first, second, third = (OutMessage.of(f"r{i}") for i in range(3))
+    assert h.writer.write_now(first)
+    assert h.transport.log == ["write"] and bytes(h.transport.wire) == _frame(first), "written before the turn ends"
+    assert h.writer.outbox.queued == 0 and h.loop.posted == [] and h.loop.after_batch == []
+    assert not h.writer.write_now(second), "one write_now per turn"
+    h.writer.outbox.put(second)
+    h.loop.turn()
+    assert h.transport.log == ["write", "write"] and bytes(h.transport.wire) == _frame(first) + _frame(second)
+    assert h.writer.write_now(third), "a new turn: at once again"
+    assert bytes(h.transport.wire).endswith(_frame(third)) and h.writer.outbox.queued == 0
+
+
+def test_write_now_never_overtakes_what_waits_in_the_outbox_or_the_send_buffer() -> None:
+    h = Harness(FakeTransport(accept=[0]))
+    queued, now = OutMessage.of(b"queued"), OutMessage.of(b"now")
+    h.writer.outbox.put(queued)  # a producer's message, not yet taken by the IO thread
+    assert not h.writer.write_now(now), "the outbox's message goes first"
+    h.loop.turn()  # drained; the socket refuses it: it waits in the send buffer
+    assert h.writer.buffer.frames and not h.writer.write_now(now), "the send buffer's frame goes first"
+    h.writer.outbox.put(now)
+    h.loop.turn()  # writable again
+    assert bytes(h.transport.wire) == _frame(queued) + _frame(now)
+
+
+def test_write_now_declines_with_deflate_and_once_closing() -> None:
+    h = Harness(FakeTransport())
+    h.writer.session = Session(Limits(ping_interval=None), PerMessageDeflate())
+    h.writer.session.deflate = True  # compressed frames are made in queue order by the drain
+    assert not h.writer.write_now(OutMessage.of("x"))
+    h = Harness(FakeTransport())
+    h.writer.outbox.shut(1000, "bye")
+    assert not h.writer.write_now(OutMessage.of("x"))
+    h = Harness(FakeTransport())
+    h.writer.close_after_flush()
+    assert not h.writer.write_now(OutMessage.of("x")), "nothing after the close frame"
+    assert h.transport.wire == b""
