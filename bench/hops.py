@@ -10,7 +10,8 @@ order, each on the thread named:
     dispatch  IO thread   the session handed out the message (frame parsed)
     handler   worker/IO   on_message started (a thread hop for the pool)
     send      worker/IO   the handler called send()
-    drain     IO thread   the writer took the reply from the outbox (the hop back, through the waker)
+    drain     IO thread   the writer took the reply from the outbox (the hop back, through the waker),
+                          or, sent on the IO thread, began to frame it at once (``Writer.write_now``)
     written   IO thread   sendmsg() returned with the reply's frame
 
 It prints the median microseconds of each step (the time from one stage to the
@@ -81,6 +82,7 @@ def serve() -> None:
     wrap(Dispatcher, "_handle_inline", before="handler")
     wrap(ConnectionHandle, "send", before="send")
     wrap(Writer, "drain", before="drain")
+    wrap(Writer, "write_now", before="drain")  # an inline reply is framed there, with no drain
     original_write = SocketTransport.write
 
     def write(self: SocketTransport, buffer):  # type: ignore[no-untyped-def]
