@@ -23,6 +23,8 @@ from ..limits import Limits
 from ..protocol.frames import OutMessage
 from .outbox import Outbox
 
+_get_ident = threading.get_ident
+
 
 class State(enum.Enum):
     """Where a connection is in its life: :attr:`ConnectionHandle.state`, one field, set by the IO thread only.
@@ -57,6 +59,7 @@ class ConnectionHandle:
         ``write_now``: what a send on the IO thread tries first (the writer's; False: queue it)."""
         self._loop = loop
         self._write_now = write_now
+        self._io_thread = loop.thread_id  # compared on every send: one C call for a producer, no method
         self.outbox = outbox  # the producers' queue: what send() and a broadcast fill (thread-safe)
         self._close_session = close_session
         self._after_messages = after_messages
@@ -98,7 +101,7 @@ class ConnectionHandle:
         seconds.
         """
         out = OutMessage.of(message)
-        if self._write_now is not None and self._loop.in_io_thread() and self._write_now(out):
+        if _get_ident() == self._io_thread and self._write_now is not None and self._write_now(out):
             return True  # an inline handler's (or on_open's) first message this turn: written at once
         return self.outbox.put(out, timeout, fanout_wait=self._fanout_wait if fanout else None)
 
