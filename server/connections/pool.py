@@ -101,16 +101,14 @@ class WorkerPool(Executor):
         bed.acquire()
         while True:  # this worker is counted in _looking here
             with lock:
+                self._looking -= 1  # this look is the one counted
                 if not jobs:
-                    self._looking -= 1
                     if self._shutdown:
                         return
                     self._sleeping.append(bed)
-                    job = None
-                    wake = None
+                    job = wake = None
                 else:
                     job = jobs.popleft()
-                    self._looking -= 1
                     # More queued and no one else coming: this job may block, so call one more worker.
                     wake = self._call_one_locked() if jobs and not self._looking else None
             if job is None:
